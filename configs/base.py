@@ -1,0 +1,80 @@
+"""Every knob of a run, as plain data. Dataset files (cifar10.py, imagenet.py, digits.py) start here.
+
+Override any field on the command line: `--config.train.batch_size=256 --config.model.dtype=bfloat16`.
+"""
+
+import ml_collections
+
+from resnet_jax import models
+
+
+def base_config(preset: str) -> ml_collections.ConfigDict:
+  models.model_spec(preset)  # an unknown preset fails here, before anything runs
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.init_from = ''  # a workdir or checkpoint dir to fine-tune from; the head is re-initialised if classes differ
+
+  config.model = ml_collections.ConfigDict(dict(
+      name=preset,
+      shortcut='',  # '' = the preset's own: identity (A) for CIFAR, projection (B) for ImageNet, none for plain
+      dtype='float32',  # compute dtype; 'bfloat16' keeps float32 parameters
+      zero_init_residual=False,  # zero each block's last BN scale (off in the paper)
+      stride_in_1x1=False,  # True = the paper's original (v1) bottleneck stride placement
+      remat=False,  # recompute activations in the backward pass: less memory for very deep nets
+  ))
+
+  config.dataset = ml_collections.ConfigDict(dict(
+      name='cifar10',
+      data_dir=ml_collections.FieldReference(None, field_type=str),
+      manual_dir=ml_collections.FieldReference(None, field_type=str),
+      train_split='train',
+      eval_split='test',
+      augment='cifar',  # 'cifar' | 'imagenet' | 'none'
+      pad=4,
+      flip=True,
+      image_size=ml_collections.FieldReference(None, field_type=int),
+      mean=ml_collections.FieldReference(None, field_type=tuple),
+      std=ml_collections.FieldReference(None, field_type=tuple),
+      shuffle_buffer=50_000,
+      cache=True,
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=128,  # global, over all devices and processes
+      eval_batch_size=500,
+      num_steps=64_000,
+      num_epochs=0.0,  # > 0 replaces num_steps with this many passes over the training split
+      log_every_steps=100,
+      eval_every_steps=2_000,
+      checkpoint_every_steps=2_000,
+      keep_checkpoints=3,
+      label_smoothing=0.0,
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=1e-4,
+      decoupled_weight_decay=False,  # False: L2 added to the gradient, as the paper; True: SGDW
+      weight_decay_on_all_params=False,  # False: convolution and dense kernels only
+  ))
+
+  config.schedule = ml_collections.ConfigDict(dict(
+      name='piecewise',  # 'piecewise' (the paper) | 'cosine' (warm-up then cosine)
+      base_lr=0.1,
+      scale_lr_by_batch=0,  # > 0: lr = base_lr * batch_size / this (the linear scaling rule, 256 for ImageNet)
+      boundaries=(32_000, 48_000),  # steps where the lr is multiplied by decay_factor
+      boundaries_epochs=ml_collections.FieldReference(None, field_type=tuple),  # replaces boundaries
+      decay_factor=0.1,
+      warmup_steps=0,  # cosine: linear warm-up steps
+      warmup_epochs=0.0,
+      # The paper's ResNet-110 warm-up: lr = warmup_lr until the training error falls under the threshold.
+      warmup_lr=0.0,  # 0 = off
+      warmup_until_error=0.8,
+  ))
+
+  config.parallelism = ml_collections.ConfigDict(dict(
+      mode='jit',  # 'jit' (sharded jax.jit over a mesh) | 'pmap'
+      batch_norm='global',  # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
+  ))
+  return config

@@ -1,0 +1,292 @@
+"""The ResNet model zoo of He et al. 2015 and 2016, with the plain twins the paper compares against.
+
+Two families share one `ResNet` module:
+  * CIFAR (paper section 4.2): 3x3 stem with 16 filters, three stages of n blocks on 32/16/8 maps
+    with 16/32/64 filters, depth 6n+2, option-A (identity) shortcuts.
+  * ImageNet (paper Table 1): 7x7/2 stem + 3x3/2 max-pool, four stages at 64..512 filters, basic
+    blocks for 18/34 and bottlenecks (x4 expansion) for 50/101/152, option-B (projection) shortcuts.
+
+A plain twin is the same network with `shortcut='none'`; pre-activation (He et al. 2016) is
+`preact=True`. Blocks receive `conv` and `norm` as partials so one block serves every dtype,
+train/eval mode and BatchNorm axis.
+"""
+
+import functools
+import re
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from resnet_jax.errors import UserError
+
+ModuleDef = Any
+
+# Paper section 3.3, "Identity vs. Projection Shortcuts": A, B and C, plus no shortcut at all.
+SHORTCUTS = {
+    'identity': 'identity',  # A: identity; subsample and zero-pad channels where the shape changes.
+    'projection': 'projection',  # B: 1x1 projection only where the shape changes.
+    'projection_all': 'projection_all',  # C: 1x1 projection on every shortcut.
+    'none': 'none',  # the plain network.
+    'A': 'identity',
+    'B': 'projection',
+    'C': 'projection_all',
+}
+
+# He init (paper section 3.4 cites [13]), fan_out as in the reference Torch/torchvision code.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class Shortcut(nn.Module):
+  """The x of y = F(x) + x, reshaped to F(x)'s shape as the chosen option prescribes."""
+  filters: int
+  strides: int
+  kind: str
+  conv: ModuleDef
+  norm: ModuleDef | None  # None in pre-activation blocks, whose projection sees normalised input.
+
+  @nn.compact
+  def __call__(self, x):
+    shape_changes = self.strides != 1 or x.shape[-1] != self.filters
+    if self.kind == 'projection_all' or (self.kind == 'projection' and shape_changes):
+      x = self.conv(self.filters, (1, 1), strides=self.strides, name='projection')(x)
+      return self.norm(name='projection_bn')(x) if self.norm else x
+    if shape_changes:  # option A: parameter-free.
+      x = x[:, ::self.strides, ::self.strides, :]
+      extra = self.filters - x.shape[-1]
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    return x
+
+
+def _residual_sum(branch, x, shortcut_kind, shortcut):
+  return branch if shortcut_kind == 'none' else branch + shortcut(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (paper Fig. 2 left), post-activation."""
+  filters: int
+  strides: int
+  shortcut: str
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef  # the norm before the addition, zero-initialised on request.
+  stride_in_1x1: bool = False  # unused: basic blocks have no 1x1.
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), strides=self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.last_norm()(y)
+    self.sow('intermediates', 'branch', y)
+    shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, self.norm)
+    return nn.relu(_residual_sum(y, x, self.shortcut, shortcut))
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand x4 (paper Fig. 5 right), post-activation.
+
+  The stride sits on the 3x3 ("v1.5", as torchvision and most JAX code) unless `stride_in_1x1`,
+  which is the paper's original placement (and its Table 1 FLOPs).
+  """
+  filters: int
+  strides: int
+  shortcut: str
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef
+  stride_in_1x1: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    stride_1x1, stride_3x3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    y = self.conv(self.filters, (1, 1), strides=stride_1x1)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), strides=stride_3x3)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    y = self.last_norm()(y)
+    self.sow('intermediates', 'branch', y)
+    shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, self.norm)
+    return nn.relu(_residual_sum(y, x, self.shortcut, shortcut))
+
+
+class PreActBasicBlock(nn.Module):
+  """BN-ReLU-conv twice, added to an untouched identity path (He et al. 2016, Fig. 4e)."""
+  filters: int
+  strides: int
+  shortcut: str
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef
+  stride_in_1x1: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    pre = nn.relu(self.norm()(x))
+    y = self.conv(self.filters, (3, 3), strides=self.strides)(pre)
+    y = nn.relu(self.last_norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    self.sow('intermediates', 'branch', y)
+    # The projection reads the pre-activated input, as in the 2016 paper's reference code.
+    shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, None)
+    shortcut_input = x if self.shortcut == 'identity' else pre
+    return _residual_sum(y, shortcut_input, self.shortcut, shortcut)
+
+
+class PreActBottleneckBlock(nn.Module):
+  """Pre-activation bottleneck (He et al. 2016)."""
+  filters: int
+  strides: int
+  shortcut: str
+  conv: ModuleDef
+  norm: ModuleDef
+  last_norm: ModuleDef
+  stride_in_1x1: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    stride_1x1, stride_3x3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+    pre = nn.relu(self.norm()(x))
+    y = self.conv(self.filters, (1, 1), strides=stride_1x1)(pre)
+    y = self.conv(self.filters, (3, 3), strides=stride_3x3)(nn.relu(self.norm()(y)))
+    y = self.conv(self.filters * 4, (1, 1))(nn.relu(self.last_norm()(y)))
+    self.sow('intermediates', 'branch', y)
+    shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, None)
+    shortcut_input = x if self.shortcut == 'identity' else pre
+    return _residual_sum(y, shortcut_input, self.shortcut, shortcut)
+
+
+BLOCKS = {
+    ('basic', False): BasicBlock,
+    ('bottleneck', False): BottleneckBlock,
+    ('basic', True): PreActBasicBlock,
+    ('bottleneck', True): PreActBottleneckBlock,
+}
+
+
+class ResNet(nn.Module):
+  """A residual (or plain) network; `stem` chooses the CIFAR or the ImageNet layout."""
+  stage_sizes: Sequence[int]
+  stage_widths: Sequence[int]
+  num_classes: int
+  block: str = 'basic'  # 'basic' | 'bottleneck'
+  stem: str = 'imagenet'  # 'cifar' (3x3, stride 1) | 'imagenet' (7x7/2 + 3x3/2 max-pool)
+  shortcut: str = 'projection'  # see SHORTCUTS
+  preact: bool = False
+  stride_in_1x1: bool = False
+  zero_init_residual: bool = False  # zero the scale of each block's last BN (Goyal et al. 2017)
+  dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+  bn_axis_name: str | None = None  # set under pmap/shard_map to average statistics across devices
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  remat: bool = False  # recompute block activations in the backward pass to save memory
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
+                             kernel_init=conv_kernel_init)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             dtype=self.dtype, axis_name=self.bn_axis_name)
+    last_norm = functools.partial(norm, scale_init=nn.initializers.zeros) if self.zero_init_residual else norm
+    shortcut = SHORTCUTS[self.shortcut]
+    block_cls = BLOCKS[self.block, self.preact]
+    if self.remat:
+      block_cls = nn.remat(block_cls)
+
+    x = x.astype(self.dtype)
+    if self.stem == 'cifar':
+      x = conv(self.stage_widths[0], (3, 3), name='stem_conv')(x)
+    else:
+      x = conv(self.stage_widths[0], (7, 7), strides=2, padding=[(3, 3), (3, 3)], name='stem_conv')(x)
+    if not self.preact:  # pre-activation nets normalise at the start of every block instead.
+      x = nn.relu(norm(name='stem_bn')(x))
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+
+    for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+      for index in range(num_blocks):
+        strides = 2 if stage > 0 and index == 0 else 1
+        x = block_cls(width, strides, shortcut, conv, norm, last_norm, self.stride_in_1x1,
+                      name=f'stage{stage + 1}_block{index + 1}')(x)
+
+    if self.preact:
+      x = nn.relu(norm(name='final_bn')(x))
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    return x.astype(jnp.float32)  # the loss is computed in float32 whatever the compute dtype
+
+
+# ----------------------------------------------------------------------------- registry
+
+IMAGENET_STAGES = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)  # paper Table 6; any 6n+2 is accepted
+_NAME = re.compile(r'^(cifar_)?(resnet|plain|preact_resnet)(\d+)$')
+
+
+def model_names() -> list[str]:
+  """The preset names; CIFAR names also exist for every other 6n+2 depth."""
+  names = []
+  for kind in ('resnet', 'plain', 'preact_resnet'):
+    names += [f'{kind}{d}' for d in CIFAR_DEPTHS] + [f'{kind}{d}' for d in IMAGENET_STAGES]
+  return names
+
+
+def _unknown(name: str, why: str = '') -> UserError:
+  return UserError(
+      f"unknown model {name!r}{why}; valid names: {', '.join(model_names())}, and "
+      "resnet/plain/preact_resnet<6n+2> or cifar_resnet<6n+2> for any other CIFAR depth")
+
+
+def model_depth(name: str) -> int:
+  match = _NAME.match(name)
+  if not match:
+    raise _unknown(name)
+  return int(match.group(3))
+
+
+def model_spec(name: str) -> dict[str, Any]:
+  """The ResNet fields that a preset name stands for."""
+  match = _NAME.match(name)
+  if not match:
+    raise _unknown(name)
+  force_cifar, kind, depth = match.group(1), match.group(2), int(match.group(3))
+  spec = {'preact': kind == 'preact_resnet'}
+  if depth in IMAGENET_STAGES and not force_cifar:
+    block, stage_sizes = IMAGENET_STAGES[depth]
+    spec.update(stage_sizes=stage_sizes, stage_widths=(64, 128, 256, 512), block=block,
+                stem='imagenet', shortcut='projection')
+  elif depth >= 8 and (depth - 2) % 6 == 0:
+    n = (depth - 2) // 6
+    spec.update(stage_sizes=(n, n, n), stage_widths=(16, 32, 64), block='basic', stem='cifar',
+                shortcut='identity')
+  else:
+    raise _unknown(name, f' (depth {depth} is neither 6n+2 nor one of 18/34/50/101/152)')
+  if kind == 'plain':
+    spec['shortcut'] = 'none'
+  return spec
+
+
+def create_model(name: str, *, num_classes: int, **overrides) -> ResNet:
+  """`create_model('resnet56', num_classes=10, dtype=jnp.bfloat16)` -> a ResNet module.
+
+  Overrides reach every ResNet field: shortcut ('identity'/'projection'/'projection_all'/'none' or
+  the paper's 'A'/'B'/'C'), dtype, zero_init_residual, stride_in_1x1 (v1), bn_axis_name, remat...
+  """
+  spec = model_spec(name)
+  unknown = set(overrides) - set(ResNet.__dataclass_fields__) - {'name', 'parent'}
+  if unknown:
+    raise UserError(f'unknown override(s) {sorted(unknown)} for model {name!r}; '
+                     f'valid: {sorted(f for f in ResNet.__dataclass_fields__ if f not in ("name", "parent"))}')
+  if 'shortcut' in overrides and overrides['shortcut'] not in SHORTCUTS:
+    raise UserError(f"unknown shortcut {overrides['shortcut']!r}; valid: {', '.join(SHORTCUTS)}")
+  if isinstance(overrides.get('dtype'), str):
+    overrides['dtype'] = jnp.dtype(overrides['dtype'])
+  return ResNet(num_classes=num_classes, **{**spec, **overrides})

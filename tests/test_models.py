@@ -1,0 +1,146 @@
+"""The model zoo against the paper's and torchvision's figures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import model_stats, models
+
+CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
+IMAGENET_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # paper Table 1
+
+
+def params_of(name, num_classes, image_shape, **overrides):
+  model = models.create_model(name, num_classes=num_classes, **overrides)
+  return model_stats.count(model_stats.abstract_variables(model, image_shape)['params'])
+
+
+@pytest.mark.parametrize('depth', CIFAR_PARAMS)
+def test_cifar_parameter_counts_match_paper_and_plain_twin(depth):
+  assert params_of(f'resnet{depth}', 10, (32, 32, 3)) == CIFAR_PARAMS[depth]
+  assert params_of(f'plain{depth}', 10, (32, 32, 3)) == CIFAR_PARAMS[depth]
+
+
+@pytest.mark.parametrize('depth', IMAGENET_PARAMS)
+def test_imagenet_parameter_counts_match_torchvision(depth):
+  assert params_of(f'resnet{depth}', 1000, (224, 224, 3)) == IMAGENET_PARAMS[depth]
+
+
+@pytest.mark.parametrize('depth', IMAGENET_GMACS)
+def test_imagenet_multiply_adds_within_5_percent_of_table_1(depth):
+  model = models.create_model(f'resnet{depth}', num_classes=1000, stride_in_1x1=True)
+  gmacs = model_stats.multiply_adds(model, (224, 224, 3)) / 1e9
+  assert gmacs == pytest.approx(IMAGENET_GMACS[depth], rel=0.05)
+
+
+def test_seeds_arithmetic_basic_pair_and_bottleneck():
+  # Paper section 4.1: two 3x3x256x256 convs vs a 256-64-64-256 bottleneck.
+  x = jnp.zeros((1, 8, 8, 256))
+  conv = lambda *a, **k: models.nn.Conv(*a, use_bias=False, **k)
+  norm = lambda **k: models.nn.BatchNorm(use_running_average=True, **k)
+
+  def weights(block):
+    variables = jax.eval_shape(lambda: block.init(jax.random.key(0), x))
+    return sum(np.prod(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(variables['params'])
+               if 'kernel' in jax.tree_util.keystr(p))
+
+  basic = models.BasicBlock(256, 1, 'identity', conv, norm, norm)
+  bottleneck = models.BottleneckBlock(64, 1, 'identity', conv, norm, norm)
+  assert weights(basic) == 1_179_648
+  assert weights(bottleneck) == 69_632
+
+
+def test_option_a_adds_no_parameters_and_options_b_c_add_projections():
+  a = params_of('resnet20', 10, (32, 32, 3), shortcut='identity')
+  b = params_of('resnet20', 10, (32, 32, 3), shortcut='projection')
+  c = params_of('resnet20', 10, (32, 32, 3), shortcut='projection_all')
+  assert a == params_of('plain20', 10, (32, 32, 3))
+  # B: two 1x1 projections (16->32, 32->64) with BN; C: a projection on each of the 9 blocks.
+  projection = lambda c_in, c_out: c_in * c_out + 2 * c_out  # 1x1 kernel + BN scale/offset
+  assert b - a == projection(16, 32) + projection(32, 64)
+  assert c - a == (3 * projection(16, 16) + projection(16, 32) + 2 * projection(32, 32)
+                   + projection(32, 64) + 2 * projection(64, 64))
+  assert params_of('resnet20', 10, (32, 32, 3), shortcut='A') == a
+
+
+@pytest.mark.parametrize('name,image_shape', [
+    ('resnet20', (32, 32, 3)), ('plain20', (28, 28, 1)), ('preact_resnet20', (8, 8, 1)),
+    ('resnet18', (64, 64, 3)), ('plain18', (32, 32, 3)), ('resnet50', (224, 224, 3)),
+    ('preact_resnet50', (96, 96, 3)), ('cifar_resnet50', (16, 16, 3)),
+])
+def test_output_shapes_at_several_input_sizes(name, image_shape):
+  model = models.create_model(name, num_classes=7)
+  variables = model_stats.abstract_variables(model, image_shape)
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *image_shape)), train=False), variables)
+  assert out.shape == (2, 7) and out.dtype == jnp.float32
+  assert set(variables) == {'params', 'batch_stats'}
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'preact_resnet20', 'resnet18', 'preact_resnet18'])
+def test_train_updates_batch_stats_and_eval_is_deterministic(name):
+  model = models.create_model(name, num_classes=10)
+  variables = model_stats.init_variables(model, (32, 32, 3))
+  images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  _, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'], updates['batch_stats'])
+  assert all(jax.tree.leaves(changed))
+  first = model.apply(variables, images, train=False)
+  second = model.apply(variables, images, train=False)
+  np.testing.assert_array_equal(first, second)
+  with pytest.raises(Exception):  # eval mode must not try to write statistics
+    model.apply(variables, images, train=True)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  model = models.create_model('resnet20', num_classes=10, dtype='bfloat16')
+  variables = model_stats.init_variables(model, (32, 32, 3))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  _, state = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates'])
+  branches = jax.tree.leaves(state['intermediates'])
+  assert branches and all(b.dtype == jnp.bfloat16 for b in branches)
+
+
+def test_zero_init_residual_makes_blocks_start_as_identity():
+  model = models.create_model('resnet20', num_classes=10, zero_init_residual=True)
+  variables = model_stats.init_variables(model, (32, 32, 3))
+  _, state = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates'])
+  assert all(float(jnp.abs(b).max()) == 0.0 for b in jax.tree.leaves(state['intermediates']))
+
+
+def test_remat_gives_the_same_gradients():
+  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  grads = []
+  for remat in (False, True):
+    model = models.create_model('resnet20', num_classes=10, remat=remat)
+    variables = model_stats.init_variables(model, (16, 16, 3))
+    loss = lambda p: model.apply({**variables, 'params': p}, images, train=False).sum()
+    grads.append(jax.grad(loss)(variables['params']))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
+
+
+def test_resnet1202_builds():
+  model = models.create_model('resnet1202', num_classes=10)
+  stats = model_stats.model_stats(model, (32, 32, 3))
+  assert stats.params == CIFAR_PARAMS[1202]
+
+
+@pytest.mark.parametrize('name', ['resnet19', 'resnet7', 'densenet121', 'resnet', 'plain-20'])
+def test_unknown_model_name_lists_valid_names(name):
+  with pytest.raises(ValueError, match=r'unknown model .*valid names: resnet20'):
+    models.create_model(name, num_classes=10)
+
+
+def test_unknown_override_and_shortcut_are_errors():
+  with pytest.raises(ValueError, match='unknown override'):
+    models.create_model('resnet20', num_classes=10, shortcutt='A')
+  with pytest.raises(ValueError, match='unknown shortcut'):
+    models.create_model('resnet20', num_classes=10, shortcut='D')
+
+
+def test_any_6n_plus_2_depth_is_a_cifar_network():
+  assert models.model_spec('resnet8')['stage_sizes'] == (1, 1, 1)
+  assert models.model_spec('plain74')['stage_sizes'] == (12, 12, 12)
+  assert models.model_spec('resnet50')['stem'] == 'imagenet'
+  assert models.model_spec('cifar_resnet50')['stage_sizes'] == (8, 8, 8)
