@@ -41,13 +41,14 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       batch_size=128,  # global, over all devices and processes
-      eval_batch_size=500,
+      eval_batch_size=512,
       num_steps=64_000,
       num_epochs=0.0,  # > 0 replaces num_steps with this many passes over the training split
       log_every_steps=100,
       eval_every_steps=2_000,
       checkpoint_every_steps=2_000,
       keep_checkpoints=3,
+      async_checkpoints=True,  # write checkpoints in the background while training goes on
       label_smoothing=0.0,
   ))
 

@@ -1,0 +1,95 @@
+"""Orbax checkpoints of the train state, with a small JSON record of what model they hold."""
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from resnet_jax.errors import UserError
+
+
+class CheckpointMismatchError(UserError):
+  """A checkpoint that does not fit the model or shapes of this run."""
+
+
+def _describe(meta) -> str:
+  return f"{meta.get('model')} ({meta.get('num_classes')} classes, images {meta.get('image_shape')})"
+
+
+class Checkpoints:
+  """`workdir/checkpoints/<step>/{state,meta}`: periodic, asynchronous, the last `keep` kept."""
+
+  def __init__(self, workdir, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True):
+    self.directory = epath.Path(workdir) / 'checkpoints'
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=asynchronous)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    """Starts writing in the background; training goes on while it writes."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    self.manager.save(step, args=args, force=True)
+
+  def restore(self, abstract_state, meta: dict, step: int | None = None):
+    """The state at `step` (default: latest), placed as `abstract_state`'s shardings say."""
+    step = self.latest_step() if step is None else step
+    where = self.directory / str(step)
+    saved_meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    if any(saved_meta.get(k) != meta.get(k) for k in ('model', 'num_classes', 'image_shape')):
+      raise CheckpointMismatchError(
+          f'checkpoint {where} holds {_describe(saved_meta)} but this run builds {_describe(meta)}; '
+          'use another --workdir, or the config that wrote it')
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except (ValueError, KeyError, TypeError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointMismatchError(
+          f'checkpoint {where} does not fit this run of {_describe(meta)} '
+          f'(its overrides differ: {first_line[:200]}); use another --workdir') from e
+    return restored['state']
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def restore_for_fine_tuning(source, params, batch_stats):
+  """`params`/`batch_stats` with every array of `source`'s latest checkpoint that fits.
+
+  The classifier head keeps its fresh initialisation when the number of classes differs (the
+  paper's transfer setting); any other difference in shape is an error.
+  """
+  source = epath.Path(source)
+  if not (source / 'checkpoints').exists() and (source.parent.name == 'checkpoints'):
+    source = source.parent.parent  # a step directory was given
+  checkpoints = Checkpoints(source, read_only=True)
+  step = checkpoints.latest_step()
+  if step is None:
+    raise CheckpointMismatchError(f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run')
+  saved = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+
+  def take(path, ours, theirs_tree):
+    keys = [k.key for k in path]
+    theirs = theirs_tree
+    for k in keys:
+      if not isinstance(theirs, dict) or k not in theirs:
+        raise CheckpointMismatchError(
+            f'--config.init_from={source} has no {"/".join(keys)}; it holds a different architecture')
+      theirs = theirs[k]
+    if keys[0] == 'head' and theirs.shape != ours.shape:
+      return ours  # a new classifier for a new number of classes
+    if theirs.shape != ours.shape:
+      raise CheckpointMismatchError(
+          f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model needs {ours.shape}')
+    return jax.device_put(np.asarray(theirs, ours.dtype), ours.sharding)
+
+  params = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['params']), params)
+  batch_stats = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['batch_stats']), batch_stats)
+  checkpoints.close()
+  return params, batch_stats, step

@@ -1,0 +1,562 @@
+"""Input pipeline: any TFDS image-classification dataset through tf.data, deterministic and resumable.
+
+Training stream (per process). The process reads only its share of `train_split`
+(`tfds.split_for_jax_process(..., drop_remainder=True)`, so every process has the same share size n).
+The stream is a sequence of epochs; epoch e is
+
+    read (cached in memory, or files shuffled with a seed of (seed, process, e))
+    -> shuffle(shuffle_buffer, seed of (seed, process, e))
+    -> the first steps_per_epoch * batch examples   (steps_per_epoch = n // batch; the rest is dropped)
+    -> enumerate -> skip (resume) -> decode + augment keyed by (seed, process, e, position) -> batch
+
+Every random choice is a pure function of (seed, process_index, epoch, position in epoch): shuffles use
+fixed op seeds and augmentation uses `tf.random.stateless_*` ops. So batch k is the same whenever it is
+produced, and `create_train_iterator(..., start_step=k)` starts directly in epoch k // steps_per_epoch,
+skipping the first (k % steps_per_epoch) * batch examples *before* decoding and augmentation.
+
+Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so every
+example is in exactly one process), pads to a common number of batches with mask 0 examples.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import math
+import queue
+import socket
+import threading
+import urllib.parse
+from typing import Any, Iterable, Iterator
+from unittest import mock
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from resnet_jax.errors import UserError
+
+try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+except (RuntimeError, ValueError):  # devices already initialised, or no such device type
+  pass
+
+# Normalisation constants of x / 255, per channel.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+KNOWN_STATS = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
+}
+STATS_NUM_EXAMPLES = 10_000  # computed statistics use the first (unshuffled) examples of train_split
+EVAL_CROP_FRACTION = 0.875  # 'imagenet' eval: resize shorter side to size / 0.875, centre crop size
+AUGMENTS = ('cifar', 'imagenet', 'none')
+
+
+class DatasetNotReadyError(UserError):
+  """The dataset cannot be read here; the message is one line saying what to do (a ValueError)."""
+
+
+class UnknownDatasetError(DatasetNotReadyError):
+  """TFDS has no dataset of that name (a DatasetNotReadyError, so one `except` catches both)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of the images the model sees (after crop/resize)
+  num_train_examples: int  # of train_split
+  num_eval_examples: int  # of eval_split
+
+
+# ----------------------------------------------------------------------------------------- builder
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+  text = ' '.join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _unreachable_hosts_reason(builder, timeout: float = 5.0) -> str | None:
+  """None if the hosts of the builder's download URLs answer (or are unknown), else why not."""
+  try:
+    urls = list(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except  (no checksums file: nothing to check)
+    return None
+  hosts = []
+  for url in urls:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ('http', 'https') and parsed.hostname:
+      host = (parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80))
+      if host not in hosts:
+        hosts.append(host)
+  if not hosts:
+    return None
+  hosts = tuple(hosts[:3])
+  if hosts not in _REACHABILITY:
+    _REACHABILITY[hosts] = _probe_hosts(hosts, timeout)
+  return _REACHABILITY[hosts]
+
+
+# Probe results, kept for the process: they only decide whether tfds gets its retries.
+_REACHABILITY: dict[tuple, str | None] = {}
+
+
+def _probe_hosts(hosts, timeout: float) -> str | None:
+  """TCP-connects to each host from a daemon thread with a hard deadline (DNS has no timeout)."""
+  result: list[str | None] = []
+
+  def probe():
+    for host, port in hosts:
+      try:
+        socket.create_connection((host, port), timeout=timeout).close()
+      except OSError as e:
+        result.append(f'cannot reach {host}:{port}: {_one_line(e, 120)}')
+        return
+    result.append(None)
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout * len(hosts) + 2.0)
+  return result[0] if result else f'no answer from {hosts[0][0]} within {timeout:.0f} s'
+
+
+def _not_ready_message(builder, name: str, data_dir: str, manual_dir: str | None, reason: str) -> str:
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    where = manual_dir or f'{data_dir}/downloads/manual'
+    files = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' if name.startswith('imagenet2012')
+             else f'see: {_one_line(instructions, 160)}')
+    reason = _one_line(reason, 400).split('. ')[0]  # tfds appends the instructions to the reason
+    return (f"dataset '{name}' is not prepared in {data_dir} and its manually downloaded files are missing "
+            f"({_one_line(reason, 200)}); place the files listed in tfds' docs for '{name}' ({files}) in "
+            f"{where} and set dataset.manual_dir to it, or copy a prepared {data_dir}/{name} here")
+  return (f"dataset '{name}' is not prepared in {data_dir} and could not be downloaded "
+          f"({_one_line(reason, 200)}); run `tfds build {name} --data_dir {data_dir}` on a machine with "
+          f"internet and copy {data_dir}/{name} here (or set dataset.data_dir to a directory holding it)")
+
+
+def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
+  """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
+  import resnet_jax.datasets  # pylint: disable=g-import-not-at-top,unused-import  (registers ours)
+
+  name = dataset_config.name
+  data_dir = dataset_config.get('data_dir')
+  manual_dir = dataset_config.get('manual_dir')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UnknownDatasetError(
+        f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the project's "
+        "own datasets such as 'sklearn_digits' are registered by importing resnet_jax.datasets)") from None
+  if builder.is_prepared():
+    return builder
+
+  shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
+  manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  offline_reason = None if manual else _unreachable_hosts_reason(builder)
+  try:
+    if offline_reason is None:
+      builder.download_and_prepare(download_config=download_config)
+    else:
+      # The download hosts do not answer: let tfds try exactly once instead of retrying with
+      # back-off for ~200 s (tfds' own downloader retries 10 times).
+      from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+      patch = (mock.patch.object(downloader, 'MAX_RETRIES', 0) if hasattr(downloader, 'MAX_RETRIES')
+               else contextlib.nullcontext())
+      with patch:
+        builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = offline_reason or f'{type(e).__name__}: {e}'
+    raise DatasetNotReadyError(_not_ready_message(builder, name, shown_dir, manual_dir, reason)) from e
+  return builder
+
+
+# ------------------------------------------------------------------------------------ dataset facts
+
+
+def _read_config(**kwargs) -> tfds.ReadConfig:
+  options = tf.data.Options()
+  options.deterministic = True
+  return tfds.ReadConfig(options=options, try_autocache=False, **kwargs)
+
+
+def _image_decoders(builder) -> dict[str, Any]:
+  return {'image': tfds.decode.SkipDecoding()} if isinstance(
+      builder.info.features['image'], tfds.features.Image) else {}
+
+
+def _num_examples(builder, split) -> int:
+  """Examples in a (sub)split: from the metadata, or by reading when the metadata has no splits."""
+  splits = builder.info.splits
+  if len(splits):
+    try:
+      return int(splits[split].num_examples)
+    except (KeyError, ValueError, AssertionError) as e:
+      known = ', '.join(f'{k} ({v.num_examples})' for k, v in splits.items())
+      raise UserError(f"bad split {split!r} for dataset '{builder.name}' ({_one_line(e, 150)}); its splits: "
+                      f"{known}; slices look like 'train[:45000]' or 'train[90%:]'") from None
+  ds = builder.as_dataset(split=split, decoders=_image_decoders(builder), read_config=_read_config())
+  count = int(ds.cardinality())
+  if count < 0:
+    count = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+  return count
+
+
+def _augment(dataset_config) -> str:
+  augment = dataset_config.get('augment', 'none') or 'none'
+  if augment not in AUGMENTS:
+    raise UserError(f"dataset.augment must be one of {AUGMENTS}, got '{augment}'")
+  return augment
+
+
+def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
+  native = tuple(builder.info.features['image'].shape)
+  channels = native[-1] if native and native[-1] is not None else 3
+  size = dataset_config.get('image_size')
+  if size:
+    return (int(size), int(size), int(channels))
+  if _augment(dataset_config) == 'imagenet':
+    raise UserError("dataset.image_size must be set for augment='imagenet' (e.g. 224)")
+  if len(native) != 3 or any(d is None for d in native):
+    raise UserError(f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
+                     "dataset.image_size")
+  return tuple(int(d) for d in native)
+
+
+def get_dataset_info(dataset_config) -> DatasetInfo:
+  builder = get_dataset_builder(dataset_config)
+  return DatasetInfo(
+      num_classes=int(builder.info.features['label'].num_classes),
+      image_shape=_image_shape(dataset_config, builder),
+      num_train_examples=_num_examples(builder, dataset_config.train_split),
+      num_eval_examples=_num_examples(builder, dataset_config.eval_split),
+  )
+
+
+# ------------------------------------------------------------------------------------ normalisation
+
+
+_COMPUTED_STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+
+def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
+  """Per-channel mean and std of x / 255 over the first `num` images of `split` (float64 sums).
+
+  The first examples in file order, unshuffled: the same numbers in every process and run.
+  """
+  key = (str(builder.data_dir), builder.name, str(split), num)
+  if key not in _COMPUTED_STATS:
+    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=_read_config()).take(num)
+
+    def sums(ex):
+      x = tf.cast(ex['image'], tf.float64) / 255.0
+      x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+      return tf.reduce_sum(x, 0), tf.reduce_sum(tf.square(x), 0), tf.cast(tf.shape(x)[0], tf.float64)
+
+    total, total_sq, count = 0.0, 0.0, 0.0
+    for s, sq, c in ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator():
+      total, total_sq, count = total + s.sum(0), total_sq + sq.sum(0), count + c.sum()
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    _COMPUTED_STATS[key] = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+  return _COMPUTED_STATS[key]
+
+
+def normalisation_stats(dataset_config, builder=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel of x / 255: the config's, known constants, or computed (deterministic)."""
+  builder = builder or get_dataset_builder(dataset_config)
+  channels = _image_shape(dataset_config, builder)[-1]
+  mean, std = dataset_config.get('mean'), dataset_config.get('std')
+  if mean is None or std is None:
+    if _augment(dataset_config) == 'imagenet' and channels == 3:
+      known = (IMAGENET_MEAN, IMAGENET_STD)
+    else:
+      known = KNOWN_STATS.get(dataset_config.name)
+    if known is None:
+      known = _computed_stats(builder, dataset_config.train_split)
+    mean = known[0] if mean is None else mean
+    std = known[1] if std is None else std
+  mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+  if len(mean) != channels or len(std) != channels:
+    raise UserError(f'dataset.mean/std need {channels} values (one per channel), got {mean} and {std}')
+  return mean, std
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+
+def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
+  """Decodes an encoded image, cropped to crop_window(shape) -> [y, x, h, w]; JPEGs decode only the crop."""
+
+  def jpeg():
+    window = crop_window(tf.image.extract_jpeg_shape(data))
+    return tf.image.decode_and_crop_jpeg(data, window, channels=channels)
+
+  def other():  # PNG etc. (e.g. tfds mock data, or non-JPEG datasets)
+    image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+    y, x, h, w = tf.unstack(crop_window(tf.shape(image)))
+    return image[y:y + h, x:x + w]
+
+  return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def _random_crop_window(seed: tf.Tensor):
+  def window(shape):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=seed,
+        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+  return window
+
+
+def _center_crop_window(shape):
+  h, w = shape[0], shape[1]
+  side = tf.cast(tf.round(EVAL_CROP_FRACTION * tf.cast(tf.minimum(h, w), tf.float32)), tf.int32)
+  side = tf.maximum(side, 1)
+  return tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
+
+
+def _make_preprocess(dataset_config, builder, *, train: bool):
+  """fn(image, seed[2]) -> float32 normalised [H, W, C]; image is encoded bytes for 'imagenet'."""
+  augment = _augment(dataset_config)
+  out_h, out_w, channels = _image_shape(dataset_config, builder)
+  native = tuple(builder.info.features['image'].shape)
+  mean, std = normalisation_stats(dataset_config, builder)
+  mean = tf.constant(mean, tf.float32)
+  std = tf.constant(std, tf.float32)
+  flip = bool(dataset_config.get('flip', False)) and train
+  pad = int(dataset_config.get('pad', 0) or 0)
+
+  def normalise(x):  # x: float32 in [0, 255]
+    return (x / 255.0 - mean) / std
+
+  def resize(x):
+    return tf.image.resize(x, [out_h, out_w], method='bilinear')
+
+  def preprocess(image, seed):
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    if augment == 'imagenet':
+      window = _random_crop_window(seeds[0]) if train else _center_crop_window
+      x = normalise(resize(tf.cast(_decode_crop(image, window, channels), tf.float32)))
+    else:
+      x = tf.cast(image, tf.float32)
+      if native[:2] != (out_h, out_w):
+        x = resize(x)
+      x = normalise(x)
+      if augment == 'cifar' and train and pad > 0:
+        # As the paper: pad the mean-subtracted image with zeros, take a random crop of the original size.
+        x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
+        x = tf.image.stateless_random_crop(x, [out_h, out_w, channels], seed=seeds[0])
+    if flip:
+      x = tf.image.stateless_random_flip_left_right(x, seed=seeds[1])
+    return tf.ensure_shape(x, [out_h, out_w, channels])
+
+  return preprocess
+
+
+def _decoders(dataset_config, builder):
+  # 'imagenet' decodes (and crops) after the shuffle and resume skip, from the encoded bytes.
+  return _image_decoders(builder) if _augment(dataset_config) == 'imagenet' else None
+
+
+def _pipeline_options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _seed(*values: int) -> int:
+  """A 63-bit seed derived from integers (any sign/size), stable across machines and versions."""
+  state = np.random.SeedSequence([int(v) % 2 ** 64 for v in values]).generate_state(2, dtype=np.uint32)
+  return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def train_split_for_process(dataset_config, process_index: int, process_count: int):
+  return tfds.split_for_jax_process(dataset_config.train_split, process_index=process_index,
+                                    process_count=process_count, drop_remainder=True)
+
+
+def create_train_iterator(dataset_config, *, local_batch_size: int, seed: int, start_step: int = 0,
+                          process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]} (see module docstring)."""
+  if local_batch_size <= 0 or start_step < 0:
+    raise UserError(f'need local_batch_size > 0 and start_step >= 0, got {local_batch_size}, {start_step}')
+  builder = get_dataset_builder(dataset_config)
+  split = train_split_for_process(dataset_config, process_index, process_count)
+  num = _num_examples(builder, split)
+  steps_per_epoch = num // local_batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f'the share of {dataset_config.train_split} of process {process_index} ({num} '
+                     f'examples) is smaller than local_batch_size={local_batch_size}')
+  preprocess = _make_preprocess(dataset_config, builder, train=True)
+  decoders = _decoders(dataset_config, builder)
+  buffer = max(1, min(int(dataset_config.get('shuffle_buffer', num) or num), num))
+  options = _pipeline_options()
+
+  def select(ex):
+    return {'image': ex['image'], 'label': ex['label']}
+
+  cached = None
+  if dataset_config.get('cache', False):
+    cached = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                                read_config=_read_config()).map(select).cache()
+
+  def epoch_dataset(epoch: int, skip: int) -> tf.data.Dataset:
+    if cached is not None:
+      ds = cached
+    else:
+      ds = builder.as_dataset(
+          split=split, shuffle_files=True, decoders=decoders,
+          read_config=_read_config(shuffle_seed=_seed(seed, process_index, epoch, 2))).map(select)
+    ds = ds.shuffle(buffer, seed=_seed(seed, process_index, epoch, 0), reshuffle_each_iteration=False)
+    ds = ds.take(steps_per_epoch * local_batch_size).enumerate().skip(skip)
+    aug_seed = tf.constant(_seed(seed, process_index, epoch, 1), tf.int64)
+
+    def process(i, ex):
+      return {'image': preprocess(ex['image'], tf.stack([aug_seed, i])),
+              'label': tf.cast(ex['label'], tf.int32)}
+
+    ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options)
+
+  def batches():
+    epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
+    skip = step_in_epoch * local_batch_size
+    while True:
+      yield from epoch_dataset(epoch, skip).as_numpy_iterator()
+      epoch, skip = epoch + 1, 0
+
+  return batches()
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def _eval_splits(dataset_config, process_count: int):
+  return tfds.even_splits(dataset_config.eval_split, n=process_count, drop_remainder=False)
+
+
+def num_eval_batches(dataset_config, *, local_batch_size: int, process_count: int) -> int:
+  """The number of batches every process's eval iterator yields."""
+  builder = get_dataset_builder(dataset_config)
+  largest = max(_num_examples(builder, s) for s in _eval_splits(dataset_config, process_count))
+  return max(1, math.ceil(largest / local_batch_size))
+
+
+# Eval datasets with cache=True are kept (and with them the in-memory cache) across evaluations.
+_EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.OrderedDict()
+
+
+def _eval_examples(dataset_config, builder, process_index: int, process_count: int) -> tf.data.Dataset:
+  cache = bool(dataset_config.get('cache', False))
+  key = (str(builder.data_dir), repr(sorted(dataset_config.items())), process_index, process_count)
+  if cache and key in _EVAL_DATASETS:
+    _EVAL_DATASETS.move_to_end(key)
+    return _EVAL_DATASETS[key]
+  split = _eval_splits(dataset_config, process_count)[process_index]
+  preprocess = _make_preprocess(dataset_config, builder, train=False)
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_decoders(dataset_config, builder),
+                          read_config=_read_config())
+  zero_seed = tf.zeros([2], tf.int64)
+  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], zero_seed),
+                          'label': tf.cast(ex['label'], tf.int32),
+                          'mask': tf.constant(1.0, tf.float32)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    ds = ds.cache()
+    _EVAL_DATASETS[key] = ds
+    while len(_EVAL_DATASETS) > 4:
+      _EVAL_DATASETS.popitem(last=False)
+  return ds
+
+
+def create_eval_iterator(dataset_config, *, local_batch_size: int, process_index: int = 0,
+                         process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split.
+
+  Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
+  """
+  builder = get_dataset_builder(dataset_config)
+  total = num_eval_batches(dataset_config, local_batch_size=local_batch_size,
+                           process_count=process_count) * local_batch_size
+  ds = _eval_examples(dataset_config, builder, process_index, process_count)
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros(_image_shape(dataset_config, builder), tf.float32),
+      'label': tf.constant(0, tf.int32),
+      'mask': tf.constant(0.0, tf.float32),
+  }).repeat()
+  ds = ds.concatenate(padding).take(total).batch(local_batch_size, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options()).as_numpy_iterator()
+
+
+# ------------------------------------------------------------------------------------ devices
+
+
+def to_global_array(local_batch: dict[str, np.ndarray],
+                    sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  """This process's batch -> global arrays sharded like `sharding` (batch axis over processes)."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+_END = object()
+
+
+def prefetch_to_mesh(iterator: Iterable[dict[str, np.ndarray]], sharding: jax.sharding.NamedSharding,
+                     size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Iterates `iterator` in a daemon thread, keeping `size` batches already on the devices.
+
+  Ends when the source ends; an exception in the source (or in placement) is raised to the consumer.
+  Closing or dropping the returned generator stops the thread.
+  """
+  q: queue.Queue = queue.Queue(maxsize=max(1, size))
+  stop = threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def produce():
+    try:
+      for batch in iterator:
+        placed = jax.block_until_ready(to_global_array(batch, sharding))
+        if not put((None, placed)):
+          return
+      put((None, _END))
+    except BaseException as e:  # pylint: disable=broad-except
+      put((e, None))
+
+  thread = threading.Thread(target=produce, name='prefetch_to_mesh', daemon=True)
+  thread.start()
+
+  def consume():
+    try:
+      while True:
+        error, item = q.get()
+        if error is not None:
+          raise error
+        if item is _END:
+          return
+        yield item
+    finally:
+      stop.set()
+      # Let the producer leave TensorFlow before the interpreter exits: killing a thread inside
+      # tf.data at shutdown aborts the process.
+      thread.join(timeout=30)
+
+  return consume()

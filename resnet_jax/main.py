@@ -1,0 +1,75 @@
+"""`python -m resnet_jax.main --config configs/cifar10.py:resnet56 --workdir runs/r56 [--config.x=y ...]`.
+
+Parses flags and hands over to train.py. Errors a user can fix end the run with one line on stderr
+and exit status 2; nothing already saved is touched.
+"""
+
+import logging as logging_std
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. configs/cifar10.py:resnet56.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard summaries.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (resuming from the workdir\'s latest checkpoint); eval: evaluate the latest '
+                  'checkpoint and print the metrics as JSON.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Orbax logs every step of every save at INFO; keep its warnings, drop the rest."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
+
+
+def _user_error(exception):
+  """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
+  from resnet_jax.errors import UserError
+  found = None
+  while exception is not None:
+    if isinstance(exception, UserError):
+      found = exception
+    exception = exception.__cause__ or exception.__context__
+  return found
+
+
+def parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = _user_error(e) or str(e).strip().splitlines()[0]
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # Imported here so that --help is instant and flag errors come before TensorFlow loads.
+  import jax
+  import tensorflow as tf
+
+  from resnet_jax import train
+  from resnet_jax.errors import UserError
+
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TensorFlow off the accelerators
+  logging.info('JAX process %d/%d, %d local devices of %d: %s', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  try:
+    if FLAGS.mode == 'eval':
+      print(train.dumps(train.evaluate_latest(FLAGS.config, FLAGS.workdir)))
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

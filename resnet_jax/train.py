@@ -1,0 +1,180 @@
+"""train_and_evaluate: setup, data, model, optimizer, checkpoint, then the loop. Reads top to bottom."""
+
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import periodic_actions
+from etils import epath
+
+from resnet_jax import checkpointing, input_pipeline, models, optim, parallel
+from resnet_jax.errors import UserError
+from resnet_jax.metric_logging import MetricLogger
+from resnet_jax.train_step import create_train_state, eval_step, train_step
+
+
+class WorkdirError(UserError):
+  pass
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  overrides = {k: v for k, v in config.model.items() if k != 'name' and v != ''}
+  return models.create_model(config.model.name, num_classes=num_classes, **overrides)
+
+
+def run_length(config, num_train_examples: int) -> tuple[int, int]:
+  """(steps_per_epoch, num_steps) for the global batch size."""
+  steps_per_epoch = max(1, num_train_examples // config.train.batch_size)
+  if config.train.num_epochs > 0:
+    return steps_per_epoch, int(round(config.train.num_epochs * steps_per_epoch))
+  return steps_per_epoch, config.train.num_steps
+
+
+def prepare_workdir(workdir, config) -> epath.Path:
+  """Checks the workdir can be written before any training starts, and saves the resolved config."""
+  workdir = epath.Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  except OSError as e:
+    raise WorkdirError(f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory') from e
+  return workdir
+
+
+def checkpoint_meta(config, info: input_pipeline.DatasetInfo) -> dict:
+  return {'model': config.model.name, 'num_classes': info.num_classes,
+          'image_shape': list(info.image_shape), 'dataset': config.dataset.name}
+
+
+class Setup:
+  """Everything a run needs before its first step: shared by training and eval-only."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir):
+    self.config = config
+    self.workdir = prepare_workdir(workdir, config)
+    self.mesh = parallel.make_mesh()
+    self.local_batch_size = parallel.check_batch_size(config.train.batch_size, 'train.batch_size')
+    self.local_eval_batch_size = parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+    self.info = input_pipeline.get_dataset_info(config.dataset)
+    self.model = build_model(config, self.info.num_classes)
+    self.steps_per_epoch, self.num_steps = run_length(config, self.info.num_train_examples)
+    self.schedule = optim.learning_rate_schedule(config, steps_per_epoch=self.steps_per_epoch,
+                                                 num_steps=self.num_steps)
+    self.tx = optim.create_optimizer(config)
+    self.meta = checkpoint_meta(config, self.info)
+    self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.train.keep_checkpoints,
+                                                 asynchronous=config.train.async_checkpoints)
+    self.eval_step = parallel.jit_eval_step(functools.partial(eval_step, model=self.model), self.mesh)
+
+  def initial_state(self):
+    """A fresh state, the latest checkpoint of this workdir, or a fine-tuning start from init_from."""
+    init = functools.partial(create_train_state, model=self.model, tx=self.tx, image_shape=self.info.image_shape,
+                             warmup=self.config.schedule.warmup_lr > 0)
+    state = parallel.jit_init(init, self.mesh)(jax.random.key(self.config.seed))
+    if self.checkpoints.latest_step() is not None:
+      abstract = parallel.abstract_like(state, parallel.replicated(self.mesh))
+      state = self.checkpoints.restore(abstract, self.meta)
+      logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
+    elif self.config.init_from:
+      params, batch_stats, step = checkpointing.restore_for_fine_tuning(
+          self.config.init_from, state.params, state.batch_stats)
+      state = state.replace(params=params, batch_stats=batch_stats)
+      logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
+    return state
+
+  def evaluate(self, state) -> dict[str, float]:
+    """Loss, top-1 and top-5 error over every example of the eval split, each counted once."""
+    batches = input_pipeline.create_eval_iterator(
+        self.config.dataset, local_batch_size=self.local_eval_batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    totals = None
+    for batch in batches:
+      sums = self.eval_step(state, input_pipeline.to_global_array(batch, parallel.batch_sharded(self.mesh)))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    return {'eval_loss': float(totals['loss']) / count, 'eval_top1_error': float(totals['top1_errors']) / count,
+            'eval_top5_error': float(totals['top5_errors']) / count, 'eval_examples': count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
+  # ---------------------------------------------------------------- setup
+  setup = Setup(config, workdir)
+  state = setup.initial_state()
+  start_step, num_steps = int(state.step), setup.num_steps
+  logging.info('%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
+               config.model.name, config.dataset.name, num_steps, config.train.batch_size,
+               jax.device_count(), jax.process_count(), start_step)
+
+  # ---------------------------------------------------------------- data
+  data_sharding = parallel.batch_sharded(setup.mesh)
+  train_batches = input_pipeline.prefetch_to_mesh(
+      input_pipeline.create_train_iterator(
+          config.dataset, local_batch_size=setup.local_batch_size, seed=config.seed, start_step=start_step,
+          process_index=jax.process_index(), process_count=jax.process_count()),
+      data_sharding)
+
+  # ---------------------------------------------------------------- the compiled step
+  step_fn = parallel.jit_train_step(functools.partial(
+      train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
+      warmup_lr=config.schedule.warmup_lr, warmup_until_error=config.schedule.warmup_until_error,
+      label_smoothing=config.train.label_smoothing), setup.mesh)
+
+  # ---------------------------------------------------------------- the loop
+  logger = MetricLogger(setup.workdir)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=logger.writer, every_secs=30)
+  pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  eval_metrics = {}
+  for step in range(start_step + 1, num_steps + 1):
+    state, metrics = step_fn(state, next(train_batches))
+    pending_metrics.append(metrics)
+    progress(step)
+    is_last = step == num_steps
+    scalars = {}
+    if step % config.train.log_every_steps == 0 or is_last:
+      fetched = jax.device_get(pending_metrics)
+      pending_metrics = []
+      now = time.perf_counter()
+      scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
+      scalars['images_per_second'] = (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+      last_log_time, last_log_step = now, step
+    if step % config.train.eval_every_steps == 0 or is_last:
+      jax.block_until_ready(state)  # so the steps still in flight count as training time
+      eval_start = time.perf_counter()
+      eval_metrics = setup.evaluate(state)
+      scalars.update(eval_metrics)
+      last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
+    if scalars:
+      logger.write(step, scalars)
+    if step % config.train.checkpoint_every_steps == 0 or is_last:
+      setup.checkpoints.save(step, state, setup.meta)
+
+  train_batches.close()
+  setup.checkpoints.wait()
+  setup.checkpoints.close()
+  logger.close()
+  if start_step >= num_steps:
+    logging.info('Already trained for %d steps; nothing to do.', num_steps)
+  return eval_metrics
+
+
+def evaluate_latest(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
+  """Eval-only mode: the latest checkpoint of the workdir on the eval split."""
+  setup = Setup(config, workdir)
+  if setup.checkpoints.latest_step() is None:
+    raise checkpointing.CheckpointMismatchError(f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first')
+  state = setup.initial_state()
+  metrics = {'step': int(state.step), **setup.evaluate(state)}
+  setup.checkpoints.close()
+  return metrics
+
+
+def dumps(metrics: dict) -> str:
+  return json.dumps(metrics, sort_keys=True)

@@ -1,0 +1,289 @@
+"""Input pipeline: shapes, determinism, exact resume, per-process sharding, eval padding, errors, prefetch.
+
+Real data: the offline `sklearn_digits` builder, prepared into a pytest temp dir. cifar10, mnist and
+imagenet2012 use `tfds.testing.mock_data` (which ignores the split: every (sub)split yields the same
+`num_examples` examples, so coverage tests use the digits).
+"""
+
+import collections
+import itertools
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from resnet_jax import input_pipeline as ip
+from resnet_jax.errors import UserError
+
+MOCK_EXAMPLES = 24
+
+
+def make_config(**overrides):
+  config = dict(name='cifar10', data_dir=None, manual_dir=None, train_split='train', eval_split='test',
+                augment='cifar', pad=4, flip=True, image_size=None, mean=None, std=None,
+                shuffle_buffer=1_000, cache=True)
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  # Shared with tests/test_sklearn_digits.py: preparing twice in one session is a no-op.
+  data_dir = str(tmp_path_factory.getbasetemp() / 'tfds_sklearn_digits')
+  tfds.builder('sklearn_digits', data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def digits_config(data_dir, **overrides):
+  return make_config(**{'name': 'sklearn_digits', 'data_dir': data_dir, 'pad': 1, 'flip': False,
+                        'shuffle_buffer': 2_000, **overrides})
+
+
+def take(iterator, n):
+  return list(itertools.islice(iterator, n))
+
+
+def assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def to_uint8(images, stats):
+  mean, std = stats
+  return np.rint((images * np.array(std) + np.array(mean)) * 255).astype(np.uint8)
+
+
+def raw_examples(data_dir, split):
+  builder = tfds.builder('sklearn_digits', data_dir=data_dir)
+  return collections.Counter((e['image'].tobytes(), int(e['label']))
+                             for e in tfds.as_numpy(builder.as_dataset(split=split)))
+
+
+# ------------------------------------------------------------------------------- shapes and dtypes
+
+
+@pytest.mark.parametrize('config, shape, num_classes', [
+    (make_config(name='cifar10'), (32, 32, 3), 10),
+    (make_config(name='mnist', pad=2, flip=False), (28, 28, 1), 10),
+    (make_config(name='imagenet2012', augment='imagenet', image_size=64, eval_split='validation',
+                 shuffle_buffer=10, cache=False), (64, 64, 3), 1000),
+    # 'imagenet' augment on PNG-encoded images (the non-JPEG decode path).
+    (make_config(name='cifar10', augment='imagenet', image_size=24), (24, 24, 3), 10),
+], ids=['cifar10', 'mnist', 'imagenet2012', 'cifar10-imagenet-augment'])
+def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    info = ip.get_dataset_info(config)
+    assert info == ip.DatasetInfo(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
+    batches = take(ip.create_train_iterator(config, local_batch_size=8, seed=0), 4)  # crosses an epoch
+    for batch in batches:
+      assert batch.keys() == {'image', 'label'}
+      assert batch['image'].shape == (8, *shape) and batch['image'].dtype == np.float32
+      assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
+      assert np.all(np.isfinite(batch['image']))
+      assert np.all((batch['label'] >= 0) & (batch['label'] < num_classes))
+    # Resume also works on the 'imagenet' (random resized crop) path.
+    resumed = take(ip.create_train_iterator(config, local_batch_size=8, seed=0, start_step=2), 2)
+    assert_same_batches(resumed, batches[2:4])
+    evals = list(ip.create_eval_iterator(config, local_batch_size=10))
+    assert len(evals) == 3
+    assert evals[0]['image'].shape == (10, *shape) and evals[0]['image'].dtype == np.float32
+    assert evals[0]['mask'].dtype == np.float32 and sum(b['mask'].sum() for b in evals) == MOCK_EXAMPLES
+
+
+def test_normalisation_constants_and_computed_stats(digits_dir):
+  config = digits_config(digits_dir)
+  mean, std = ip.normalisation_stats(config)
+  assert len(mean) == len(std) == 1 and 0.2 < mean[0] < 0.4 and 0.3 < std[0] < 0.5
+  # Training images (augment='none') are normalised with them: about zero mean, unit std.
+  batch = next(ip.create_train_iterator(digits_config(digits_dir, augment='none', train_split='train'),
+                                        local_batch_size=1_000, seed=0))
+  assert abs(float(batch['image'].mean())) < 0.1 and abs(float(batch['image'].std()) - 1) < 0.1
+  # Explicit values win.
+  assert ip.normalisation_stats(digits_config(digits_dir, mean=(0.5,), std=(0.25,))) == ((0.5,), (0.25,))
+  with tfds.testing.mock_data(num_examples=2):
+    assert ip.normalisation_stats(make_config(name='cifar10')) == ip.KNOWN_STATS['cifar10']
+    assert ip.normalisation_stats(make_config(name='imagenet2012', augment='imagenet', image_size=32)) == (
+        ip.IMAGENET_MEAN, ip.IMAGENET_STD)
+
+
+# ------------------------------------------------------------------------------- determinism / resume
+
+
+def test_digits_shapes_and_determinism(digits_dir):
+  config = digits_config(digits_dir, flip=True)  # 1438 // 128 = 11 steps per epoch
+  info = ip.get_dataset_info(config)
+  assert info == ip.DatasetInfo(10, (8, 8, 1), 1438, 359)
+  a = take(ip.create_train_iterator(config, local_batch_size=128, seed=7), 13)
+  b = take(ip.create_train_iterator(config, local_batch_size=128, seed=7), 13)
+  assert a[0]['image'].shape == (128, 8, 8, 1) and a[0]['image'].dtype == np.float32
+  assert a[0]['label'].dtype == np.int32
+  assert_same_batches(a, b)
+  c = next(ip.create_train_iterator(config, local_batch_size=128, seed=8))
+  assert not np.array_equal(a[0]['label'], c['label'])
+  # Each epoch is reshuffled: epoch 1 does not repeat epoch 0's order.
+  assert not np.array_equal(a[0]['label'], a[11]['label'])
+
+
+@pytest.mark.parametrize('start_step', [1, 10, 11, 12, 23])
+def test_resume_reproduces_the_stream_exactly(digits_dir, start_step):
+  config = digits_config(digits_dir, flip=True)  # cifar augment: random crops and flips
+  fresh = take(ip.create_train_iterator(config, local_batch_size=128, seed=3), start_step + 2)
+  resumed = take(ip.create_train_iterator(config, local_batch_size=128, seed=3, start_step=start_step), 2)
+  assert_same_batches(resumed, fresh[start_step:])
+
+
+def test_augmentation_changes_images_but_keeps_labels(digits_dir):
+  plain = next(ip.create_train_iterator(digits_config(digits_dir, augment='none'), local_batch_size=64, seed=1))
+  augmented = next(ip.create_train_iterator(digits_config(digits_dir, augment='cifar', flip=True),
+                                            local_batch_size=64, seed=1))
+  np.testing.assert_array_equal(plain['label'], augmented['label'])  # same shuffle, same examples
+  assert not np.array_equal(plain['image'], augmented['image'])
+
+
+def test_processes_split_the_training_set_without_overlap(digits_dir):
+  # train[:1400] -> 700 examples per process, 7 batches of 100 per epoch: one epoch is the whole share.
+  config = digits_config(digits_dir, augment='none', flip=False, train_split='train[:1400]')
+  stats = ip.normalisation_stats(config)
+  seen = collections.Counter()
+  for process in range(2):
+    batches = take(ip.create_train_iterator(config, local_batch_size=100, seed=0, process_index=process,
+                                            process_count=2), 14)
+    epochs = [[], []]
+    for step, batch in enumerate(batches):
+      images = to_uint8(batch['image'], stats)
+      epochs[step // 7].extend((img.tobytes(), int(lbl)) for img, lbl in zip(images, batch['label']))
+    assert collections.Counter(epochs[0]) == collections.Counter(epochs[1])  # the same share every epoch
+    assert epochs[0] != epochs[1]  # in a new order
+    seen.update(epochs[0])
+  assert seen == raw_examples(digits_dir, 'train[:1400]')  # together: every example exactly once
+
+
+# ------------------------------------------------------------------------------- eval
+
+
+@pytest.mark.parametrize('eval_split, batch, expected_batches', [
+    ('test', 50, 4),  # 359 -> 180 + 179 per process: 4 batches each, the last ones partly padded
+    ('test[:101]', 50, 2),  # 51 + 50: process 1's second batch is padding only
+])
+def test_eval_covers_the_split_once_with_equal_batch_counts(digits_dir, eval_split, batch, expected_batches):
+  config = digits_config(digits_dir, eval_split=eval_split)
+  stats = ip.normalisation_stats(config)
+  assert ip.num_eval_batches(config, local_batch_size=batch, process_count=2) == expected_batches
+  seen = collections.Counter()
+  total_mask = 0.0
+  for process in range(2):
+    batches = list(ip.create_eval_iterator(config, local_batch_size=batch, process_index=process,
+                                           process_count=2))
+    assert len(batches) == expected_batches
+    for b in batches:
+      assert b.keys() == {'image', 'label', 'mask'}
+      assert b['image'].shape == (batch, 8, 8, 1) and b['mask'].shape == (batch,)
+      assert set(np.unique(b['mask'])) <= {0.0, 1.0}
+      real = b['mask'] == 1.0
+      assert np.all(b['image'][~real] == 0) and np.all(b['label'][~real] == 0)
+      images = to_uint8(b['image'][real], stats)
+      seen.update((img.tobytes(), int(lbl)) for img, lbl in zip(images, b['label'][real]))
+      total_mask += float(b['mask'].sum())
+  expected = raw_examples(digits_dir, eval_split)
+  assert total_mask == sum(expected.values())
+  assert seen == expected
+
+
+def test_eval_single_process_is_repeatable(digits_dir):
+  config = digits_config(digits_dir)
+  first = list(ip.create_eval_iterator(config, local_batch_size=100))
+  second = list(ip.create_eval_iterator(config, local_batch_size=100))  # from the in-memory cache
+  assert len(first) == 4 and sum(b['mask'].sum() for b in first) == 359
+  assert_same_batches(first, second)
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def test_offline_dataset_is_prepared_on_first_use(tmp_path):
+  builder = ip.get_dataset_builder(digits_config(str(tmp_path)))
+  assert builder.is_prepared() and builder.info.splits['train'].num_examples == 1438
+
+
+def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
+  start = time.perf_counter()
+  with pytest.raises(ip.DatasetNotReadyError) as error:
+    ip.get_dataset_info(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
+  elapsed = time.perf_counter() - start
+  message = str(error.value)
+  assert '\n' not in message
+  assert "'cifar10'" in message and 'tfds build cifar10' in message and str(tmp_path / 'empty') in message
+  assert elapsed < 30, elapsed
+
+
+def test_missing_manual_files_fail_with_one_line(tmp_path):
+  manual = tmp_path / 'manual'
+  with pytest.raises(ip.DatasetNotReadyError) as error:
+    ip.get_dataset_builder(make_config(name='imagenet2012', data_dir=str(tmp_path), manual_dir=str(manual)))
+  message = str(error.value)
+  assert '\n' not in message and 'ILSVRC2012_img_train.tar' in message and str(manual) in message
+
+
+def test_bad_split_is_a_one_line_user_error(digits_dir):
+  with pytest.raises(ValueError) as error:
+    ip.get_dataset_info(digits_config(digits_dir, eval_split='validation'))
+  assert isinstance(error.value, UserError)
+  assert '\n' not in str(error.value) and "'validation'" in str(error.value) and 'test (359)' in str(error.value)
+
+
+def test_unknown_dataset_name():
+  with pytest.raises(ValueError) as error:
+    ip.get_dataset_builder(make_config(name='no_such_dataset_xyz'))
+  assert isinstance(error.value, ip.DatasetNotReadyError)
+  assert '\n' not in str(error.value) and 'no_such_dataset_xyz' in str(error.value)
+
+
+# ------------------------------------------------------------------------------- devices
+
+
+def _mesh_sharding():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+
+def _host_batches(n, batch):
+  rng = np.random.default_rng(0)
+  return [{'image': rng.normal(size=(batch, 4, 4, 1)).astype(np.float32),
+           'label': rng.integers(0, 10, size=(batch,)).astype(np.int32)} for _ in range(n)]
+
+
+def test_prefetch_to_mesh_delivers_sharded_batches_and_ends():
+  sharding = _mesh_sharding()
+  host = _host_batches(5, 2 * jax.device_count())
+  placed = list(ip.prefetch_to_mesh(iter(host), sharding, size=2))
+  assert len(placed) == 5
+  for got, want in zip(placed, host):
+    for k in want:
+      assert isinstance(got[k], jax.Array) and got[k].sharding == sharding
+      assert len(got[k].addressable_shards) == jax.device_count()
+      np.testing.assert_array_equal(np.asarray(got[k]), want[k])
+  direct = ip.to_global_array(host[0], sharding)
+  np.testing.assert_array_equal(np.asarray(direct['label']), host[0]['label'])
+
+
+def test_prefetch_to_mesh_propagates_errors_and_stops():
+  host = _host_batches(2, jax.device_count())
+
+  def source():
+    yield from host
+    raise RuntimeError('reader broke')
+
+  iterator = ip.prefetch_to_mesh(source(), _mesh_sharding())
+  assert len(take(iterator, 2)) == 2
+  with pytest.raises(RuntimeError, match='reader broke'):
+    next(iterator)
+  # An abandoned infinite source: closing the consumer stops the producer thread.
+  endless = ip.prefetch_to_mesh(itertools.repeat(host[0]), _mesh_sharding(), size=1)
+  next(endless)
+  endless.close()

@@ -1,0 +1,129 @@
+"""The train and eval steps: sharded equals unsharded, the optimizer is the paper's, eval is exact."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh
+
+from configs import cifar10
+from resnet_jax import models, optim, parallel
+from resnet_jax.train_step import create_train_state, eval_step, train_step
+
+
+def small_setup(**config_overrides):
+  config = cifar10.get_config('resnet8')
+  for key, value in config_overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  model = models.create_model('resnet8', num_classes=10)
+  tx = optim.create_optimizer(config)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=100, num_steps=1000)
+  return config, model, tx, schedule
+
+
+def batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.normal(size=(batch_size, *shape)).astype(np.float32),
+           'label': rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
+
+
+def run_steps(mesh, data, **overrides):
+  config, model, tx, schedule = small_setup(**overrides)
+  init = functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 3),
+                           warmup=config.schedule.warmup_lr > 0)
+  state = parallel.jit_init(init, mesh)(jax.random.key(0))
+  step = parallel.jit_train_step(functools.partial(
+      train_step, model=model, tx=tx, schedule=schedule, warmup_lr=config.schedule.warmup_lr,
+      warmup_until_error=config.schedule.warmup_until_error), mesh)
+  history = []
+  for batch in data:
+    state, metrics = step(state, jax.device_put(batch, parallel.batch_sharded(mesh)))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def test_eight_device_step_equals_one_device_step():
+  assert jax.device_count() == 8
+  data = batches(4)
+  one, one_metrics = run_steps(Mesh(np.array(jax.devices()[:1]), ('data',)), data)
+  eight, eight_metrics = run_steps(parallel.make_mesh(), data)
+  for tree in ('params', 'batch_stats'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+                 getattr(one, tree), getattr(eight, tree))
+  for a, b in zip(one_metrics, eight_metrics):
+    assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
+  assert int(eight.step) == 4
+
+
+def test_step_updates_params_batch_stats_and_step():
+  mesh = parallel.make_mesh()
+  state, history = run_steps(mesh, batches(2))
+  fresh, _ = run_steps(mesh, [])
+  assert int(state.step) == 2
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.batch_stats, state.batch_stats)
+  assert all(jax.tree.leaves(changed))
+  assert history[0]['learning_rate'] == pytest.approx(0.1)
+
+
+def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold():
+  data = batches(3)
+  # Random labels keep the error above 80% => the lr stays at warmup_lr.
+  _, history = run_steps(parallel.make_mesh(), data, **{'schedule.warmup_lr': 0.01,
+                                                         'schedule.warmup_until_error': 0.0})
+  assert [h['learning_rate'] for h in history] == pytest.approx([0.01] * 3)
+  # A threshold every batch meets ends the warm-up after the first step.
+  _, history = run_steps(parallel.make_mesh(), data, **{'schedule.warmup_lr': 0.01,
+                                                         'schedule.warmup_until_error': 1.01})
+  assert [h['learning_rate'] for h in history] == pytest.approx([0.01, 0.1, 0.1])
+  assert cifar10.get_config('resnet110').schedule.warmup_lr == 0.01
+  assert cifar10.get_config('resnet56').schedule.warmup_lr == 0.0
+
+
+def test_paper_schedule_divides_by_ten_at_32k_and_48k():
+  config = cifar10.get_config('resnet20')
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=390, num_steps=64_000)
+  assert [float(schedule(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def sgd_update(decoupled, all_params=False):
+  config = cifar10.get_config('resnet20')
+  config.optimizer.update(decoupled_weight_decay=decoupled, weight_decay=0.5, momentum=0.9,
+                          weight_decay_on_all_params=all_params)
+  tx = optim.create_optimizer(config)
+  params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  state = optim.set_learning_rate(state, 0.1)
+  updates, state = tx.update(grads, state, params)
+  updates, _ = tx.update(grads, state, optax.apply_updates(params, updates))
+  return updates
+
+
+def test_weight_decay_coupled_on_kernels_only_and_decoupled():
+  # w = 1, g = 1, wd = 0.5, momentum 0.9, lr 0.1; the second of two updates.
+  # Coupled (L2, the paper): m1 = 1.5, w1 = 0.85, g2 = 1 + 0.425, m2 = 0.9 * 1.5 + 1.425 = 2.775.
+  coupled = sgd_update(decoupled=False)
+  np.testing.assert_allclose(coupled['kernel'], np.full((2, 2), -0.2775), rtol=1e-6)
+  np.testing.assert_allclose(coupled['bias'], np.full((2,), -0.19), rtol=1e-6)  # no decay on biases
+  np.testing.assert_allclose(sgd_update(False, all_params=True)['bias'], np.full((2,), -0.2775), rtol=1e-6)
+  # Decoupled (SGDW): m2 = 1.9, plus wd * w1 = 0.425 after momentum.
+  np.testing.assert_allclose(sgd_update(decoupled=True)['kernel'], np.full((2, 2), -0.2325), rtol=1e-6)
+
+
+def test_eval_step_counts_only_unmasked_examples():
+  config, model, tx, _ = small_setup()
+  state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
+  batch = batches(1, batch_size=8)[0]
+  mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)
+  padded = {**batch, 'mask': mask}
+  real = {k: v[:3] for k, v in batch.items()} | {'mask': mask[:3]}
+  a, b = eval_step(state, padded, model=model), eval_step(state, real, model=model)
+  assert float(a['count']) == 3.0
+  for key in a:
+    assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)
