@@ -50,6 +50,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpoints=True,  # write checkpoints in the background while training goes on
       label_smoothing=0.0,
+      log_diagnostics=True,  # per-stage gradient norms and per-block ||F(x)||/||x|| in metrics.jsonl
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(

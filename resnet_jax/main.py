@@ -65,7 +65,9 @@ def main(argv):
     if FLAGS.mode == 'eval':
       print(train.dumps(train.evaluate_latest(FLAGS.config, FLAGS.workdir)))
     else:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      if jax.process_index() == 0:
+        print(f'final: {train.dumps(metrics)}')
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -58,8 +58,18 @@ class Shortcut(nn.Module):
     return x
 
 
-def _residual_sum(branch, x, shortcut_kind, shortcut):
-  return branch if shortcut_kind == 'none' else branch + shortcut(x)
+def _norm(x):
+  return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+
+
+def _add_shortcut(block: nn.Module, branch, x, shortcut: 'Shortcut'):
+  """F(x) + x, or F(x) alone in a plain net. Sows ||F(x)|| / ||x|| (diagnostics collection):
+  the paper's claim is that residual branches stay small next to the identity."""
+  identity = x if block.shortcut == 'none' else shortcut(x)
+  if not block.is_initializing():  # variables are {'params', 'batch_stats'}, nothing else
+    block.sow('intermediates', 'branch', branch)
+    block.sow('diagnostics', 'residual_ratio', _norm(branch) / (_norm(identity) + 1e-12))
+  return branch if block.shortcut == 'none' else branch + identity
 
 
 class BasicBlock(nn.Module):
@@ -78,9 +88,8 @@ class BasicBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = self.conv(self.filters, (3, 3))(y)
     y = self.last_norm()(y)
-    self.sow('intermediates', 'branch', y)
     shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, self.norm)
-    return nn.relu(_residual_sum(y, x, self.shortcut, shortcut))
+    return nn.relu(_add_shortcut(self, y, x, shortcut))
 
 
 class BottleneckBlock(nn.Module):
@@ -106,9 +115,8 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
     y = self.last_norm()(y)
-    self.sow('intermediates', 'branch', y)
     shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, self.norm)
-    return nn.relu(_residual_sum(y, x, self.shortcut, shortcut))
+    return nn.relu(_add_shortcut(self, y, x, shortcut))
 
 
 class PreActBasicBlock(nn.Module):
@@ -127,11 +135,9 @@ class PreActBasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), strides=self.strides)(pre)
     y = nn.relu(self.last_norm()(y))
     y = self.conv(self.filters, (3, 3))(y)
-    self.sow('intermediates', 'branch', y)
     # The projection reads the pre-activated input, as in the 2016 paper's reference code.
     shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, None)
-    shortcut_input = x if self.shortcut == 'identity' else pre
-    return _residual_sum(y, shortcut_input, self.shortcut, shortcut)
+    return _add_shortcut(self, y, x if self.shortcut == 'identity' else pre, shortcut)
 
 
 class PreActBottleneckBlock(nn.Module):
@@ -151,10 +157,8 @@ class PreActBottleneckBlock(nn.Module):
     y = self.conv(self.filters, (1, 1), strides=stride_1x1)(pre)
     y = self.conv(self.filters, (3, 3), strides=stride_3x3)(nn.relu(self.norm()(y)))
     y = self.conv(self.filters * 4, (1, 1))(nn.relu(self.last_norm()(y)))
-    self.sow('intermediates', 'branch', y)
     shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, None)
-    shortcut_input = x if self.shortcut == 'identity' else pre
-    return _residual_sum(y, shortcut_input, self.shortcut, shortcut)
+    return _add_shortcut(self, y, x if self.shortcut == 'identity' else pre, shortcut)
 
 
 BLOCKS = {

@@ -38,6 +38,8 @@ def run_length(config, num_train_examples: int) -> tuple[int, int]:
 def prepare_workdir(workdir, config) -> epath.Path:
   """Checks the workdir can be written before any training starts, and saves the resolved config."""
   workdir = epath.Path(workdir)
+  if '://' not in str(workdir):
+    workdir = workdir.resolve()  # orbax needs absolute paths
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -124,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   step_fn = parallel.jit_train_step(functools.partial(
       train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
       warmup_lr=config.schedule.warmup_lr, warmup_until_error=config.schedule.warmup_until_error,
-      label_smoothing=config.train.label_smoothing), setup.mesh)
+      label_smoothing=config.train.label_smoothing, diagnostics=config.train.log_diagnostics), setup.mesh)
 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
@@ -157,11 +159,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       setup.checkpoints.save(step, state, setup.meta)
 
   train_batches.close()
+  if start_step >= num_steps:
+    logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
+    eval_metrics = setup.evaluate(state)
   setup.checkpoints.wait()
   setup.checkpoints.close()
   logger.close()
-  if start_step >= num_steps:
-    logging.info('Already trained for %d steps; nothing to do.', num_steps)
   return eval_metrics
 
 

@@ -34,22 +34,42 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def grad_norms_by_stage(grads) -> dict[str, jax.Array]:
+  """Gradient norm of the stem, of each stage and of the head: vanishing gradients in deep plain
+  nets show in the first stage's."""
+  groups = {}
+  for name, subtree in grads.items():
+    group = 'stem' if name.startswith('stem') else name.split('_')[0] if name.startswith('stage') else 'head'
+    groups.setdefault(group, []).append(subtree)
+  return {f'grad_norm_{group}': optax.tree.norm(trees) for group, trees in groups.items()}
+
+
+def residual_ratios(diagnostics) -> dict[str, jax.Array]:
+  """||F(x)|| / ||x|| of every block, as `residual_ratio_stage1_block1`, ..."""
+  return {f'residual_ratio_{block}': values['residual_ratio'][0] for block, values in diagnostics.items()}
+
+
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
                schedule: optax.Schedule, warmup_lr: float = 0.0, warmup_until_error: float = 0.8,
-               label_smoothing: float = 0.0, axis_name: str | None = None):
-  """One SGD step. Under pmap, `axis_name` names the device axis to average gradients over;
-  under jit the batch is one global array and XLA inserts the reductions itself."""
+               label_smoothing: float = 0.0, diagnostics: bool = False, axis_name: str | None = None):
+  """One SGD step. Under pmap or shard_map, `axis_name` names the device axis that gradients,
+  metrics and BatchNorm running averages are averaged over; under plain jit the batch is one global
+  array and XLA inserts the reductions itself."""
+  mutable = ['batch_stats', 'diagnostics'] if diagnostics else ['batch_stats']
 
   def loss_fn(params):
     logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  batch['image'], train=True, mutable=['batch_stats'])
+                                  batch['image'], train=True, mutable=mutable)
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    return loss, (logits, updates)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  error = jnp.mean(jnp.argmax(logits, -1) != batch['label'])
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  batch_stats = updates['batch_stats']
+  metrics = {'loss': loss, 'error': jnp.mean(jnp.argmax(logits, -1) != batch['label'])}
+  if diagnostics:
+    metrics.update(residual_ratios(updates['diagnostics']))
   if axis_name is not None:
-    grads, loss, error = jax.lax.pmean((grads, loss, error), axis_name)
+    grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
 
   learning_rate = jnp.where(state.warmed_up, schedule(state.step), warmup_lr)
   opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
@@ -59,10 +79,11 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
       params=optax.apply_updates(state.params, updates),
       batch_stats=batch_stats,
       opt_state=opt_state,
-      warmed_up=state.warmed_up | (error < warmup_until_error),
+      warmed_up=state.warmed_up | (metrics['error'] < warmup_until_error),
   )
-  metrics = {'loss': loss, 'error': error, 'learning_rate': learning_rate,
-             'grad_norm': optax.tree.norm(grads)}
+  metrics.update(learning_rate=learning_rate, grad_norm=optax.tree.norm(grads))
+  if diagnostics:
+    metrics.update(grad_norms_by_stage(grads))
   return new_state, metrics
 
 

@@ -125,3 +125,13 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
   assert result.returncode == 2
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and message in last_line
+
+
+@pytest.mark.slow
+def test_resnet20_learns_real_digits(tmp_path, digits_data):
+  """The offline default on real images, shortened to fit CI: over 95% test accuracy."""
+  check(run_main('--config=configs/digits.py:resnet20', f'--workdir={tmp_path}', f'--config.dataset.data_dir={digits_data}',
+                 '--config.train.num_steps=400', '--config.schedule.boundaries=(250,350)', devices=1))
+  final = read_jsonl(tmp_path / 'metrics.jsonl')[-1]
+  assert final['step'] == 400 and final['eval_examples'] == 359
+  assert final['eval_top1_error'] < 0.05

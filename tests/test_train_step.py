@@ -127,3 +127,15 @@ def test_eval_step_counts_only_unmasked_examples():
   assert float(a['count']) == 3.0
   for key in a:
     assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)
+
+
+def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios():
+  config, model, tx, schedule = small_setup()
+  state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
+  _, metrics = train_step(state, batches(1)[0], model=model, tx=tx, schedule=schedule, diagnostics=True)
+  stage_norms = [metrics[f'grad_norm_{g}'] for g in ('stem', 'stage1', 'stage2', 'stage3', 'head')]
+  total = np.sqrt(sum(float(n) ** 2 for n in stage_norms))
+  assert total == pytest.approx(float(metrics['grad_norm']), rel=1e-5)
+  ratios = {k: float(v) for k, v in metrics.items() if k.startswith('residual_ratio_')}
+  assert sorted(ratios) == [f'residual_ratio_stage{s}_block1' for s in (1, 2, 3)]  # resnet8: one block a stage
+  assert all(0 < r < 10 for r in ratios.values())
