@@ -28,7 +28,7 @@ import queue
 import socket
 import threading
 import urllib.parse
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from unittest import mock
 
 import jax
@@ -503,18 +503,14 @@ def create_eval_iterator(dataset_config, *, local_batch_size: int, process_index
 # ------------------------------------------------------------------------------------ devices
 
 
-def to_global_array(local_batch: dict[str, np.ndarray],
-                    sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """This process's batch -> global arrays sharded like `sharding` (batch axis over processes)."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
-
-
 _END = object()
 
 
-def prefetch_to_mesh(iterator: Iterable[dict[str, np.ndarray]], sharding: jax.sharding.NamedSharding,
-                     size: int = 2) -> Iterator[dict[str, jax.Array]]:
+def prefetch_to_devices(iterator: Iterable[dict[str, np.ndarray]], place: Callable[[Any], Any],
+                        size: int = 2) -> Iterator[dict[str, jax.Array]]:
   """Iterates `iterator` in a daemon thread, keeping `size` batches already on the devices.
+
+  `place` puts one host batch on the devices (parallel.DataParallel.place_batch).
 
   Ends when the source ends; an exception in the source (or in placement) is raised to the consumer.
   Closing or dropping the returned generator stops the thread.
@@ -534,14 +530,14 @@ def prefetch_to_mesh(iterator: Iterable[dict[str, np.ndarray]], sharding: jax.sh
   def produce():
     try:
       for batch in iterator:
-        placed = jax.block_until_ready(to_global_array(batch, sharding))
+        placed = jax.block_until_ready(place(batch))
         if not put((None, placed)):
           return
       put((None, _END))
     except BaseException as e:  # pylint: disable=broad-except
       put((e, None))
 
-  thread = threading.Thread(target=produce, name='prefetch_to_mesh', daemon=True)
+  thread = threading.Thread(target=produce, name='prefetch_to_devices', daemon=True)
   thread.start()
 
   def consume():

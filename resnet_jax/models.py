@@ -58,17 +58,18 @@ class Shortcut(nn.Module):
     return x
 
 
-def _norm(x):
-  return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32))))
+def _squared_norm(x):
+  return jnp.sum(jnp.square(x.astype(jnp.float32)))
 
 
 def _add_shortcut(block: nn.Module, branch, x, shortcut: 'Shortcut'):
-  """F(x) + x, or F(x) alone in a plain net. Sows ||F(x)|| / ||x|| (diagnostics collection):
-  the paper's claim is that residual branches stay small next to the identity."""
+  """F(x) + x, or F(x) alone in a plain net. Sows ||F(x)||^2 and ||x||^2 (diagnostics collection;
+  squares, so they sum over devices): the paper's claim is that residual branches stay small next to
+  the identity."""
   identity = x if block.shortcut == 'none' else shortcut(x)
   if not block.is_initializing():  # variables are {'params', 'batch_stats'}, nothing else
     block.sow('intermediates', 'branch', branch)
-    block.sow('diagnostics', 'residual_ratio', _norm(branch) / (_norm(identity) + 1e-12))
+    block.sow('diagnostics', 'squared_norms', jnp.stack([_squared_norm(branch), _squared_norm(identity)]))
   return branch if block.shortcut == 'none' else branch + identity
 
 

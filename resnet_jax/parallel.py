@@ -1,60 +1,120 @@
-"""The device mesh and the compiled train/eval steps over it.
+"""Data parallelism: the device mesh, where state and batches live, and the compiled steps.
 
-jit (default): one program over global arrays; the batch is split along the mesh's 'data' axis and
-everything else is replicated, so XLA computes BatchNorm statistics and gradient means over the whole
-global batch and inserts the all-reduces itself (the pjit path; the same code runs on one CPU or a pod).
+Two modes, the same results (tests/test_parallel.py):
+  * 'jit' (default, the pjit path): one program over global arrays. The batch is split along the
+    mesh's 'data' axis, the state is replicated, and XLA inserts the all-reduces; BatchNorm statistics
+    then cover the whole global batch. Runs unchanged on one CPU, a GPU node or a TPU pod.
+  * 'pmap': the classic replicated step; each device holds a copy of the state and gradients are
+    averaged over the named axis.
+BatchNorm statistics are 'global' (synchronised over the global batch) or 'per_device' (each device
+normalises its own slice, as the paper's per-GPU BN; running averages are then averaged).
 """
 
+import functools
+
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from resnet_jax.errors import UserError
 
 DATA_AXIS = 'data'
+MODES = ('jit', 'pmap')
+BATCH_NORMS = ('global', 'per_device')
 
 
 class BatchSizeError(UserError):
   pass
 
 
-def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
+def make_mesh(devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def check_batch_size(batch_size: int, what: str) -> int:
   """The per-process batch size; a batch must split evenly over devices and processes."""
-  devices, processes = jax.device_count(), jax.process_count()
+  devices = jax.device_count()
   if batch_size <= 0 or batch_size % devices:
     raise BatchSizeError(
         f'{what}={batch_size} does not divide over the {devices} devices; '
         f'use a multiple of {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}')
-  return batch_size // processes
+  return batch_size // jax.process_count()
 
 
-def jit_train_step(step_fn, mesh: Mesh):
-  """Donates the old state: its buffers are reused for the new one."""
-  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+class DataParallel:
+  """Places state and batches on the devices and compiles the steps, for one mode."""
 
+  def __init__(self, mode: str = 'jit', batch_norm: str = 'global', mesh: Mesh | None = None):
+    if mode not in MODES or batch_norm not in BATCH_NORMS:
+      raise UserError(f'parallelism.mode={mode!r}, parallelism.batch_norm={batch_norm!r}: '
+                      f'use a mode in {MODES} and a batch_norm in {BATCH_NORMS}')
+    self.mode, self.batch_norm = mode, batch_norm
+    self.mesh = make_mesh() if mesh is None else mesh
+    self.replicated = NamedSharding(self.mesh, P())
+    self.batch_sharded = NamedSharding(self.mesh, P(DATA_AXIS))
+    self.local_devices = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+    # pmap's inputs: a leading axis of one slice per local device.
+    self.per_device = NamedSharding(Mesh(np.asarray(self.local_devices), ('devices',)), P('devices'))
 
-def jit_eval_step(step_fn, mesh: Mesh):
-  return jax.jit(step_fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=replicated(mesh))
+  @property
+  def bn_axis_name(self) -> str | None:
+    """The model's BatchNorm axis: only a pmapped model must name it to share statistics."""
+    return DATA_AXIS if self.mode == 'pmap' and self.batch_norm == 'global' else None
 
+  # ------------------------------------------------------------------ state
+  def to_devices(self, global_state):
+    """From the global replicated form (as checkpoints hold it) to this mode's form."""
+    if self.mode == 'jit':
+      return global_state
+    n = len(self.local_devices)
+    copies = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x.addressable_data(0)), (n, *x.shape)), global_state)
+    return jax.device_put(copies, self.per_device)
 
-def jit_init(init_fn, mesh: Mesh):
-  return jax.jit(init_fn, out_shardings=replicated(mesh))
+  def to_global(self, state):
+    """This mode's state in the global replicated form, for checkpoints and evaluation."""
+    if self.mode == 'jit':
+      return state
+    # Each device's slice of a pmapped array is (1, ...): one copy of the state.
+    one_copy = lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, one_copy(x)), state)
 
+  # ------------------------------------------------------------------ batches
+  def place_batch(self, local_batch: dict[str, np.ndarray]):
+    """This process's batch -> a global array sharded on the batch axis (jit), or one slice per
+    local device (pmap)."""
+    if self.mode == 'jit':
+      return self.place_global_batch(local_batch)
+    n = len(self.local_devices)
+    return jax.device_put(jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), local_batch), self.per_device)
 
-def abstract_like(tree, sharding):
-  """ShapeDtypeStructs carrying `sharding`: the target orbax restores into."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  def place_global_batch(self, local_batch: dict[str, np.ndarray]):
+    """A batch for the steps that run on the global form (eval), whatever the mode."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharded, x), local_batch)
 
+  def fetch(self, tree):
+    """Device values -> host numpy (a pmapped result is the same on every device: take one)."""
+    tree = jax.device_get(tree)
+    return jax.tree.map(lambda x: x[0], tree) if self.mode == 'pmap' else tree
+
+  # ------------------------------------------------------------------ steps
+  def compile_train_step(self, step_fn):
+    """`step_fn(state, batch, axis_name=...)` -> a compiled (state, batch) -> (state, metrics).
+
+    The old state is donated: its buffers are reused for the new one.
+    """
+    if self.mode == 'pmap':
+      return jax.pmap(functools.partial(step_fn, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
+                      devices=self.local_devices if jax.process_count() == 1 else None, donate_argnums=0)
+    if self.batch_norm == 'per_device':
+      # Each device normalises its own slice: a per-device program with explicit reductions.
+      # check_vma=False: gradients stay per device until the step's own pmean (with it, JAX would
+      # already sum the gradients of the replicated parameters, and the pmean would scale them).
+      step_fn = jax.shard_map(functools.partial(step_fn, axis_name=DATA_AXIS), mesh=self.mesh,
+                              in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()), check_vma=False)
+    return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharded),
+                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+
+  def compile_eval_step(self, step_fn):
+    """Eval runs on the global state in every mode (running averages are replicated)."""
+    return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharded), out_shardings=self.replicated)

@@ -22,9 +22,9 @@ class WorkdirError(UserError):
   pass
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
+def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None):
   overrides = {k: v for k, v in config.model.items() if k != 'name' and v != ''}
-  return models.create_model(config.model.name, num_classes=num_classes, **overrides)
+  return models.create_model(config.model.name, num_classes=num_classes, bn_axis_name=bn_axis_name, **overrides)
 
 
 def run_length(config, num_train_examples: int) -> tuple[int, int]:
@@ -60,11 +60,11 @@ class Setup:
   def __init__(self, config: ml_collections.ConfigDict, workdir):
     self.config = config
     self.workdir = prepare_workdir(workdir, config)
-    self.mesh = parallel.make_mesh()
+    self.parallel = parallel.DataParallel(config.parallelism.mode, config.parallelism.batch_norm)
     self.local_batch_size = parallel.check_batch_size(config.train.batch_size, 'train.batch_size')
     self.local_eval_batch_size = parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
     self.info = input_pipeline.get_dataset_info(config.dataset)
-    self.model = build_model(config, self.info.num_classes)
+    self.model = build_model(config, self.info.num_classes, self.parallel.bn_axis_name)
     self.steps_per_epoch, self.num_steps = run_length(config, self.info.num_train_examples)
     self.schedule = optim.learning_rate_schedule(config, steps_per_epoch=self.steps_per_epoch,
                                                  num_steps=self.num_steps)
@@ -72,15 +72,15 @@ class Setup:
     self.meta = checkpoint_meta(config, self.info)
     self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.train.keep_checkpoints,
                                                  asynchronous=config.train.async_checkpoints)
-    self.eval_step = parallel.jit_eval_step(functools.partial(eval_step, model=self.model), self.mesh)
+    self.eval_step = self.parallel.compile_eval_step(functools.partial(eval_step, model=self.model))
 
   def initial_state(self):
     """A fresh state, the latest checkpoint of this workdir, or a fine-tuning start from init_from."""
     init = functools.partial(create_train_state, model=self.model, tx=self.tx, image_shape=self.info.image_shape,
                              warmup=self.config.schedule.warmup_lr > 0)
-    state = parallel.jit_init(init, self.mesh)(jax.random.key(self.config.seed))
+    state = jax.jit(init, out_shardings=self.parallel.replicated)(jax.random.key(self.config.seed))
     if self.checkpoints.latest_step() is not None:
-      abstract = parallel.abstract_like(state, parallel.replicated(self.mesh))
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
       state = self.checkpoints.restore(abstract, self.meta)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
     elif self.config.init_from:
@@ -88,16 +88,19 @@ class Setup:
           self.config.init_from, state.params, state.batch_stats)
       state = state.replace(params=params, batch_stats=batch_stats)
       logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
-    return state
+    return state  # the global replicated form: parallel.to_devices gives the mode's own
 
   def evaluate(self, state) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over every example of the eval split, each counted once."""
+    """Loss, top-1 and top-5 error over every example of the eval split, each counted once.
+
+    `state` is in the global replicated form (parallel.to_global).
+    """
     batches = input_pipeline.create_eval_iterator(
         self.config.dataset, local_batch_size=self.local_eval_batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
     totals = None
     for batch in batches:
-      sums = self.eval_step(state, input_pipeline.to_global_array(batch, parallel.batch_sharded(self.mesh)))
+      sums = self.eval_step(state, self.parallel.place_global_batch(batch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
@@ -108,25 +111,26 @@ class Setup:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
   setup = Setup(config, workdir)
+  devices = setup.parallel
   state = setup.initial_state()
   start_step, num_steps = int(state.step), setup.num_steps
+  state = devices.to_devices(state)
   logging.info('%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
                config.model.name, config.dataset.name, num_steps, config.train.batch_size,
                jax.device_count(), jax.process_count(), start_step)
 
   # ---------------------------------------------------------------- data
-  data_sharding = parallel.batch_sharded(setup.mesh)
-  train_batches = input_pipeline.prefetch_to_mesh(
+  train_batches = input_pipeline.prefetch_to_devices(
       input_pipeline.create_train_iterator(
           config.dataset, local_batch_size=setup.local_batch_size, seed=config.seed, start_step=start_step,
           process_index=jax.process_index(), process_count=jax.process_count()),
-      data_sharding)
+      devices.place_batch)
 
   # ---------------------------------------------------------------- the compiled step
-  step_fn = parallel.jit_train_step(functools.partial(
+  step_fn = devices.compile_train_step(functools.partial(
       train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
       warmup_lr=config.schedule.warmup_lr, warmup_until_error=config.schedule.warmup_until_error,
-      label_smoothing=config.train.label_smoothing, diagnostics=config.train.log_diagnostics), setup.mesh)
+      label_smoothing=config.train.label_smoothing, diagnostics=config.train.log_diagnostics))
 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
@@ -141,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     is_last = step == num_steps
     scalars = {}
     if step % config.train.log_every_steps == 0 or is_last:
-      fetched = jax.device_get(pending_metrics)
+      fetched = devices.fetch(pending_metrics)
       pending_metrics = []
       now = time.perf_counter()
       scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
@@ -150,18 +154,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     if step % config.train.eval_every_steps == 0 or is_last:
       jax.block_until_ready(state)  # so the steps still in flight count as training time
       eval_start = time.perf_counter()
-      eval_metrics = setup.evaluate(state)
+      eval_metrics = setup.evaluate(devices.to_global(state))
       scalars.update(eval_metrics)
       last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
     if scalars:
       logger.write(step, scalars)
     if step % config.train.checkpoint_every_steps == 0 or is_last:
-      setup.checkpoints.save(step, state, setup.meta)
+      setup.checkpoints.save(step, devices.to_global(state), setup.meta)
 
   train_batches.close()
   if start_step >= num_steps:
     logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
-    eval_metrics = setup.evaluate(state)
+    eval_metrics = setup.evaluate(devices.to_global(state))
   setup.checkpoints.wait()
   setup.checkpoints.close()
   logger.close()

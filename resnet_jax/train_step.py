@@ -44,9 +44,10 @@ def grad_norms_by_stage(grads) -> dict[str, jax.Array]:
   return {f'grad_norm_{group}': optax.tree.norm(trees) for group, trees in groups.items()}
 
 
-def residual_ratios(diagnostics) -> dict[str, jax.Array]:
+def residual_ratios(squared_norms) -> dict[str, jax.Array]:
   """||F(x)|| / ||x|| of every block, as `residual_ratio_stage1_block1`, ..."""
-  return {f'residual_ratio_{block}': values['residual_ratio'][0] for block, values in diagnostics.items()}
+  return {f'residual_ratio_{block}': jnp.sqrt(norms[0] / (norms[1] + 1e-20))
+          for block, norms in squared_norms.items()}
 
 
 def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
@@ -66,10 +67,11 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   batch_stats = updates['batch_stats']
   metrics = {'loss': loss, 'error': jnp.mean(jnp.argmax(logits, -1) != batch['label'])}
-  if diagnostics:
-    metrics.update(residual_ratios(updates['diagnostics']))
+  squared_norms = {block: values['squared_norms'][0] for block, values in updates.get('diagnostics', {}).items()}
   if axis_name is not None:
-    grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
+    grads, metrics, batch_stats, squared_norms = jax.lax.pmean(
+        (grads, metrics, batch_stats, squared_norms), axis_name)
+  metrics.update(residual_ratios(squared_norms))
 
   learning_rate = jnp.where(state.warmed_up, schedule(state.step), warmup_lr)
   opt_state = optim.set_learning_rate(state.opt_state, learning_rate)

@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax import input_pipeline as ip
+from resnet_jax import parallel
 from resnet_jax.errors import UserError
 
 MOCK_EXAMPLES = 24
@@ -247,9 +248,8 @@ def test_unknown_dataset_name():
 # ------------------------------------------------------------------------------- devices
 
 
-def _mesh_sharding():
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+def _place():
+  return parallel.DataParallel().place_batch
 
 
 def _host_batches(n, batch):
@@ -258,32 +258,30 @@ def _host_batches(n, batch):
            'label': rng.integers(0, 10, size=(batch,)).astype(np.int32)} for _ in range(n)]
 
 
-def test_prefetch_to_mesh_delivers_sharded_batches_and_ends():
-  sharding = _mesh_sharding()
+def test_prefetch_to_devices_delivers_sharded_batches_and_ends():
+  sharding = parallel.DataParallel().batch_sharded
   host = _host_batches(5, 2 * jax.device_count())
-  placed = list(ip.prefetch_to_mesh(iter(host), sharding, size=2))
+  placed = list(ip.prefetch_to_devices(iter(host), _place(), size=2))
   assert len(placed) == 5
   for got, want in zip(placed, host):
     for k in want:
       assert isinstance(got[k], jax.Array) and got[k].sharding == sharding
       assert len(got[k].addressable_shards) == jax.device_count()
       np.testing.assert_array_equal(np.asarray(got[k]), want[k])
-  direct = ip.to_global_array(host[0], sharding)
-  np.testing.assert_array_equal(np.asarray(direct['label']), host[0]['label'])
 
 
-def test_prefetch_to_mesh_propagates_errors_and_stops():
+def test_prefetch_to_devices_propagates_errors_and_stops():
   host = _host_batches(2, jax.device_count())
 
   def source():
     yield from host
     raise RuntimeError('reader broke')
 
-  iterator = ip.prefetch_to_mesh(source(), _mesh_sharding())
+  iterator = ip.prefetch_to_devices(source(), _place())
   assert len(take(iterator, 2)) == 2
   with pytest.raises(RuntimeError, match='reader broke'):
     next(iterator)
   # An abandoned infinite source: closing the consumer stops the producer thread.
-  endless = ip.prefetch_to_mesh(itertools.repeat(host[0]), _mesh_sharding(), size=1)
+  endless = ip.prefetch_to_devices(itertools.repeat(host[0]), _place(), size=1)
   next(endless)
   endless.close()

@@ -8,7 +8,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh
 
 from configs import cifar10
 from resnet_jax import models, optim, parallel
@@ -32,25 +31,28 @@ def batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
            'label': rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
 
 
-def run_steps(mesh, data, **overrides):
-  config, model, tx, schedule = small_setup(**overrides)
+def run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
+  """Trains resnet8 on `data` with the given parallelism; returns the global state and metrics."""
+  config, _, tx, schedule = small_setup(**overrides)
+  devices = parallel.DataParallel(mode, batch_norm, mesh)
+  model = models.create_model('resnet8', num_classes=10, bn_axis_name=devices.bn_axis_name)
   init = functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 3),
                            warmup=config.schedule.warmup_lr > 0)
-  state = parallel.jit_init(init, mesh)(jax.random.key(0))
-  step = parallel.jit_train_step(functools.partial(
+  state = devices.to_devices(jax.jit(init, out_shardings=devices.replicated)(jax.random.key(0)))
+  step = devices.compile_train_step(functools.partial(
       train_step, model=model, tx=tx, schedule=schedule, warmup_lr=config.schedule.warmup_lr,
-      warmup_until_error=config.schedule.warmup_until_error), mesh)
+      warmup_until_error=config.schedule.warmup_until_error, diagnostics=True))
   history = []
   for batch in data:
-    state, metrics = step(state, jax.device_put(batch, parallel.batch_sharded(mesh)))
-    history.append(jax.device_get(metrics))
-  return jax.device_get(state), history
+    state, metrics = step(state, devices.place_batch(batch))
+    history.append(devices.fetch(metrics))
+  return jax.device_get(devices.to_global(state)), history
 
 
 def test_eight_device_step_equals_one_device_step():
   assert jax.device_count() == 8
   data = batches(4)
-  one, one_metrics = run_steps(Mesh(np.array(jax.devices()[:1]), ('data',)), data)
+  one, one_metrics = run_steps(parallel.make_mesh(jax.devices()[:1]), data)
   eight, eight_metrics = run_steps(parallel.make_mesh(), data)
   for tree in ('params', 'batch_stats'):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),

@@ -1,0 +1,48 @@
+"""jit and pmap, global and per-device BatchNorm: the same training on 8 simulated devices."""
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax import parallel
+from tests.test_train_step import batches, run_steps
+
+
+def assert_close(a, b, rtol=2e-5, atol=2e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+@pytest.mark.parametrize('batch_norm', parallel.BATCH_NORMS)
+def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(batch_norm):
+  data = batches(3)
+  mesh = parallel.make_mesh()
+  jit_state, jit_metrics = run_steps(mesh, data, mode='jit', batch_norm=batch_norm)
+  pmap_state, pmap_metrics = run_steps(mesh, data, mode='pmap', batch_norm=batch_norm)
+  assert_close(jit_state.params, pmap_state.params)
+  assert_close(jit_state.batch_stats, pmap_state.batch_stats)
+  assert int(pmap_state.step) == 3
+  for a, b in zip(jit_metrics, pmap_metrics):
+    assert a.keys() == b.keys()
+    assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_per_device_batch_norm_differs_from_global():
+  """Ghost batches (2 images a device here) really normalise per device."""
+  data = batches(2)
+  mesh = parallel.make_mesh()
+  global_state, _ = run_steps(mesh, data, batch_norm='global')
+  ghost_state, _ = run_steps(mesh, data, batch_norm='per_device')
+  leaves = zip(jax.tree.leaves(global_state.params), jax.tree.leaves(ghost_state.params))
+  assert any(not np.allclose(a, b, rtol=1e-4) for a, b in leaves)
+
+
+def test_per_device_batch_norm_on_one_device_is_global_batch_norm():
+  data = batches(2)
+  one = parallel.make_mesh(jax.devices()[:1])
+  assert_close(run_steps(one, data, batch_norm='global')[0].params,
+               run_steps(one, data, batch_norm='per_device')[0].params)
+
+
+def test_unknown_mode_is_a_clear_error():
+  with pytest.raises(ValueError, match='parallelism.mode'):
+    parallel.DataParallel('pjit')
