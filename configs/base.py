@@ -37,6 +37,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       std=ml_collections.FieldReference(None, field_type=tuple),
       shuffle_buffer=50_000,
       cache=True,
+      # Streams the training split is read as (0 = one per process). Fix it to get the same global
+      # batches on any number of hosts, e.g. to compare or resume runs across topologies.
+      num_shards=0,
   ))
 
   config.train = ml_collections.ConfigDict(dict(

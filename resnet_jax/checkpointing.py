@@ -1,7 +1,6 @@
 """Orbax checkpoints of the train state, with a small JSON record of what model they hold."""
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -52,6 +51,15 @@ class Checkpoints:
           f'(its overrides differ: {first_line[:200]}); use another --workdir') from e
     return restored['state']
 
+  def restore_as_saved(self, step: int, sharding: jax.sharding.Sharding):
+    """Whatever state tree `step` holds, placed on `sharding`, without knowing its model: for
+    fine-tuning and inspection. (A target is needed: a checkpoint written on other devices or by
+    several processes cannot be restored onto its original devices.)"""
+    metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state').item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata,
+                          is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -59,7 +67,7 @@ class Checkpoints:
     self.manager.close()
 
 
-def restore_for_fine_tuning(source, params, batch_stats):
+def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.Sharding):
   """`params`/`batch_stats` with every array of `source`'s latest checkpoint that fits.
 
   The classifier head keeps its fresh initialisation when the number of classes differs (the
@@ -72,7 +80,7 @@ def restore_for_fine_tuning(source, params, batch_stats):
   step = checkpoints.latest_step()
   if step is None:
     raise CheckpointMismatchError(f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run')
-  saved = checkpoints.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  saved = checkpoints.restore_as_saved(step, sharding)
 
   def take(path, ours, theirs_tree):
     keys = [k.key for k in path]
@@ -87,7 +95,7 @@ def restore_for_fine_tuning(source, params, batch_stats):
     if theirs.shape != ours.shape:
       raise CheckpointMismatchError(
           f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model needs {ours.shape}')
-    return jax.device_put(np.asarray(theirs, ours.dtype), ours.sharding)
+    return theirs.astype(ours.dtype)
 
   params = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['params']), params)
   batch_stats = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['batch_stats']), batch_stats)

@@ -388,16 +388,41 @@ def train_split_for_process(dataset_config, process_index: int, process_count: i
 
 def create_train_iterator(dataset_config, *, local_batch_size: int, seed: int, start_step: int = 0,
                           process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]} (see module docstring)."""
-  if local_batch_size <= 0 or start_step < 0:
-    raise UserError(f'need local_batch_size > 0 and start_step >= 0, got {local_batch_size}, {start_step}')
+  """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]} (see module docstring).
+
+  The training split is read as `dataset.num_shards` streams (default: one per process), each over its
+  own part of the split; a process reads only its own streams and concatenates their batches. With
+  num_shards fixed, the global batches are the same whatever the number of processes: a run on 2 hosts
+  and one on 1 host see the same data, and a job can resume on another number of hosts.
+  """
+  num_shards = int(dataset_config.get('num_shards', 0) or 0) or process_count
+  if num_shards % process_count:
+    raise UserError(f'dataset.num_shards={num_shards} does not divide over {process_count} processes; '
+                    f'use a multiple of {process_count}')
+  per_process = num_shards // process_count
+  if local_batch_size <= 0 or local_batch_size % per_process:
+    raise UserError(f'the per-process batch {local_batch_size} does not split into {per_process} data shards; '
+                    f'make the batch size a multiple of dataset.num_shards={num_shards}')
+  streams = [_shard_batches(dataset_config, shard=process_index * per_process + j, num_shards=num_shards,
+                            batch_size=local_batch_size // per_process, seed=seed, start_step=start_step)
+             for j in range(per_process)]
+  if per_process == 1:
+    return streams[0]
+  return ({k: np.concatenate([b[k] for b in parts]) for k in parts[0]} for parts in zip(*streams))
+
+
+def _shard_batches(dataset_config, *, shard: int, num_shards: int, batch_size: int, seed: int,
+                   start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of one data shard (its random choices are keyed by the shard, not the process)."""
+  if batch_size <= 0 or start_step < 0:
+    raise UserError(f'need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}')
   builder = get_dataset_builder(dataset_config)
-  split = train_split_for_process(dataset_config, process_index, process_count)
+  split = train_split_for_process(dataset_config, shard, num_shards)
   num = _num_examples(builder, split)
-  steps_per_epoch = num // local_batch_size
+  steps_per_epoch = num // batch_size
   if steps_per_epoch == 0:
-    raise UserError(f'the share of {dataset_config.train_split} of process {process_index} ({num} '
-                     f'examples) is smaller than local_batch_size={local_batch_size}')
+    raise UserError(f'data shard {shard} of {dataset_config.train_split} ({num} '
+                     f'examples) is smaller than its batch of {batch_size}')
   preprocess = _make_preprocess(dataset_config, builder, train=True)
   decoders = _decoders(dataset_config, builder)
   buffer = max(1, min(int(dataset_config.get('shuffle_buffer', num) or num), num))
@@ -417,22 +442,22 @@ def create_train_iterator(dataset_config, *, local_batch_size: int, seed: int, s
     else:
       ds = builder.as_dataset(
           split=split, shuffle_files=True, decoders=decoders,
-          read_config=_read_config(shuffle_seed=_seed(seed, process_index, epoch, 2))).map(select)
-    ds = ds.shuffle(buffer, seed=_seed(seed, process_index, epoch, 0), reshuffle_each_iteration=False)
-    ds = ds.take(steps_per_epoch * local_batch_size).enumerate().skip(skip)
-    aug_seed = tf.constant(_seed(seed, process_index, epoch, 1), tf.int64)
+          read_config=_read_config(shuffle_seed=_seed(seed, shard, epoch, 2))).map(select)
+    ds = ds.shuffle(buffer, seed=_seed(seed, shard, epoch, 0), reshuffle_each_iteration=False)
+    ds = ds.take(steps_per_epoch * batch_size).enumerate().skip(skip)
+    aug_seed = tf.constant(_seed(seed, shard, epoch, 1), tf.int64)
 
     def process(i, ex):
       return {'image': preprocess(ex['image'], tf.stack([aug_seed, i])),
               'label': tf.cast(ex['label'], tf.int32)}
 
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options)
 
   def batches():
     epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
-    skip = step_in_epoch * local_batch_size
+    skip = step_in_epoch * batch_size
     while True:
       yield from epoch_dataset(epoch, skip).as_numpy_iterator()
       epoch, skip = epoch + 1, 0

@@ -17,6 +17,14 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl a
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                   'train: train (resuming from the workdir\'s latest checkpoint); eval: evaluate the latest '
                   'checkpoint and print the metrics as JSON.')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'off'],
+                  'auto: join a multi-process job given by the flags below or detected by JAX (Cloud TPU, '
+                  'SLURM, Open MPI, Kubernetes), else run as one process; off: always one process.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for jobs JAX cannot detect.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index, 0..num_processes-1 (with --coordinator_address).')
+flags.DEFINE_integer('heartbeat_timeout', 100,
+                     'Seconds without a heartbeat after which a process counts as dead and the job stops.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -54,14 +62,17 @@ def main(argv):
   import jax
   import tensorflow as tf
 
-  from resnet_jax import train
+  from resnet_jax import distributed, train
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TensorFlow off the accelerators
-  logging.info('JAX process %d/%d, %d local devices of %d: %s', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
   try:
+    distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                           num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                           heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)  # before any device is used
+    logging.info('JAX process %d/%d, %d local devices of %d: %s', jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
     if FLAGS.mode == 'eval':
       print(train.dumps(train.evaluate_latest(FLAGS.config, FLAGS.workdir)))
     else:

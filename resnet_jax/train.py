@@ -85,7 +85,7 @@ class Setup:
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
     elif self.config.init_from:
       params, batch_stats, step = checkpointing.restore_for_fine_tuning(
-          self.config.init_from, state.params, state.batch_stats)
+          self.config.init_from, state.params, state.batch_stats, self.parallel.replicated)
       state = state.replace(params=params, batch_stats=batch_stats)
       logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
     return state  # the global replicated form: parallel.to_devices gives the mode's own

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import pathlib
 import subprocess
 import sys
@@ -39,3 +40,28 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def read_jsonl(path) -> list[dict]:
   return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start_processes(*args, num_processes: int = 2, devices_each: int = 4, env: dict | None = None):
+  """A multi-process job on this machine: `num_processes` CLIs joined through 127.0.0.1 (gloo)."""
+  address = f'127.0.0.1:{free_port()}'
+  environment = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}',
+                 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': str(REPO), **(env or {})}
+  return [subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *args, f'--coordinator_address={address}',
+                            f'--num_processes={num_processes}', f'--process_id={i}'],
+                           cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(num_processes)]
+
+
+def wait_all(processes, timeout: float = 600) -> list[subprocess.CompletedProcess]:
+  results = []
+  for p in processes:
+    stdout, stderr = p.communicate(timeout=timeout)
+    results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+  return results

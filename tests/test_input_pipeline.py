@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
 from resnet_jax import input_pipeline as ip
 from resnet_jax import parallel
 from resnet_jax.errors import UserError
@@ -285,3 +286,14 @@ def test_prefetch_to_devices_propagates_errors_and_stops():
   endless = ip.prefetch_to_devices(itertools.repeat(host[0]), _place(), size=1)
   next(endless)
   endless.close()
+
+
+def test_fixed_num_shards_gives_the_same_global_batches_on_any_process_count(digits_dir):
+  """1 process reading 2 data shards = 2 processes reading one each, batch rows in the same order."""
+  config = digits_config(digits_dir, num_shards=2)
+  single = take(ip.create_train_iterator(config, local_batch_size=32, seed=5, start_step=3), 2)
+  per_process = [take(ip.create_train_iterator(config, local_batch_size=16, seed=5, start_step=3,
+                                               process_index=p, process_count=2), 2) for p in (0, 1)]
+  for step, batch in enumerate(single):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], np.concatenate([per_process[0][step][key], per_process[1][step][key]]))

@@ -2,10 +2,12 @@
 
 import json
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from resnet_jax import checkpointing
 from tests.cli import check, read_jsonl, run_main
 
 # A small net and few steps: the behaviour under test does not depend on size.
@@ -13,8 +15,11 @@ SMALL = ['--config.model.name=resnet8', '--config.train.batch_size=16', '--confi
 
 
 def restored_state(workdir, step):
-  with ocp.CheckpointManager(workdir / 'checkpoints', item_names=('state', 'meta')) as manager:
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  """The state tree of a run's checkpoint as numpy arrays, however many processes wrote it."""
+  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+  state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  checkpoints.close()
+  return jax.device_get(state)
 
 
 def assert_trees_equal(a, b):
