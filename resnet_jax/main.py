@@ -5,6 +5,7 @@ and exit status 2; nothing already saved is touched.
 """
 
 import logging as logging_std
+import os
 import sys
 
 from absl import app, flags, logging
@@ -82,6 +83,14 @@ def main(argv):
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    cause = ' '.join(str(e).split())[:200]
+    print(f'error: process {jax.process_index()} lost contact with the rest of the job ({cause}); another '
+          f'process has died or was preempted. Restart the whole job: it resumes from the last complete '
+          f'checkpoint in {FLAGS.workdir}.', file=sys.stderr, flush=True)
+    os._exit(3)  # skip the runtime's orderly shutdown, which would wait for the dead process
 
 
 if __name__ == '__main__':

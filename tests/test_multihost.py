@@ -77,4 +77,7 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
   assert survivor.returncode != 0
   assert time.monotonic() - started < 120
   last_line = stderr.strip().splitlines()[-1]
-  assert 'error:' in last_line and 'process' in last_line, stderr[-3000:]
+  assert last_line.startswith('error: process 0 lost contact'), stderr[-3000:]
+  # The last complete checkpoint is intact and restores.
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps and restored_state(tmp_path, steps[-1])['step'] == steps[-1]
