@@ -1,4 +1,5 @@
-"""Multi-process start-up: one process per host, JAX's multi-controller runtime, a global mesh.
+"""Multi-process start-up: one process per host (or per GPU under SLURM), JAX's multi-controller
+runtime, one global mesh.
 
 `initialize` must run before anything touches the devices. With explicit flags it joins the job they
 describe; in 'auto' mode it lets JAX detect a cluster (Cloud TPU pods, SLURM, Open MPI, Kubernetes)
