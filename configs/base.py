@@ -53,6 +53,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpoints=True,  # write checkpoints in the background while training goes on
       label_smoothing=0.0,
+      max_skipped_steps=0,  # steps with a non-finite loss or gradient to skip before stopping
       log_diagnostics=True,  # per-stage gradient norms and per-block ||F(x)||/||x|| in metrics.jsonl
   ))
 

@@ -11,6 +11,11 @@ class CheckpointMismatchError(UserError):
   """A checkpoint that does not fit the model or shapes of this run."""
 
 
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
 def _describe(meta) -> str:
   return f"{meta.get('model')} ({meta.get('num_classes')} classes, images {meta.get('image_shape')})"
 
@@ -36,7 +41,12 @@ class Checkpoints:
     """The state at `step` (default: latest), placed as `abstract_state`'s shardings say."""
     step = self.latest_step() if step is None else step
     where = self.directory / str(step)
-    saved_meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    try:
+      saved_meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'] or {}
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointMismatchError(
+          f'checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or was not written by '
+          f'resnet_jax; move it out of {self.directory} to resume from the one before, or use another --workdir') from e
     if any(saved_meta.get(k) != meta.get(k) for k in ('model', 'num_classes', 'image_shape')):
       raise CheckpointMismatchError(
           f'checkpoint {where} holds {_describe(saved_meta)} but this run builds {_describe(meta)}; '
@@ -44,11 +54,11 @@ class Checkpoints:
     try:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except (ValueError, KeyError, TypeError) as e:
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
-          f'checkpoint {where} does not fit this run of {_describe(meta)} '
-          f'(its overrides differ: {first_line[:200]}); use another --workdir') from e
+          f'checkpoint {where} does not fit this run of {_describe(meta)} or is damaged ({_first_line(e)}); '
+          f'if the config changed use another --workdir, else move the checkpoint out of {self.directory} '
+          'to resume from the one before') from e
     return restored['state']
 
   def restore_as_saved(self, step: int, sharding: jax.sharding.Sharding):

@@ -63,7 +63,7 @@ def main(argv):
   import jax
   import tensorflow as tf
 
-  from resnet_jax import distributed, train
+  from resnet_jax import distributed, preemption, train
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -81,8 +81,14 @@ def main(argv):
       if jax.process_index() == 0:
         print(f'final: {train.dumps(metrics)}')
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # Everything that writes has been closed on the way out; skip the interpreter's teardown, where
+    # the background threads of a failed checkpoint read would print tracebacks after this line.
+    os._exit(2)
+  except preemption.Stopped as e:
+    print(e, file=sys.stderr)
+    sys.exit(preemption.EXIT_STATUS)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise

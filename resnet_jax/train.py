@@ -12,9 +12,10 @@ from absl import logging
 from clu import periodic_actions
 from etils import epath
 
-from resnet_jax import checkpointing, input_pipeline, models, optim, parallel
+from resnet_jax import checkpointing, config_checks, input_pipeline, models, optim, parallel
 from resnet_jax.errors import UserError
 from resnet_jax.metric_logging import MetricLogger
+from resnet_jax.preemption import Stopped, StopRequests
 from resnet_jax.train_step import create_train_state, eval_step, train_step
 
 
@@ -58,6 +59,7 @@ class Setup:
   """Everything a run needs before its first step: shared by training and eval-only."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir):
+    config_checks.validate(config)
     self.config = config
     self.workdir = prepare_workdir(workdir, config)
     self.parallel = parallel.DataParallel(config.parallelism.mode, config.parallelism.batch_norm)
@@ -108,6 +110,23 @@ class Setup:
             'eval_top5_error': float(totals['top5_errors']) / count, 'eval_examples': count}
 
 
+class NonFiniteError(UserError):
+  pass
+
+
+def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpoints) -> None:
+  """Stops the run once more than `max_skipped` steps had a non-finite loss or gradient."""
+  if fetched[-1]['skipped_steps'] <= max_skipped:
+    return
+  index = next(i for i, m in enumerate(fetched) if m['nonfinite'])
+  checkpoints.wait()
+  raise NonFiniteError(
+      f'the loss or gradients became non-finite at step {first_step + index} '
+      f'(learning rate {float(fetched[index]["learning_rate"]):g}); the last good checkpoint is step '
+      f'{checkpoints.latest_step()} in {checkpoints.directory}. Lower --config.schedule.base_lr, or skip such '
+      f'steps with --config.train.max_skipped_steps=N')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
   setup = Setup(config, workdir)
@@ -135,40 +154,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=logger.writer, every_secs=30)
+  stop_requests = StopRequests()
   pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
   last_log_time, last_log_step = time.perf_counter(), start_step
   eval_metrics = {}
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = step_fn(state, next(train_batches))
-    pending_metrics.append(metrics)
-    progress(step)
-    is_last = step == num_steps
-    scalars = {}
-    if step % config.train.log_every_steps == 0 or is_last:
-      fetched = devices.fetch(pending_metrics)
-      pending_metrics = []
-      now = time.perf_counter()
-      scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
-      scalars['images_per_second'] = (step - last_log_step) * config.train.batch_size / (now - last_log_time)
-      last_log_time, last_log_step = now, step
-    if step % config.train.eval_every_steps == 0 or is_last:
-      jax.block_until_ready(state)  # so the steps still in flight count as training time
-      eval_start = time.perf_counter()
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = step_fn(state, next(train_batches))
+      pending_metrics.append(metrics)
+      progress(step)
+      stopping = stop_requests.should_stop(step)
+      is_last = step == num_steps or stopping
+      scalars = {}
+      if step % config.train.log_every_steps == 0 or is_last:
+        fetched = devices.fetch(pending_metrics)
+        check_finite(fetched, step - len(fetched) + 1, config.train.max_skipped_steps, setup.checkpoints)
+        pending_metrics = []
+        now = time.perf_counter()
+        scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
+        scalars['images_per_second'] = (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+        last_log_time, last_log_step = now, step
+      if step % config.train.eval_every_steps == 0 or (is_last and not stopping):
+        jax.block_until_ready(state)  # so the steps still in flight count as training time
+        eval_start = time.perf_counter()
+        eval_metrics = setup.evaluate(devices.to_global(state))
+        scalars.update(eval_metrics)
+        last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
+      if scalars:
+        logger.write(step, scalars)
+      if step % config.train.checkpoint_every_steps == 0 or is_last:
+        setup.checkpoints.save(step, devices.to_global(state), setup.meta)
+      if stopping:
+        setup.checkpoints.wait()
+        raise Stopped(f'stopped by {stop_requests.signal_name} after step {step}; checkpoint saved in '
+                      f'{setup.checkpoints.directory}. Run the same command to resume.')
+    if start_step >= num_steps:
+      logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
       eval_metrics = setup.evaluate(devices.to_global(state))
-      scalars.update(eval_metrics)
-      last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
-    if scalars:
-      logger.write(step, scalars)
-    if step % config.train.checkpoint_every_steps == 0 or is_last:
-      setup.checkpoints.save(step, devices.to_global(state), setup.meta)
-
-  train_batches.close()
-  if start_step >= num_steps:
-    logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
-    eval_metrics = setup.evaluate(devices.to_global(state))
-  setup.checkpoints.wait()
-  setup.checkpoints.close()
-  logger.close()
+  finally:
+    stop_requests.close()
+    train_batches.close()
+    setup.checkpoints.wait()
+    setup.checkpoints.close()
+    logger.close()
   return eval_metrics
 
 

@@ -19,6 +19,8 @@ class TrainState:
   opt_state: Any
   # The paper's ResNet-110 warm-up (section 4.2): lr stays at warmup_lr until this turns True.
   warmed_up: jax.Array
+  # Steps whose loss or gradients were not finite; their updates were not applied.
+  skipped_steps: jax.Array
 
 
 def create_train_state(rng, *, model: nn.Module, tx: optax.GradientTransformation, image_shape,
@@ -26,7 +28,7 @@ def create_train_state(rng, *, model: nn.Module, tx: optax.GradientTransformatio
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
-                    warmed_up=jnp.asarray(not warmup))
+                    warmed_up=jnp.asarray(not warmup), skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -76,14 +78,20 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   learning_rate = jnp.where(state.warmed_up, schedule(state.step), warmup_lr)
   opt_state = optim.set_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, state.params)
-  new_state = state.replace(
-      step=state.step + 1,
+  grad_norm = optax.tree.norm(grads)
+  updated = state.replace(
       params=optax.apply_updates(state.params, updates),
       batch_stats=batch_stats,
       opt_state=opt_state,
       warmed_up=state.warmed_up | (metrics['error'] < warmup_until_error),
   )
-  metrics.update(learning_rate=learning_rate, grad_norm=optax.tree.norm(grads))
+  # A non-finite loss or gradient leaves the state as it was, so no checkpoint ever holds NaNs;
+  # the loop decides (train.max_skipped_steps) whether to go on or stop.
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+  metrics.update(learning_rate=learning_rate, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32),
+                 skipped_steps=new_state.skipped_steps.astype(jnp.float32))
   if diagnostics:
     metrics.update(grad_norms_by_stage(grads))
   return new_state, metrics
