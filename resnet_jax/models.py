@@ -62,26 +62,29 @@ def _squared_norm(x):
   return jnp.sum(jnp.square(x.astype(jnp.float32)))
 
 
-def _add_shortcut(block: nn.Module, branch, x, shortcut: 'Shortcut'):
-  """F(x) + x, or F(x) alone in a plain net. Sows ||F(x)||^2 and ||x||^2 (diagnostics collection;
-  squares, so they sum over devices): the paper's claim is that residual branches stay small next to
-  the identity."""
-  identity = x if block.shortcut == 'none' else shortcut(x)
-  if not block.is_initializing():  # variables are {'params', 'batch_stats'}, nothing else
-    block.sow('intermediates', 'branch', branch)
-    block.sow('diagnostics', 'squared_norms', jnp.stack([_squared_norm(branch), _squared_norm(identity)]))
-  return branch if block.shortcut == 'none' else branch + identity
-
-
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (paper Fig. 2 left), post-activation."""
+class Block(nn.Module):
+  """What every block is given; subclasses differ only in their layers."""
   filters: int
   strides: int
-  shortcut: str
+  shortcut: str  # see SHORTCUTS
   conv: ModuleDef
   norm: ModuleDef
-  last_norm: ModuleDef  # the norm before the addition, zero-initialised on request.
-  stride_in_1x1: bool = False  # unused: basic blocks have no 1x1.
+  last_norm: ModuleDef  # the norm before the addition, zero-initialised on request
+  stride_in_1x1: bool = False  # bottlenecks only: the paper's v1 stride placement
+
+  def add_shortcut(self, branch, x, shortcut: Shortcut):
+    """F(x) + x, or F(x) alone in a plain net. Sows ||F(x)||^2 and ||x||^2 (diagnostics collection;
+    squares, so they sum over devices): the paper's claim is that residual branches stay small next
+    to the identity."""
+    identity = x if self.shortcut == 'none' else shortcut(x)
+    if not self.is_initializing():  # variables are {'params', 'batch_stats'}, nothing else
+      self.sow('intermediates', 'branch', branch)
+      self.sow('diagnostics', 'squared_norms', jnp.stack([_squared_norm(branch), _squared_norm(identity)]))
+    return branch if self.shortcut == 'none' else branch + identity
+
+
+class BasicBlock(Block):
+  """Two 3x3 convs (paper Fig. 2 left), post-activation."""
 
   @nn.compact
   def __call__(self, x):
@@ -90,22 +93,15 @@ class BasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3))(y)
     y = self.last_norm()(y)
     shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, self.norm)
-    return nn.relu(_add_shortcut(self, y, x, shortcut))
+    return nn.relu(self.add_shortcut(y, x, shortcut))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(Block):
   """1x1 reduce, 3x3, 1x1 expand x4 (paper Fig. 5 right), post-activation.
 
   The stride sits on the 3x3 ("v1.5", as torchvision and most JAX code) unless `stride_in_1x1`,
   which is the paper's original placement (and its Table 1 FLOPs).
   """
-  filters: int
-  strides: int
-  shortcut: str
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef
-  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -117,18 +113,11 @@ class BottleneckBlock(nn.Module):
     y = self.conv(self.filters * 4, (1, 1))(y)
     y = self.last_norm()(y)
     shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, self.norm)
-    return nn.relu(_add_shortcut(self, y, x, shortcut))
+    return nn.relu(self.add_shortcut(y, x, shortcut))
 
 
-class PreActBasicBlock(nn.Module):
+class PreActBasicBlock(Block):
   """BN-ReLU-conv twice, added to an untouched identity path (He et al. 2016, Fig. 4e)."""
-  filters: int
-  strides: int
-  shortcut: str
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef
-  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -138,18 +127,11 @@ class PreActBasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3))(y)
     # The projection reads the pre-activated input, as in the 2016 paper's reference code.
     shortcut = Shortcut(self.filters, self.strides, self.shortcut, self.conv, None)
-    return _add_shortcut(self, y, x if self.shortcut == 'identity' else pre, shortcut)
+    return self.add_shortcut(y, x if self.shortcut == 'identity' else pre, shortcut)
 
 
-class PreActBottleneckBlock(nn.Module):
+class PreActBottleneckBlock(Block):
   """Pre-activation bottleneck (He et al. 2016)."""
-  filters: int
-  strides: int
-  shortcut: str
-  conv: ModuleDef
-  norm: ModuleDef
-  last_norm: ModuleDef
-  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -159,7 +141,7 @@ class PreActBottleneckBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), strides=stride_3x3)(nn.relu(self.norm()(y)))
     y = self.conv(self.filters * 4, (1, 1))(nn.relu(self.last_norm()(y)))
     shortcut = Shortcut(self.filters * 4, self.strides, self.shortcut, self.conv, None)
-    return _add_shortcut(self, y, x if self.shortcut == 'identity' else pre, shortcut)
+    return self.add_shortcut(y, x if self.shortcut == 'identity' else pre, shortcut)
 
 
 BLOCKS = {
