@@ -20,7 +20,7 @@ run: $(INSTALLED)
 	$(PYTHON) -m resnet_jax.main --config configs/digits.py:resnet20 --workdir $(WORKDIR)
 
 test: $(INSTALLED)
-	$(PYTHON) -m pytest -q $(TEST_ARGS)
+	$(PYTHON) -m pytest -q -n 2 $(TEST_ARGS)
 
 table: $(INSTALLED)
 	$(PYTHON) -m resnet_jax.model_table

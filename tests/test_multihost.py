@@ -61,7 +61,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs):
 def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs):
   _, data = runs
   processes = start_processes(*RUN, data, f'--workdir={tmp_path}', '--config.train.num_steps=100000',
-                              '--heartbeat_timeout=10')
+                              '--heartbeat_timeout=60')
   survivor, victim = processes
   deadline = time.monotonic() + 300
   while not (tmp_path / 'metrics.jsonl').exists():  # training is under way
@@ -75,7 +75,7 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
     survivor.kill()
     pytest.fail('the surviving process hung after its peer died')
   assert survivor.returncode != 0
-  assert time.monotonic() - started < 120
+  assert time.monotonic() - started < 120  # the collective fails at once; heartbeats catch a silent hang
   last_line = stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: process 0 lost contact'), stderr[-3000:]
   # The last complete checkpoint is intact and restores.

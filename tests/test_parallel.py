@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import parallel
-from tests.test_train_step import batches, run_steps
+from tests.test_train_step import trained
 
 
 def assert_close(a, b, rtol=2e-5, atol=2e-6):
@@ -14,10 +14,8 @@ def assert_close(a, b, rtol=2e-5, atol=2e-6):
 
 @pytest.mark.parametrize('batch_norm', parallel.BATCH_NORMS)
 def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(batch_norm):
-  data = batches(3)
-  mesh = parallel.make_mesh()
-  jit_state, jit_metrics = run_steps(mesh, data, mode='jit', batch_norm=batch_norm)
-  pmap_state, pmap_metrics = run_steps(mesh, data, mode='pmap', batch_norm=batch_norm)
+  jit_state, jit_metrics = trained(8, 'jit', batch_norm)
+  pmap_state, pmap_metrics = trained(8, 'pmap', batch_norm)
   assert_close(jit_state.params, pmap_state.params)
   assert_close(jit_state.batch_stats, pmap_state.batch_stats)
   assert int(pmap_state.step) == 3
@@ -28,19 +26,13 @@ def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(batch_norm):
 
 def test_per_device_batch_norm_differs_from_global():
   """Ghost batches (2 images a device here) really normalise per device."""
-  data = batches(2)
-  mesh = parallel.make_mesh()
-  global_state, _ = run_steps(mesh, data, batch_norm='global')
-  ghost_state, _ = run_steps(mesh, data, batch_norm='per_device')
+  global_state, ghost_state = trained(8, 'jit', 'global')[0], trained(8, 'jit', 'per_device')[0]
   leaves = zip(jax.tree.leaves(global_state.params), jax.tree.leaves(ghost_state.params))
   assert any(not np.allclose(a, b, rtol=1e-4) for a, b in leaves)
 
 
 def test_per_device_batch_norm_on_one_device_is_global_batch_norm():
-  data = batches(2)
-  one = parallel.make_mesh(jax.devices()[:1])
-  assert_close(run_steps(one, data, batch_norm='global')[0].params,
-               run_steps(one, data, batch_norm='per_device')[0].params)
+  assert_close(trained(1, 'jit', 'global')[0].params, trained(1, 'jit', 'per_device')[0].params)
 
 
 def test_unknown_mode_is_a_clear_error():

@@ -49,24 +49,28 @@ def run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
   return jax.device_get(devices.to_global(state)), history
 
 
+@functools.lru_cache(maxsize=None)
+def trained(num_devices: int, mode: str = 'jit', batch_norm: str = 'global'):
+  """Three steps on the same global batches, computed once per configuration (compiling dominates)."""
+  return run_steps(parallel.make_mesh(jax.devices()[:num_devices]), batches(3), mode, batch_norm)
+
+
 def test_eight_device_step_equals_one_device_step():
   assert jax.device_count() == 8
-  data = batches(4)
-  one, one_metrics = run_steps(parallel.make_mesh(jax.devices()[:1]), data)
-  eight, eight_metrics = run_steps(parallel.make_mesh(), data)
+  one, one_metrics = trained(1)
+  eight, eight_metrics = trained(8)
   for tree in ('params', 'batch_stats'):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                  getattr(one, tree), getattr(eight, tree))
   for a, b in zip(one_metrics, eight_metrics):
     assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
-  assert int(eight.step) == 4
+  assert int(eight.step) == 3
 
 
 def test_step_updates_params_batch_stats_and_step():
-  mesh = parallel.make_mesh()
-  state, history = run_steps(mesh, batches(2))
-  fresh, _ = run_steps(mesh, [])
-  assert int(state.step) == 2
+  state, history = trained(1)
+  fresh, _ = run_steps(parallel.make_mesh(jax.devices()[:1]), [])
+  assert int(state.step) == 3
   changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.batch_stats, state.batch_stats)
   assert all(jax.tree.leaves(changed))
   assert history[0]['learning_rate'] == pytest.approx(0.1)
@@ -75,12 +79,11 @@ def test_step_updates_params_batch_stats_and_step():
 def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold():
   data = batches(3)
   # Random labels keep the error above 80% => the lr stays at warmup_lr.
-  _, history = run_steps(parallel.make_mesh(), data, **{'schedule.warmup_lr': 0.01,
-                                                         'schedule.warmup_until_error': 0.0})
+  one_device = parallel.make_mesh(jax.devices()[:1])
+  _, history = run_steps(one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 0.0})
   assert [h['learning_rate'] for h in history] == pytest.approx([0.01] * 3)
   # A threshold every batch meets ends the warm-up after the first step.
-  _, history = run_steps(parallel.make_mesh(), data, **{'schedule.warmup_lr': 0.01,
-                                                         'schedule.warmup_until_error': 1.01})
+  _, history = run_steps(one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 1.01})
   assert [h['learning_rate'] for h in history] == pytest.approx([0.01, 0.1, 0.1])
   assert cifar10.get_config('resnet110').schedule.warmup_lr == 0.01
   assert cifar10.get_config('resnet56').schedule.warmup_lr == 0.0
