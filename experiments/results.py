@@ -1,0 +1,278 @@
+"""A sweep's results from its runs' metrics.jsonl: the paper's Table 6 and Figure 6, and diagnostics plots.
+
+  python -m experiments.results --root runs/sweeps/degradation_digits_cpu [--out DIR]
+
+Writes to --out (default: the root)
+  table.md, table.csv     depth, parameters, final training and test error of every run, by family
+  figure6.png             training error (dashed) and test error (solid) against iterations, one panel
+                          per family (plain left, residual right), one colour per depth
+  grad_norms.png          gradient norm of the stem, each stage and the head against iterations
+  residual_ratios.png     ||F(x)|| / ||x|| of every block at the end of training
+Every subdirectory of the root holding a config.json counts as a run.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from resnet_jax import model_stats, models
+from resnet_jax.metric_logging import read_metrics
+
+FAMILY_ORDER = ('plain', 'resnet', 'preact_resnet')
+FAMILY_TITLES = {'plain': 'plain', 'resnet': 'ResNet', 'preact_resnet': 'pre-activation ResNet'}
+# Table 6 of the paper: CIFAR-10 test error (%) of ResNets with option A, for comparison on cifar10 runs.
+PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+
+
+@dataclasses.dataclass
+class Run:
+  name: str
+  family: str
+  depth: int
+  config: dict
+  records: list[dict]
+
+  @property
+  def steps(self) -> int | None:
+    return self.records[-1]['step'] if self.records else None
+
+  @property
+  def final_train_error(self) -> float | None:
+    train = [r for r in self.records if 'train_error' in r]
+    return train[-1]['train_error'] if train else None
+
+  @property
+  def test_error(self) -> float | None:
+    evals = [r for r in self.records if 'eval_top1_error' in r]
+    return evals[-1]['eval_top1_error'] if evals else None
+
+  def series(self, key: str) -> tuple[list[int], list[float]]:
+    pairs = [(r['step'], r[key]) for r in self.records if key in r]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def load_runs(root) -> list[Run]:
+  runs = []
+  for workdir in sorted(pathlib.Path(root).iterdir()):
+    if not (workdir / 'config.json').is_file():
+      continue
+    config = json.loads((workdir / 'config.json').read_text())
+    name = config['model']['name']
+    family = re.sub(r'^cifar_|\d+$', '', name)
+    if config['model'].get('shortcut') == 'none':
+      family = 'plain'  # a residual preset trained without shortcuts is a plain net
+    runs.append(Run(workdir.name, family, models.model_depth(name), config, read_metrics(workdir)))
+  order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+  return sorted(runs, key=lambda r: (order.get(r.family, len(order)), r.depth, r.name))
+
+
+def build_model(run: Run, num_classes: int):
+  """The model as the run's config.json describes it (train.build_model does the same from a ConfigDict)."""
+  overrides = {k: v for k, v in run.config['model'].items() if k != 'name' and v != ''}
+  return models.create_model(run.config['model']['name'], num_classes=num_classes, **overrides)
+
+
+def parameter_count(run: Run, root) -> int | None:
+  """Parameters of the model the run built, from its checkpoint's record of classes and image shape."""
+  from resnet_jax import checkpointing  # orbax: only needed here
+  import orbax.checkpoint as ocp
+  checkpoints = checkpointing.Checkpoints(pathlib.Path(root).resolve() / run.name, read_only=True)
+  step = checkpoints.latest_step()
+  meta = None if step is None else checkpoints.manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  checkpoints.close()
+  if meta is None:
+    return None
+  model = build_model(run, meta['num_classes'])
+  return model_stats.count(model_stats.abstract_variables(model, tuple(meta['image_shape']))['params'])
+
+
+# ---------------------------------------------------------------------------------------- table 6
+
+def table_rows(runs: list[Run], root) -> list[dict]:
+  on_cifar10 = runs and all(r.config['dataset']['name'] == 'cifar10' for r in runs)
+  rows = []
+  for run in runs:
+    row = {'family': run.family, 'depth': run.depth, 'run': run.name, 'params': parameter_count(run, root),
+           'steps': run.steps, 'train_error_percent': run.final_train_error, 'test_error_percent': run.test_error}
+    for key in ('train_error_percent', 'test_error_percent'):
+      row[key] = None if row[key] is None else round(100 * row[key], 2)
+    if on_cifar10:
+      row['paper_test_error_percent'] = PAPER_TABLE6.get(run.depth) if run.family == 'resnet' else None
+    rows.append(row)
+  return rows
+
+
+def write_csv(rows: list[dict], path) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['run'])
+    writer.writeheader()
+    writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
+
+
+def markdown_table(rows: list[dict]) -> str:
+  headers = {'family': 'family', 'depth': 'layers', 'run': 'run', 'params': 'params', 'steps': 'iterations',
+             'train_error_percent': 'train error (%)', 'test_error_percent': 'test error (%)',
+             'paper_test_error_percent': 'paper test error (%)'}
+  keys = list(rows[0]) if rows else list(headers)[:7]
+  lines = ['| ' + ' | '.join(headers[k] for k in keys) + ' |',
+           '|' + '|'.join('---' if k in ('family', 'run') else '---:' for k in keys) + '|']
+  lines += ['| ' + ' | '.join(_cell(k, row[k]) for k in keys) + ' |' for row in rows]
+  return '\n'.join(lines) + (
+      '\n\nTrain error: the mean over the batches of the last logged interval (augmented, BatchNorm in '
+      'training mode), as the paper\'s training curves. Test error: the whole test split, final weights.\n')
+
+
+def _cell(key: str, value) -> str:
+  if value is None:
+    return '—'
+  if key == 'params':
+    return f'{value:,}'
+  return f'{value:.2f}' if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+def depth_colours(runs: list[Run]) -> dict[int, tuple]:
+  depths = sorted({r.depth for r in runs})
+  cmap = plt.get_cmap('viridis' if len(depths) > 10 else 'tab10')
+  return {d: cmap(i / max(1, len(depths) - 1) if len(depths) > 10 else i) for i, d in enumerate(depths)}
+
+
+def family_panels(runs: list[Run], rows: int = 1, height: float = 4.0):
+  families = [f for f in FAMILY_ORDER if any(r.family == f for r in runs)]
+  fig, axes = plt.subplots(rows, len(families), figsize=(5.5 * len(families), height * rows), squeeze=False,
+                           sharey='row')
+  return fig, families, axes
+
+
+def figure6(runs: list[Run], path) -> None:
+  """The paper's Figure 6: dashed training error, solid test error; deeper plain nets sit higher."""
+  colours = depth_colours(runs)
+  fig, families, axes = family_panels(runs)
+  finals = [e for r in runs for e in (r.final_train_error, r.test_error) if e is not None]
+  top = min(100, max(20, 10 * math.ceil(15 * max(finals, default=0))))  # the paper's 0-20% when errors are small
+  for ax, family in zip(axes[0], families):
+    for run in (r for r in runs if r.family == family):
+      colour = colours[run.depth]
+      ax.plot(*_percent(run.series('train_error')), '--', color=colour, linewidth=1)
+      ax.plot(*_percent(run.series('eval_top1_error')), '-', color=colour, linewidth=2,
+              label=f'{FAMILY_TITLES[family]}-{run.depth}' + (f' ({run.name})' if _ambiguous(run, runs) else ''))
+    ax.set(title=FAMILY_TITLES[family], xlabel='iterations', ylim=(0, top))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel('error (%): dashed training, solid test')
+  save_figure(fig, path)
+
+
+def grad_norm_figure(runs: list[Run], path) -> None:
+  """Rows: stem, stage 1.., head; the first stage's gradient is where a vanishing gradient would show."""
+  groups = sorted({k.removeprefix('train_grad_norm_') for r in runs for rec in r.records for k in rec
+                   if k.startswith('train_grad_norm_')}, key=lambda g: (g != 'stem', g == 'head', g))
+  if not groups:
+    return
+  colours = depth_colours(runs)
+  fig, families, axes = family_panels(runs, rows=len(groups), height=2.6)
+  for row, group in enumerate(groups):
+    for ax, family in zip(axes[row], families):
+      for run in (r for r in runs if r.family == family):
+        ax.plot(*run.series(f'train_grad_norm_{group}'), color=colours[run.depth], linewidth=1, marker='.',
+                markersize=2, label=f'{FAMILY_TITLES[family]}-{run.depth}')
+      ax.set_yscale('log')
+      ax.grid(alpha=0.3)
+      ax.set_title(f'{FAMILY_TITLES[family]}: {group}', fontsize=9)
+    axes[row][0].set_ylabel('gradient norm')
+  for ax in axes[-1]:
+    ax.set_xlabel('iterations')
+  for ax in axes[0]:
+    ax.legend(fontsize=7)
+  save_figure(fig, path)
+
+
+def residual_ratio_figure(runs: list[Run], path) -> None:
+  """||F(x)||/||x|| per block over the last logged interval: small means the block stays near identity."""
+  colours = depth_colours(runs)
+  fig, families, axes = family_panels(runs)
+  plotted = False
+  for ax, family in zip(axes[0], families):
+    for run in (r for r in runs if r.family == family):
+      last = next((rec for rec in reversed(run.records) if any(k.startswith('train_residual_ratio_') for k in rec)), {})
+      blocks = sorted((_block_order(k), v) for k, v in last.items() if k.startswith('train_residual_ratio_'))
+      if blocks:
+        plotted = True
+        ax.plot(range(1, len(blocks) + 1), [v for _, v in blocks], 'o-', markersize=3, color=colours[run.depth],
+                label=f'{FAMILY_TITLES[family]}-{run.depth}')
+    ax.set(title=FAMILY_TITLES[family] + (' (F(x): the block\'s layers, x: its input)' if family == 'plain' else ''),
+           xlabel='block, input to output', yscale='log')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel('||F(x)|| / ||x||, end of training')
+  if plotted:
+    save_figure(fig, path)
+  else:
+    plt.close(fig)
+
+
+def _block_order(key: str) -> tuple[int, int]:
+  stage, block = re.search(r'stage(\d+)_block(\d+)$', key).groups()
+  return int(stage), int(block)
+
+
+def _percent(series):
+  steps, values = series
+  return steps, [100 * v for v in values]
+
+
+def _ambiguous(run: Run, runs: list[Run]) -> bool:
+  return sum(r.family == run.family and r.depth == run.depth for r in runs) > 1
+
+
+def save_figure(fig, path) -> None:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- all of it
+
+def write_results(root, out) -> dict[str, str]:
+  """Writes every table and figure that the runs' metrics allow; returns {file name: path}."""
+  runs = load_runs(root)
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  rows = table_rows(runs, root)
+  (out / 'table.md').write_text(markdown_table(rows))
+  write_csv(rows, out / 'table.csv')
+  figure6(runs, out / 'figure6.png')
+  grad_norm_figure(runs, out / 'grad_norms.png')
+  residual_ratio_figure(runs, out / 'residual_ratios.png')
+  names = ('table.md', 'table.csv', 'figure6.png', 'grad_norms.png', 'residual_ratios.png')
+  return {name: str(out / name) for name in names if (out / name).exists()}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m experiments.results', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--root', required=True, help='the sweep\'s root: one workdir per run')
+  parser.add_argument('--out', help='where to write the table and figures (default: the root)')
+  args = parser.parse_args(argv)
+  if not pathlib.Path(args.root).is_dir():
+    print(f'error: --root {args.root} is not a directory', file=sys.stderr)
+    return 2
+  written = write_results(args.root, args.out or args.root)
+  print(pathlib.Path(written['table.md']).read_text())
+  print('wrote ' + ', '.join(sorted(written.values())))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
