@@ -121,6 +121,14 @@ def test_tpu_run_all_steps_succeed_and_missing_gcloud_is_one_line(capsys):
   assert capsys.readouterr().err.splitlines()[-1].startswith('error: gcloud not found')
 
 
+def assert_one_line_error(capsys, main, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    main(args)
+  assert exit_info.value.code == 2
+  [line] = capsys.readouterr().err.splitlines()
+  assert line.startswith('error: ') and message in line
+
+
 @pytest.mark.parametrize('args, message', [
     (TPU_ARGS[:-2], 'the following arguments are required: --workdir'),
     ([*TPU_ARGS, '--tpu_create'], '--tpu_create needs --accelerator_type'),
@@ -129,11 +137,7 @@ def test_tpu_run_all_steps_succeed_and_missing_gcloud_is_one_line(capsys):
     ([*TPU_ARGS[:-4], '--config', 'configs/nope.py:x', *TPU_ARGS[-2:]], 'no config file configs/nope.py'),
 ])
 def test_tpu_bad_input_is_one_line_error(capsys, args, message):
-  with pytest.raises(SystemExit) as exit_info:
-    tpu_pod.main(args)
-  assert exit_info.value.code == 2
-  [line] = capsys.readouterr().err.splitlines()
-  assert line.startswith('error: ') and message in line
+  assert_one_line_error(capsys, tpu_pod.main, args, message)
 
 
 def test_tpu_local_workdir_warns(capsys):
@@ -221,8 +225,4 @@ def test_template_takes_config_and_workdir_from_the_environment(tmp_path):
     ([*SLURM_ARGS, '--override', '--config=configs/digits.py'], '--config is set by the launcher'),
 ])
 def test_slurm_bad_input_is_one_line_error(capsys, args, message):
-  with pytest.raises(SystemExit) as exit_info:
-    slurm_job.main(args)
-  assert exit_info.value.code == 2
-  [line] = capsys.readouterr().err.splitlines()
-  assert line.startswith('error: ') and message in line
+  assert_one_line_error(capsys, slurm_job.main, args, message)
