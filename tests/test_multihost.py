@@ -76,8 +76,11 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
     pytest.fail('the surviving process hung after its peer died')
   assert survivor.returncode != 0
   assert time.monotonic() - started < 120  # the collective fails at once; heartbeats catch a silent hang
-  last_line = stderr.strip().splitlines()[-1]
-  assert last_line.startswith('error: process 0 lost contact'), stderr[-3000:]
+  # Usually a collective fails first and main prints its one line; when the runtime's error polling
+  # wins the race, JAX itself terminates the process with its own message naming the cause.
+  ours = 'error: process 0 lost contact with the rest of the job'
+  jaxs = 'Terminating process because the JAX distributed service detected fatal errors'
+  assert ours in stderr or jaxs in stderr, stderr[-3000:]
   # The last complete checkpoint is intact and restores.
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and restored_state(tmp_path, steps[-1])['step'] == steps[-1]

@@ -133,7 +133,7 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(tmp_path, data, args, pre
   workdir = tmp_path / 'run'
   if prepare is not None:  # a workdir with a good checkpoint at step 2, then damaged
     if prepare is _truncate_a_checkpoint:
-      check(run_main(*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=2', devices=8))
+      check(run_main(*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=2', devices=1))
     prepare(workdir)
   before = sorted(p.name for p in (workdir / 'checkpoints').iterdir()) if prepare else None
   command = [*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=4'] + [a.format(tmp=tmp_path) for a in args]

@@ -1,0 +1,43 @@
+"""Each benchmark CLI runs a step or two on a tiny model and writes JSON that the table reads.
+
+About a minute on the idle 2-core machine (each CLI compiles its own small programs); the figures
+themselves come from `python -m benchmarks.run_all`, not from tests.
+"""
+
+import json
+import sys
+
+import pytest
+
+from benchmarks import input_pipeline, memory, run_all, sharding, train_loop, train_step
+
+
+def run_cli(module, monkeypatch, tmp_path, *args) -> dict:
+  out = tmp_path / f'{module.__name__}.json'
+  monkeypatch.setattr(sys, 'argv', [module.__name__, *args, '--json', str(out)])
+  module.main()
+  return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_every_benchmark_cli_writes_json(monkeypatch, tmp_path):
+  results = {
+      'resnet20_levers': run_cli(train_step, monkeypatch, tmp_path, '--model', 'resnet8', '--batch', '8',
+                                 '--variants', 'no_diagnostics+async2', '--baseline_batch', '8', '--rounds', '1',
+                                 '--peak_size', '256'),
+      'sharding': run_cli(sharding, monkeypatch, tmp_path, '--model', 'resnet8', '--batch', '8', '--devices', '8',
+                          '--modes', 'jit', '--rounds', '1'),
+      'input_pipeline': run_cli(input_pipeline, monkeypatch, tmp_path, '--style', 'cifar', '--cifar_batch', '8',
+                                '--cifar_step_model', 'resnet8', '--batches', '2', '--windows', '1', '--step_calls', '1'),
+      'train_loop': run_cli(train_loop, monkeypatch, tmp_path, '--model', 'resnet8', '--batch', '8', '--steps', '3',
+                            '--log_every', '1', '--checkpoint_every', '3', '--loop_runs', '1', '--step_calls', '1'),
+      'memory': run_cli(memory, monkeypatch, tmp_path, '--cases', 'resnet8:8'),
+  }
+  step = results['resnet20_levers']
+  assert [v['variant'] for v in step['variants']] == ['no_diagnostics+async2']
+  assert all(v['images_per_second'] > 0 and v['fraction_of_peak'] > 0 for v in step['variants'] + [step['baseline']])
+  assert step['variants'][0]['ratio_to_baseline']['median'] > 0
+  assert results['sharding']['results'][1]['overhead'] > -1
+  assert results['input_pipeline']['results'][0]['pipeline_images_per_second'] > 0
+  assert results['memory']['results'][0]['peak_rss_mib'] > 0
+  assert 'resnet8 no_diagnostics+async2' in run_all.markdown(results)
