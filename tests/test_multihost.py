@@ -64,7 +64,11 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
                               '--heartbeat_timeout=60')
   survivor, victim = processes
   deadline = time.monotonic() + 300
-  while not (tmp_path / 'metrics.jsonl').exists():  # training is under way
+  def has_checkpoint():
+    folder = tmp_path / 'checkpoints'
+    return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
+
+  while not has_checkpoint():  # training is under way and a checkpoint is complete
     assert time.monotonic() < deadline and survivor.poll() is None, survivor.stderr.read()[-3000:]
     time.sleep(1)
   victim.send_signal(signal.SIGKILL)
