@@ -1,8 +1,9 @@
 """What every benchmark shares: timing, the machine's matmul peak, XLA's FLOP count, JSON output.
 
-The machine is shared and noisy, so figures that are compared are timed *interleaved*: a few
-steps of A, a few of B, a few of A again..., and each is reported as the median of its step times.
-A slow minute then hits both sides alike and the ratio holds.
+The machine is shared and noisy, so figures that are compared are timed *interleaved*: a call of
+A, one of B, then B, A..., round after round. Each figure is the median of its calls, and each ratio
+is the median of call-by-call ratios within a round (with quartiles), so a slow minute hits both
+sides alike and the ratio holds.
 """
 
 import json

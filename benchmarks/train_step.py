@@ -1,7 +1,7 @@
 """Train-step throughput of the project's step, side by side with the plain baseline and the matmul peak.
 
     python -m benchmarks.train_step --model resnet20 --batch 128 [--dtype bfloat16] [--devices 8]
-        [--variants product,no_diagnostics,scan4] [--rounds 8 --steps 1] [--json out.json]
+        [--variants product,no_diagnostics,bfloat16] [--rounds 8 --steps 1] [--json out.json]
 
 The project's step is built exactly as `resnet_jax.train` builds it (config -> model, optimizer,
 schedule -> `DataParallel.compile_train_step(train_step)`), on one in-memory batch already on the
@@ -13,7 +13,7 @@ Variants are levers switched without editing the product, joined with '+':
   product          the step `resnet_jax.train` runs (donated state, diagnostics as configured: on)
   no_diagnostics   train.log_diagnostics=False (no per-block norms, no per-stage gradient norms)
   no_donation      the same step jitted without donating the old state
-  scanK            K steps per dispatch (jax.lax.scan over K batches), e.g. scan4
+  scanK            K steps per dispatch (jax.lax.scan over K batches), e.g. scan2 (very slow on XLA CPU)
   asyncN           N steps dispatched back to back, one host synchronisation (as between log steps)
   bfloat16         model.dtype=bfloat16 (float32 parameters)
   remat            model.remat=True
@@ -122,7 +122,7 @@ class ProductStep:
     self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
-    self.flops_per_step = flops / per_dispatch if flops and per_dispatch == 1 else None  # a scan's body counts once
+    self.flops_per_step = flops if per_dispatch == 1 else None  # XLA counts a scan's body once; measure() fills it in
 
   def __call__(self):
     for _ in range(self.sync_every):
