@@ -16,14 +16,20 @@ import time
 from benchmarks import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LEVERS = 'product,no_diagnostics,no_donation,async4,bfloat16,dot_weight_grad,fused_bn'
+LEVERS = 'product,no_diagnostics,no_donation,async4,bfloat16,matmul_grad,fused_bn'
 
 # name -> (module, arguments): the commands BENCHMARKS.md quotes.
 STANDARD = {
     'resnet20_levers': ('benchmarks.train_step', ['--model', 'resnet20', '--batch', '128', '--variants', LEVERS, '--rounds', '6']),
-    'resnet56': ('benchmarks.train_step', ['--model', 'resnet56', '--batch', '128', '--variants', 'product,bfloat16', '--rounds', '4']),
+    # The CPU settings: the batch split over 8 CPU devices (parallelism.cpu_devices=8), on top of each lever.
+    'resnet20_cpu8': ('benchmarks.train_step', ['--model', 'resnet20', '--batch', '128', '--devices', '8',
+                                                '--variants', 'product,matmul_grad,bfloat16', '--rounds', '6']),
+    'resnet56': ('benchmarks.train_step', ['--model', 'resnet56', '--batch', '128', '--variants', 'product,matmul_grad,bfloat16',
+                                           '--rounds', '4']),
+    'resnet56_cpu8': ('benchmarks.train_step', ['--model', 'resnet56', '--batch', '128', '--devices', '8', '--variants', 'product',
+                                                '--rounds', '4']),
     'resnet50': ('benchmarks.train_step', ['--model', 'resnet50', '--batch', '8', '--image_size', '224',
-                                           '--variants', 'product,bfloat16', '--rounds', '3']),
+                                           '--variants', 'product,matmul_grad,bfloat16', '--rounds', '3']),
     'sharding': ('benchmarks.sharding', ['--model', 'resnet20', '--batch', '128', '--devices', '8', '--meshes', '2,4',
                                          '--modes', 'jit,pmap', '--baseline']),
     'sharding_bf16': ('benchmarks.sharding', ['--model', 'resnet20', '--batch', '128', '--devices', '8', '--dtype', 'bfloat16',
@@ -52,7 +58,8 @@ def run_cell(name: str, result: dict) -> str:
 def step_rows(result: dict, name: str) -> list[str]:
   rows = []
   for v in result['variants'] + ([result['baseline']] if 'baseline' in result else []):
-    label = f"{result['model']} {v['variant']}" if v['variant'] != 'baseline' else 'plain Flax ResNet-20 (baseline)'
+    devices = f" on {result['devices']} CPU devices" if result.get('devices', 1) > 1 else ''
+    label = f"{result['model']} {v['variant']}{devices}" if v['variant'] != 'baseline' else 'plain Flax ResNet-20 (baseline)'
     batch = result['batch'] if v['variant'] != 'baseline' else 128
     rows.append(f"| {label}, batch {batch}{', ' + str(result['image_size']) + 'px' if result['image_size'] != 32 and v['variant'] != 'baseline' else ''} "
                 f"| {v['step_seconds'] * 1e3:.0f} | {v['images_per_second']:.1f} | {v.get('achieved_gflops', 0):.1f} "
@@ -64,7 +71,7 @@ def step_rows(result: dict, name: str) -> list[str]:
 def markdown(results: dict) -> str:
   out = ['| what | ms/step | images/s | GFLOP/s | of peak | images/s vs baseline (quartiles) | vs first variant | compile s | run |',
          '|---|---:|---:|---:|---:|---|---|---:|---|']
-  for name in ('resnet20_levers', 'resnet56', 'resnet50'):
+  for name in ('resnet20_levers', 'resnet20_cpu8', 'resnet56', 'resnet56_cpu8', 'resnet50'):
     if name in results:
       r = results[name]
       out += step_rows(r, name)

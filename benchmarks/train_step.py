@@ -17,7 +17,7 @@ Variants are levers switched without editing the product, joined with '+':
   asyncN           N steps dispatched back to back, one host synchronisation (as between log steps)
   bfloat16         model.dtype=bfloat16 (float32 parameters)
   remat            model.remat=True
-  dot_weight_grad  candidate product change: conv kernel gradients as one matmul (benchmarks/candidates.py)
+  matmul_grad      model.conv_kernel_grad='matmul' (conv kernel gradients as one matmul, resnet_jax/conv.py)
   fused_bn         candidate product change: BatchNorm with a hand-written backward pass
 """
 
@@ -37,7 +37,7 @@ from resnet_jax.train_step import create_train_state, train_step
 
 
 def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bool = False,
-               diagnostics: bool = True, image_size: int = 224):
+               diagnostics: bool = True, image_size: int = 224, conv_kernel_grad: str = 'xla'):
   """The run config a user would get for this preset: CIFAR-10 or ImageNet, with these overrides."""
   if models.model_spec(model_name)['stem'] == 'cifar':
     config = cifar10.get_config(model_name)
@@ -46,7 +46,7 @@ def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bo
     config.dataset.image_size = image_size
   config.train.batch_size = batch
   config.train.log_diagnostics = diagnostics
-  config.model.update(dtype=dtype, remat=remat)
+  config.model.update(dtype=dtype, remat=remat, conv_kernel_grad=conv_kernel_grad)
   return config
 
 
@@ -59,7 +59,7 @@ def shape_of(config) -> tuple[tuple[int, int, int], int]:
 
 def parse_variant(spec: str) -> dict:
   options = {'diagnostics': True, 'donate': True, 'per_dispatch': 1, 'sync_every': 1, 'dtype': None, 'remat': None,
-             'candidates': set()}
+             'conv_kernel_grad': 'xla', 'candidates': set()}
   for part in spec.split('+'):
     if part == 'product':
       pass
@@ -75,7 +75,9 @@ def parse_variant(spec: str) -> dict:
       options['dtype'] = part
     elif part == 'remat':
       options['remat'] = True
-    elif part in ('dot_weight_grad', 'fused_bn'):
+    elif part == 'matmul_grad':
+      options['conv_kernel_grad'] = 'matmul'
+    elif part == 'fused_bn':
       options['candidates'].add(part)
     else:
       raise SystemExit(f'unknown variant {part!r} in {spec!r}; see --help')
@@ -122,7 +124,8 @@ class ProductStep:
     self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
-    self.flops_per_step = flops if per_dispatch == 1 else None  # XLA counts a scan's body once; measure() fills it in
+    # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded program.
+    self.flops_per_step = flops * self.devices.mesh.size if per_dispatch == 1 and flops else None
 
   def __call__(self):
     for _ in range(self.sync_every):
@@ -154,7 +157,8 @@ def measure(model_name: str, *, batch: int, variants: list[str], dtype: str = 'f
     options = parse_variant(spec)
     config = config_for(model_name, batch=batch, dtype=options['dtype'] or dtype,
                         remat=remat if options['remat'] is None else options['remat'],
-                        diagnostics=options['diagnostics'], image_size=image_size)
+                        diagnostics=options['diagnostics'], image_size=image_size,
+                        conv_kernel_grad=options['conv_kernel_grad'])
     with candidates.patched(options['candidates']):  # the model is traced and compiled here
       built[spec] = ProductStep(config, donate=options['donate'], per_dispatch=options['per_dispatch'],
                                 sync_every=options['sync_every'], mesh=mesh)

@@ -21,6 +21,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       zero_init_residual=False,  # zero each block's last BN scale (off in the paper)
       stride_in_1x1=False,  # True = the paper's original (v1) bottleneck stride placement
       remat=False,  # recompute activations in the backward pass: less memory for very deep nets
+      # 'xla' (GPU/TPU) | 'matmul': kernel gradients as one matmul, x1.2 on a CPU step (BENCHMARKS.md)
+      conv_kernel_grad='xla',
   ))
 
   config.dataset = ml_collections.ConfigDict(dict(
@@ -82,5 +84,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   config.parallelism = ml_collections.ConfigDict(dict(
       mode='jit',  # 'jit' (sharded jax.jit over a mesh) | 'pmap'
       batch_norm='global',  # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
+      # CPU hosts only: split each process's CPU into this many devices (0 = one; XLA_FLAGS' count wins).
+      # 8 makes a ResNet-20 step x1.7 faster on 2 cores, same results; GPUs and TPUs ignore it.
+      cpu_devices=0,
   ))
   return config

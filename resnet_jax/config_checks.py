@@ -12,11 +12,13 @@ _CHOICES = {
     'parallelism.batch_norm': parallel.BATCH_NORMS,
     'model.dtype': ('float32', 'bfloat16', 'float16'),
     'model.shortcut': ('',) + tuple(models.SHORTCUTS),
+    'model.conv_kernel_grad': tuple(models.CONV_KERNEL_GRADS),
 }
 _POSITIVE = ('train.batch_size', 'train.eval_batch_size', 'train.log_every_steps', 'train.eval_every_steps',
              'train.checkpoint_every_steps', 'train.keep_checkpoints')
 _NON_NEGATIVE = ('schedule.base_lr', 'schedule.warmup_lr', 'optimizer.weight_decay', 'train.num_epochs',
-                 'train.max_skipped_steps', 'schedule.warmup_steps', 'schedule.warmup_epochs')
+                 'train.max_skipped_steps', 'schedule.warmup_steps', 'schedule.warmup_epochs',
+                 'parallelism.cpu_devices')
 
 
 def _get(config, path):

@@ -63,12 +63,13 @@ def main(argv):
   import jax
   import tensorflow as tf
 
-  from resnet_jax import distributed, preemption, train
+  from resnet_jax import distributed, parallel, preemption, train
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TensorFlow off the accelerators
   try:
+    parallel.split_cpu(FLAGS.config.parallelism.cpu_devices)  # before JAX starts its CPU backend
     distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)  # before any device is used

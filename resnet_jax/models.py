@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from resnet_jax.conv import conv_general_dilated as conv_with_matmul_kernel_grad
 from resnet_jax.errors import UserError
 
 ModuleDef = Any
@@ -35,6 +36,12 @@ SHORTCUTS = {
 
 # He init (paper section 3.4 cites [13]), fan_out as in the reference Torch/torchvision code.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# How a convolution's kernel gradient is computed; the forward pass is the same either way.
+CONV_KERNEL_GRADS = {
+    'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
+    'matmul': conv_with_matmul_kernel_grad,  # one matmul of patches: faster on CPUs, more memory (resnet_jax/conv.py)
+}
 
 
 class Shortcut(nn.Module):
@@ -168,11 +175,13 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   remat: bool = False  # recompute block activations in the backward pass to save memory
+  conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
-                             kernel_init=conv_kernel_init)
+                             kernel_init=conv_kernel_init,
+                             conv_general_dilated=CONV_KERNEL_GRADS[self.conv_kernel_grad])
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, axis_name=self.bn_axis_name)
@@ -274,6 +283,8 @@ def create_model(name: str, *, num_classes: int, **overrides) -> ResNet:
                      f'valid: {sorted(f for f in ResNet.__dataclass_fields__ if f not in ("name", "parent"))}')
   if 'shortcut' in overrides and overrides['shortcut'] not in SHORTCUTS:
     raise UserError(f"unknown shortcut {overrides['shortcut']!r}; valid: {', '.join(SHORTCUTS)}")
+  if overrides.get('conv_kernel_grad', 'xla') not in CONV_KERNEL_GRADS:
+    raise UserError(f"unknown conv_kernel_grad {overrides['conv_kernel_grad']!r}; valid: {', '.join(CONV_KERNEL_GRADS)}")
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = jnp.dtype(overrides['dtype'])
   return ResNet(num_classes=num_classes, **{**spec, **overrides})

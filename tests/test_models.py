@@ -120,6 +120,26 @@ def test_remat_gives_the_same_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
 
 
+@pytest.mark.parametrize('name', ['resnet8', 'resnet18', 'resnet50'])
+def test_matmul_kernel_gradients_equal_xla_ones(name):
+  # 3x3 and 1x1 convs, stride 2, the 7x7/2 stem's explicit padding, projections; training-mode BN.
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  results = []
+  for conv_kernel_grad in ('xla', 'matmul'):
+    model = models.create_model(name, num_classes=10, conv_kernel_grad=conv_kernel_grad)
+    variables = model_stats.init_variables(model, (32, 32, 3))
+
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, images, mutable=['batch_stats'])
+      return jnp.sum(logits * jnp.arange(10.0))
+
+    results.append(jax.value_and_grad(loss)(variables['params']))
+  (loss_xla, grads_xla), (loss_matmul, grads_matmul) = results
+  assert float(loss_matmul) == float(loss_xla)  # the forward pass is XLA's own either way
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_xla))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), grads_xla, grads_matmul)
+
+
 def test_resnet1202_builds():
   model = models.create_model('resnet1202', num_classes=10)
   stats = model_stats.model_stats(model, (32, 32, 3))
@@ -137,6 +157,8 @@ def test_unknown_override_and_shortcut_are_errors():
     models.create_model('resnet20', num_classes=10, shortcutt='A')
   with pytest.raises(ValueError, match='unknown shortcut'):
     models.create_model('resnet20', num_classes=10, shortcut='D')
+  with pytest.raises(ValueError, match="unknown conv_kernel_grad 'fast'; valid: xla, matmul"):
+    models.create_model('resnet20', num_classes=10, conv_kernel_grad='fast')
 
 
 def test_any_6n_plus_2_depth_is_a_cifar_network():

@@ -1,5 +1,10 @@
 """jit and pmap, global and per-device BatchNorm: the same training on 8 simulated devices."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -38,3 +43,12 @@ def test_per_device_batch_norm_on_one_device_is_global_batch_norm():
 def test_unknown_mode_is_a_clear_error():
   with pytest.raises(ValueError, match='parallelism.mode'):
     parallel.DataParallel('pjit')
+
+
+@pytest.mark.parametrize('xla_flags,expected', [('', 4), ('--xla_force_host_platform_device_count=2', 2)])
+def test_cpu_devices_splits_the_cpu_unless_the_launch_sets_a_count(xla_flags, expected):
+  # parallelism.cpu_devices=4, as main.py applies it before JAX starts; XLA_FLAGS' count wins.
+  code = 'from resnet_jax import parallel; parallel.split_cpu(4); import jax; print(jax.device_count())'
+  result = subprocess.run([sys.executable, '-c', code], env={**os.environ, 'XLA_FLAGS': xla_flags},
+                          cwd=pathlib.Path(__file__).parents[1], capture_output=True, text=True, check=True)
+  assert result.stdout.split()[-1] == str(expected)
