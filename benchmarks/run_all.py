@@ -8,6 +8,7 @@ an existing JSON without measuring).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -34,6 +35,8 @@ STANDARD = {
                                          '--modes', 'jit,pmap', '--baseline']),
     'sharding_bf16': ('benchmarks.sharding', ['--model', 'resnet20', '--batch', '128', '--devices', '8', '--dtype', 'bfloat16',
                                               '--modes', 'jit', '--baseline']),
+    # Needs PyTorch on PYTHONPATH (not a dependency; see benchmarks/pytorch_reference.py); skipped without it.
+    'pytorch_reference': ('benchmarks.pytorch_reference', ['--devices', '8']),
     'input_pipeline': ('benchmarks.input_pipeline', ['--style', 'both']),
     'train_loop': ('benchmarks.train_loop', ['--model', 'resnet20', '--batch', '128', '--steps', '30']),
     'memory': ('benchmarks.memory', []),
@@ -82,6 +85,12 @@ def markdown(results: dict) -> str:
       out.append(f"| {r['style']}-style input pipeline, batch {r['pipeline_batch']} | {r['pipeline_images_per_second']:.0f} images/s, "
                  f"{fmt_ratio(r['headroom'])} what the {r['step_model']} step (batch {r['step_batch']}) consumes "
                  f"({r['step_images_per_second']:.1f} images/s) | {run_cell('input_pipeline', results['input_pipeline'])} |")
+  if 'pytorch_reference' in results:
+    r = results['pytorch_reference']
+    for p in r['results']:
+      vs = f", {fmt_ratio(p['ratio_to_pytorch'])} PyTorch's" if 'ratio_to_pytorch' in p else f" (PyTorch {r['torch']}, channels_last)"
+      out.append(f"| ResNet-20 batch {r['batch']}, {p['name'].replace('_', ' ')} | {p['images_per_second']:.1f} images/s{vs} "
+                 f"| {run_cell('pytorch_reference', r)} |")
   if 'train_loop' in results:
     r = results['train_loop']
     out.append(f"| training loop vs pure step, {r['model']} batch {r['batch']} (log every {r['log_every']}, checkpoint every "
@@ -142,6 +151,9 @@ def main():
   if not args.markdown_only:
     for name in (args.only.split(',') if args.only else STANDARD):
       module, module_args = STANDARD[name]
+      if name == 'pytorch_reference' and importlib.util.find_spec('torch') is None:
+        print(f'== {name}: skipped, PyTorch is not on PYTHONPATH', file=sys.stderr, flush=True)
+        continue
       print(f'== {name}: {command(name)}  (load {common.load_average()})', file=sys.stderr, flush=True)
       start = time.perf_counter()
       results[name] = common.run_module(module, module_args)

@@ -4,7 +4,10 @@ About a minute on the idle 2-core machine (each CLI compiles its own small progr
 themselves come from `python -m benchmarks.run_all`, not from tests.
 """
 
+import importlib.util
 import json
+import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -41,3 +44,11 @@ def test_every_benchmark_cli_writes_json(monkeypatch, tmp_path):
   assert results['input_pipeline']['results'][0]['pipeline_images_per_second'] > 0
   assert results['memory']['results'][0]['peak_rss_mib'] > 0
   assert 'resnet8 no_diagnostics+async2' in run_all.markdown(results)
+
+
+def test_pytorch_reference_without_pytorch_says_how_to_get_it():
+  if importlib.util.find_spec('torch') is not None:
+    pytest.skip('PyTorch is installed here')
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.pytorch_reference'], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).parents[1])
+  assert result.returncode == 1 and result.stderr.strip().startswith('error: PyTorch is not importable; install')

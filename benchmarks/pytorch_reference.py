@@ -1,0 +1,117 @@
+"""PyTorch's CPU ResNet-20 step, side by side with the plain Flax baseline and the project's step.
+
+    PYTHONPATH=/path/to/torch python -m benchmarks.pytorch_reference [--devices 8] [--json out.json]
+
+PyTorch is not a dependency of this project: install a CPU build anywhere and put it on the path,
+e.g. `pip install --target /tmp/torchlib torch --index-url https://download.pytorch.org/whl/cpu`.
+In one process, interleaved round by round: the same ResNet-20 (option-A shortcuts, SGD momentum
+0.9, weight decay 1e-4, batch 128, float32) in PyTorch with channels_last memory format (its fast
+CPU layout), the plain Flax baseline (benchmarks/baseline_resnet20.py), and the project's step as
+`resnet_jax.train` builds it, on 1 CPU device and, with --devices N, on N CPU devices
+(parallelism.cpu_devices=N). Every figure is also a ratio to PyTorch's, call by call.
+"""
+
+import argparse
+import sys
+import time
+
+try:  # before TensorFlow and JAX load: imported after them, torch's optimizer set-up crashes
+  import torch
+  import torch.optim  # pylint: disable=unused-import
+  from torch import nn
+  from torch.nn import functional as F
+except ImportError:
+  sys.exit('error: PyTorch is not importable; install a CPU build (pip install --target /tmp/torchlib torch '
+           '--index-url https://download.pytorch.org/whl/cpu) and run with PYTHONPATH=/tmp/torchlib')
+
+from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=wrong-import-position
+
+
+class Block(nn.Module):
+  def __init__(self, cin: int, cout: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.stride, self.extra = stride, cout - cin
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.stride != 1 or self.extra:  # option A: subsample, zero-pad channels
+      x = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+    return F.relu(x + y)
+
+
+class ResNet20(nn.Module):
+  def __init__(self, num_classes: int = 10):
+    super().__init__()
+    self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+    blocks, cin = [], 16
+    for stage, cout in enumerate((16, 32, 64)):
+      for index in range(3):
+        blocks.append(Block(cin, cout, 2 if stage > 0 and index == 0 else 1))
+        cin = cout
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(64, num_classes)
+
+  def forward(self, x):
+    return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class TorchRunner:
+  """One PyTorch training step per call (forward, backward, SGD update)."""
+
+  def __init__(self, batch_size: int):
+    torch.manual_seed(0)
+    self.model = ResNet20().to(memory_format=torch.channels_last).train()
+    self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    batch = baseline_resnet20.random_batch(batch_size)
+    self.images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    self.labels = torch.from_numpy(batch['label']).long()
+
+  def __call__(self):
+    self.optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(self.model(self.images), self.labels)
+    loss.backward()
+    self.optimizer.step()
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--devices', type=int, help='also time the project step on this many CPU devices')
+  parser.add_argument('--rounds', type=int, default=6)
+  parser.add_argument('--json')
+  args = parser.parse_args()
+  train_step.ensure_devices(args.devices, 'benchmarks.pytorch_reference')
+  import jax  # pylint: disable=import-outside-toplevel
+  from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
+
+  config = train_step.config_for('resnet20', batch=args.batch)
+  runs = {'pytorch': TorchRunner(args.batch), 'baseline': baseline_resnet20.Runner(args.batch),
+          'product_1_device': train_step.ProductStep(config, mesh=parallel.make_mesh(jax.devices()[:1]))}
+  if args.devices:
+    runs[f'product_{args.devices}_devices'] = train_step.ProductStep(config)
+  start = time.perf_counter()
+  times = common.interleaved(runs, rounds=args.rounds)
+  results = []
+  for name in runs:
+    r = {'name': name, 'step_seconds': common.median(times[name])}
+    r['images_per_second'] = args.batch / r['step_seconds']
+    if name != 'pytorch':
+      r['ratio_to_pytorch'] = common.paired_ratio(times, name, 'pytorch')
+    results.append(r)
+  lines = [f"ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__} ({torch.get_num_threads()} threads, "
+           f"channels_last) vs JAX {jax.__version__}; load {common.load_average()}"]
+  lines += [f"  {r['name']:<20} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f} img/s"
+            + (f"  vs pytorch x{r['ratio_to_pytorch']['median']:.2f} [{r['ratio_to_pytorch']['q25']:.2f}-"
+               f"{r['ratio_to_pytorch']['q75']:.2f}]" if 'ratio_to_pytorch' in r else '') for r in results]
+  common.emit({'benchmark': 'pytorch_reference', 'batch': args.batch, 'torch': torch.__version__,
+               'torch_threads': torch.get_num_threads(), 'results': results, 'seconds': time.perf_counter() - start,
+               'machine': common.machine()}, '\n'.join(lines), args.json)
+
+
+if __name__ == '__main__':
+  main()
