@@ -39,6 +39,7 @@ STANDARD = {
     'pytorch_reference': ('benchmarks.pytorch_reference', ['--devices', '8']),
     'input_pipeline': ('benchmarks.input_pipeline', ['--style', 'both']),
     'train_loop': ('benchmarks.train_loop', ['--model', 'resnet20', '--batch', '128', '--steps', '30']),
+    'train_loop_cpu8': ('benchmarks.train_loop', ['--model', 'resnet20', '--batch', '128', '--steps', '30', '--devices', '8']),
     'memory': ('benchmarks.memory', []),
     'xla_flags': ('benchmarks.xla_flags', ['--model', 'resnet20', '--batch', '128']),
 }
@@ -91,11 +92,13 @@ def markdown(results: dict) -> str:
       vs = f", {fmt_ratio(p['ratio_to_pytorch'])} PyTorch's" if 'ratio_to_pytorch' in p else f" (PyTorch {r['torch']}, channels_last)"
       out.append(f"| ResNet-20 batch {r['batch']}, {p['name'].replace('_', ' ')} | {p['images_per_second']:.1f} images/s{vs} "
                  f"| {run_cell('pytorch_reference', r)} |")
-  if 'train_loop' in results:
-    r = results['train_loop']
-    out.append(f"| training loop vs pure step, {r['model']} batch {r['batch']} (log every {r['log_every']}, checkpoint every "
+  for name in ('train_loop', 'train_loop_cpu8'):
+    if name not in results:
+      continue
+    r = results[name]
+    out.append(f"| training loop vs pure step, {r['model']} batch {r['batch']} on {r['devices']} device(s) (log every {r['log_every']}, checkpoint every "
                f"{r['checkpoint_every']}) | loop {r['loop_images_per_second']:.1f} images/s, step {r['step_images_per_second']:.1f} "
-               f"images/s: overhead {100 * r['loop_overhead']:+.1f}% | {run_cell('train_loop', r)} |")
+               f"images/s: overhead {100 * r['loop_overhead']:+.1f}% | {run_cell(name, r)} |")
   for name in ('sharding', 'sharding_bf16'):
     if name not in results:
       continue
@@ -114,8 +117,13 @@ def markdown(results: dict) -> str:
       out.append(f"| {what} | {'; '.join(figures)} | {run_cell(name, r)} |")
   if 'memory' in results:
     for r in results['memory']['results']:
-      out.append(f"| peak host memory, {r['model']} batch {r['batch']}{' remat' if r['remat'] else ''} | {r['peak_rss_mib']:.0f} MiB "
-                 f"(+{r['step_peak_mib']:.0f} MiB over start-up; XLA temporaries {r['xla_temp_mib']:.0f} MiB) | {run_cell('memory', results['memory'])} |")
+      if 'error' in r:
+        out.append(f"| peak host memory, `{r['case']}` | {r['error']} "
+                   f"| {run_cell('memory', results['memory'])} |")
+        continue
+      out.append(f"| peak host memory, `{r['case']}` | {r['peak_rss_mib']:.0f} MiB "
+                 f"(+{r['step_peak_mib']:.0f} MiB over start-up; XLA temporaries {r['xla_temp_mib']:.0f} MiB; step compiled in "
+                 f"{r['compile_seconds']:.0f} s) | {run_cell('memory', results['memory'])} |")
   if 'xla_flags' in results:
     for r in results['xla_flags']['results']:
       out.append(f"| XLA flags `{r['xla_flags'] or '(none)'}` | x{r['speedup_vs_default']:.2f} vs default "

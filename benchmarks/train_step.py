@@ -17,6 +17,7 @@ Variants are levers switched without editing the product, joined with '+':
   asyncN           N steps dispatched back to back, one host synchronisation (as between log steps)
   bfloat16         model.dtype=bfloat16 (float32 parameters)
   remat            model.remat=True
+  scan_blocks      model.scan_blocks=True (each stage's repeated blocks as one scan: compile time)
   matmul_grad      model.conv_kernel_grad='matmul' (conv kernel gradients as one matmul, resnet_jax/conv.py)
   fused_bn         candidate product change: BatchNorm with a hand-written backward pass
 """
@@ -37,7 +38,8 @@ from resnet_jax.train_step import create_train_state, train_step
 
 
 def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bool = False,
-               diagnostics: bool = True, image_size: int = 224, conv_kernel_grad: str = 'xla'):
+               diagnostics: bool = True, image_size: int = 224, conv_kernel_grad: str = 'xla',
+               scan_blocks: bool = False):
   """The run config a user would get for this preset: CIFAR-10 or ImageNet, with these overrides."""
   if models.model_spec(model_name)['stem'] == 'cifar':
     config = cifar10.get_config(model_name)
@@ -46,7 +48,7 @@ def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bo
     config.dataset.image_size = image_size
   config.train.batch_size = batch
   config.train.log_diagnostics = diagnostics
-  config.model.update(dtype=dtype, remat=remat, conv_kernel_grad=conv_kernel_grad)
+  config.model.update(dtype=dtype, remat=remat, conv_kernel_grad=conv_kernel_grad, scan_blocks=scan_blocks)
   return config
 
 
@@ -59,7 +61,7 @@ def shape_of(config) -> tuple[tuple[int, int, int], int]:
 
 def parse_variant(spec: str) -> dict:
   options = {'diagnostics': True, 'donate': True, 'per_dispatch': 1, 'sync_every': 1, 'dtype': None, 'remat': None,
-             'conv_kernel_grad': 'xla', 'candidates': set()}
+             'conv_kernel_grad': 'xla', 'scan_blocks': False, 'candidates': set()}
   for part in spec.split('+'):
     if part == 'product':
       pass
@@ -75,6 +77,8 @@ def parse_variant(spec: str) -> dict:
       options['dtype'] = part
     elif part == 'remat':
       options['remat'] = True
+    elif part == 'scan_blocks':
+      options['scan_blocks'] = True
     elif part == 'matmul_grad':
       options['conv_kernel_grad'] = 'matmul'
     elif part == 'fused_bn':
@@ -158,7 +162,7 @@ def measure(model_name: str, *, batch: int, variants: list[str], dtype: str = 'f
     config = config_for(model_name, batch=batch, dtype=options['dtype'] or dtype,
                         remat=remat if options['remat'] is None else options['remat'],
                         diagnostics=options['diagnostics'], image_size=image_size,
-                        conv_kernel_grad=options['conv_kernel_grad'])
+                        conv_kernel_grad=options['conv_kernel_grad'], scan_blocks=options['scan_blocks'])
     with candidates.patched(options['candidates']):  # the model is traced and compiled here
       built[spec] = ProductStep(config, donate=options['donate'], per_dispatch=options['per_dispatch'],
                                 sync_every=options['sync_every'], mesh=mesh)

@@ -15,4 +15,7 @@ def get_config(preset: str = 'resnet20', dataset: str = 'cifar10'):
   config.dataset.name = dataset
   if models.model_spec(preset)['stem'] == 'cifar' and models.model_depth(preset) >= 110:
     config.schedule.warmup_lr = 0.01
+  # ResNet-1202 unrolled: XLA spent 6 min compiling its initialisation and ran out of 24 GiB compiling
+  # the step (BENCHMARKS.md); scanned, each stage's 199 repeated blocks compile once.
+  config.model.scan_blocks = models.model_depth(preset) >= 1000
   return config

@@ -151,6 +151,36 @@ class PreActBottleneckBlock(Block):
     return self.add_shortcut(y, x if self.shortcut == 'identity' else pre, shortcut)
 
 
+class ScanStep(nn.Module):
+  """One block as the body of nn.scan: (carry, unused) -> (block(carry), None)."""
+  block: Callable[..., nn.Module]  # the block class with every field but the name bound
+
+  @nn.compact
+  def __call__(self, x, _):
+    return self.block(name='block')(x), None
+
+
+def scanned_blocks(block: Callable[..., nn.Module], count: int, name: str) -> nn.Module:
+  """`count` identical blocks as one jax.lax.scan: XLA compiles the block once, not `count` times.
+  Their variables (and sown diagnostics) gain a leading axis of size `count`."""
+  scan = nn.scan(ScanStep, variable_axes={'params': 0, 'batch_stats': 0, 'diagnostics': 0, 'intermediates': 0},
+                 split_rngs={'params': True}, length=count)
+  return scan(block, name=name)
+
+
+def block_squared_norms(diagnostics) -> dict[str, Any]:
+  """{'stage1_block1': [||F(x)||^2, ||x||^2], ...} from the sown diagnostics collection; scanned
+  blocks are unstacked under the names they have unrolled, so both layouts report the same."""
+  norms = {}
+  for name, values in diagnostics.items():
+    if name.endswith('_scan'):
+      for index, block_norms in enumerate(values['block']['squared_norms'][0]):
+        norms[f"{name.removesuffix('_scan')}_block{index + 2}"] = block_norms
+    else:
+      norms[name] = values['squared_norms'][0]
+  return norms
+
+
 BLOCKS = {
     ('basic', False): BasicBlock,
     ('bottleneck', False): BottleneckBlock,
@@ -176,6 +206,9 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   remat: bool = False  # recompute block activations in the backward pass to save memory
   conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
+  # Blocks 2..n of each stage as one scan (variables `stage<s>_scan`, stacked): compile time and
+  # compiler memory stop growing with depth, which ResNet-1202 needs; the same function otherwise.
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -202,10 +235,15 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
 
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      for index in range(num_blocks):
-        strides = 2 if stage > 0 and index == 0 else 1
-        x = block_cls(width, strides, shortcut, conv, norm, last_norm, self.stride_in_1x1,
-                      name=f'stage{stage + 1}_block{index + 1}')(x)
+      block = functools.partial(block_cls, width, 1, shortcut, conv, norm, last_norm, self.stride_in_1x1)
+      # The first block may change the shape (stride 2, more channels); the rest repeat one shape.
+      x = block_cls(width, 2 if stage > 0 else 1, shortcut, conv, norm, last_norm, self.stride_in_1x1,
+                    name=f'stage{stage + 1}_block1')(x)
+      if self.scan_blocks and num_blocks > 1:
+        x, _ = scanned_blocks(block, num_blocks - 1, name=f'stage{stage + 1}_scan')(x, None)
+      else:
+        for index in range(1, num_blocks):
+          x = block(name=f'stage{stage + 1}_block{index + 1}')(x)
 
     if self.preact:
       x = nn.relu(norm(name='final_bn')(x))

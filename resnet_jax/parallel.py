@@ -36,7 +36,7 @@ def split_cpu(devices: int) -> None:
 
   Why: XLA's CPU backend runs one program's operations one after another, each spread over the
   cores; the batch split over several CPU devices runs as that many smaller programs side by side,
-  which keeps the cores busier and the activations in cache: a ResNet-20 step on 2 cores is x1.7
+  which keeps the cores busier and the activations in cache: a ResNet-20 step on 2 cores is x1.8
   faster on 8 devices (BENCHMARKS.md). The results are those of one device (tests/test_parallel.py).
   GPUs and TPUs are untouched: JAX still picks them as the default backend.
   """

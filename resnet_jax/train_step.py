@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import optim
+from resnet_jax import models, optim
 
 
 @flax.struct.dataclass
@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   batch_stats = updates['batch_stats']
   metrics = {'loss': loss, 'error': jnp.mean(jnp.argmax(logits, -1) != batch['label'])}
-  squared_norms = {block: values['squared_norms'][0] for block, values in updates.get('diagnostics', {}).items()}
+  squared_norms = models.block_squared_norms(updates.get('diagnostics', {}))
   if axis_name is not None:
     grads, metrics, batch_stats, squared_norms = jax.lax.pmean(
         (grads, metrics, batch_stats, squared_norms), axis_name)
