@@ -40,6 +40,8 @@ STANDARD = {
     'input_pipeline': ('benchmarks.input_pipeline', ['--style', 'both']),
     'train_loop': ('benchmarks.train_loop', ['--model', 'resnet20', '--batch', '128', '--steps', '30']),
     'train_loop_cpu8': ('benchmarks.train_loop', ['--model', 'resnet20', '--batch', '128', '--steps', '30', '--devices', '8']),
+    'checkpoint': ('benchmarks.checkpoint', ['--model', 'resnet20']),
+    'checkpoint_cpu8': ('benchmarks.checkpoint', ['--model', 'resnet20', '--devices', '8']),
     'memory': ('benchmarks.memory', []),
     'xla_flags': ('benchmarks.xla_flags', ['--model', 'resnet20', '--batch', '128']),
 }
@@ -99,6 +101,13 @@ def markdown(results: dict) -> str:
     out.append(f"| training loop vs pure step, {r['model']} batch {r['batch']} on {r['devices']} device(s) (log every {r['log_every']}, checkpoint every "
                f"{r['checkpoint_every']}) | loop {r['loop_images_per_second']:.1f} images/s, step {r['step_images_per_second']:.1f} "
                f"images/s: overhead {100 * r['loop_overhead']:+.1f}% | {run_cell(name, r)} |")
+  for name in ('checkpoint', 'checkpoint_cpu8'):
+    if name in results:
+      r = results[name]
+      out.append(f"| checkpoint save, {r['model']} state ({r['megabytes']:.1f} MB, {r['arrays']} arrays) on {r['devices']} "
+                 f"device(s) | training blocked {r['first_blocking_seconds']:.2f} s by the first save of a run, "
+                 f"{r['later_blocking_seconds']:.2f} s by later ones (written after {r['later_complete_seconds']:.2f} s) "
+                 f"| {run_cell(name, r)} |")
   for name in ('sharding', 'sharding_bf16'):
     if name not in results:
       continue

@@ -69,6 +69,8 @@ def parse_variant(spec: str) -> dict:
       options['diagnostics'] = False
     elif part == 'no_donation':
       options['donate'] = False
+    elif part == 'scan_blocks':
+      options['scan_blocks'] = True
     elif part.startswith('scan'):
       options['per_dispatch'] = int(part[4:])
     elif part.startswith('async'):
@@ -77,8 +79,6 @@ def parse_variant(spec: str) -> dict:
       options['dtype'] = part
     elif part == 'remat':
       options['remat'] = True
-    elif part == 'scan_blocks':
-      options['scan_blocks'] = True
     elif part == 'matmul_grad':
       options['conv_kernel_grad'] = 'matmul'
     elif part == 'fused_bn':

@@ -16,6 +16,7 @@ def get_config(preset: str = 'resnet20', dataset: str = 'cifar10'):
   if models.model_spec(preset)['stem'] == 'cifar' and models.model_depth(preset) >= 110:
     config.schedule.warmup_lr = 0.01
   # ResNet-1202 unrolled: XLA spent 6 min compiling its initialisation and ran out of 24 GiB compiling
-  # the step (BENCHMARKS.md); scanned, each stage's 199 repeated blocks compile once.
+  # the (remat) step (BENCHMARKS.md); scanned, each stage's 199 repeated blocks compile once. The run is
+  # meant for accelerators: XLA's CPU backend runs scanned blocks ~14x slower.
   config.model.scan_blocks = models.model_depth(preset) >= 1000
   return config

@@ -208,6 +208,7 @@ class ResNet(nn.Module):
   conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
   # Blocks 2..n of each stage as one scan (variables `stage<s>_scan`, stacked): compile time and
   # compiler memory stop growing with depth, which ResNet-1202 needs; the same function otherwise.
+  # For accelerators: XLA's CPU backend runs a scanned body ~14x slower (BENCHMARKS.md).
   scan_blocks: bool = False
 
   @nn.compact

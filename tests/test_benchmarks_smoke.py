@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from benchmarks import input_pipeline, memory, run_all, sharding, train_loop, train_step
+from benchmarks import checkpoint, input_pipeline, memory, run_all, sharding, train_loop, train_step
 
 
 def run_cli(module, monkeypatch, tmp_path, *args) -> dict:
@@ -35,6 +35,7 @@ def test_every_benchmark_cli_writes_json(monkeypatch, tmp_path):
       'train_loop': run_cli(train_loop, monkeypatch, tmp_path, '--model', 'resnet8', '--batch', '8', '--steps', '3',
                             '--log_every', '1', '--checkpoint_every', '3', '--loop_runs', '1', '--step_calls', '1'),
       'memory': run_cli(memory, monkeypatch, tmp_path, '--cases', 'resnet8:8'),
+      'checkpoint': run_cli(checkpoint, monkeypatch, tmp_path, '--model', 'resnet8', '--saves', '2'),
   }
   step = results['resnet20_levers']
   assert [v['variant'] for v in step['variants']] == ['no_diagnostics+async2', 'matmul_grad']
@@ -43,6 +44,7 @@ def test_every_benchmark_cli_writes_json(monkeypatch, tmp_path):
   assert results['sharding']['results'][1]['overhead'] > -1
   assert results['input_pipeline']['results'][0]['pipeline_images_per_second'] > 0
   assert results['memory']['results'][0]['peak_rss_mib'] > 0
+  assert 0 < results['checkpoint']['later_blocking_seconds'] <= results['checkpoint']['later_complete_seconds']
   assert 'resnet8 no_diagnostics+async2' in run_all.markdown(results)
 
 

@@ -184,7 +184,7 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
 
 @pytest.mark.slow
 def test_resnet1202_preset_compiles_and_takes_a_gradient_step():
-  # Unrolled, XLA CPU could not compile this step in 24 GiB; the preset scans its repeated blocks.
+  # Unrolled, XLA CPU ran out of 24 GiB compiling ResNet-1202's remat step; the preset scans its blocks.
   config = cifar10.get_config('resnet1202')
   model = train.build_model(config, num_classes=10)
   variables = model_stats.init_variables(model, (32, 32, 3))
