@@ -122,9 +122,9 @@ def test_remat_gives_the_same_gradients():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
 
 
-@pytest.mark.parametrize('name', ['resnet8', 'resnet18', 'resnet50'])
+@pytest.mark.parametrize('name', ['resnet8', 'resnet18'])
 def test_matmul_kernel_gradients_equal_xla_ones(name):
-  # 3x3 and 1x1 convs, stride 2, the 7x7/2 stem's explicit padding, projections; training-mode BN.
+  # 3x3 convs, 1x1 projections, stride 2, the 7x7/2 stem's explicit padding; training-mode BN.
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   results = []
   for conv_kernel_grad in ('xla', 'matmul'):
