@@ -203,12 +203,6 @@ def test_resnet1202_preset_compiles_and_takes_a_gradient_step():
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-def test_resnet1202_builds():
-  model = models.create_model('resnet1202', num_classes=10)
-  stats = model_stats.model_stats(model, (32, 32, 3))
-  assert stats.params == CIFAR_PARAMS[1202]
-
-
 @pytest.mark.parametrize('name', ['resnet19', 'resnet7', 'densenet121', 'resnet', 'plain-20'])
 def test_unknown_model_name_lists_valid_names(name):
   with pytest.raises(ValueError, match=r'unknown model .*valid names: resnet20'):
