@@ -152,7 +152,7 @@ def scanned_layout(tree, stage_sizes):
   return tree
 
 
-@pytest.mark.parametrize('name,remat', [('resnet20', False), ('preact_resnet20', True), ('resnet50', False)])
+@pytest.mark.parametrize('name,remat', [('resnet20', False), ('preact_resnet20', True)])
 def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   unrolled = models.create_model(name, num_classes=10, remat=remat)
@@ -173,7 +173,7 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   value_s, grads_s, stats_s, norms_s = run(scanned, stacked)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   close(value_s, value)
-  # Float32 sums in another order through 50 layers: gradients agree to 1e-4 of their largest.
+  # Float32 sums in another order: gradients agree to 1e-4 of their largest.
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * scale),
                grads_s, scanned_layout(grads, scanned.stage_sizes))
