@@ -29,21 +29,27 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def parse_case(case: str) -> dict:
+  """'resnet1202:32:scan:remat' -> what the result rows say about the case."""
+  model, batch, *flags = case.split(':')
+  return {'case': case, 'model': model, 'batch': int(batch), 'remat': 'remat' in flags, 'scan': 'scan' in flags}
+
+
 def measure_here(case: str) -> dict:
   """The measurement itself, in this process (run by the parent in a fresh one)."""
-  model, batch, *flags = case.split(':')
+  described = parse_case(case)
   from benchmarks import train_step  # pylint: disable=import-outside-toplevel  (after the RSS baseline)
   import jax  # pylint: disable=import-outside-toplevel
   before = peak_rss_mib()
-  config = train_step.config_for(model, batch=int(batch), remat='remat' in flags, scan_blocks='scan' in flags,
-                                 image_size=224)
+  config = train_step.config_for(described['model'], batch=described['batch'], remat=described['remat'],
+                                 scan_blocks=described['scan'], image_size=224)
   step = train_step.ProductStep(config)
   analysis = step.step.memory_analysis()
   step()
   step()
   jax.block_until_ready(step.state)
   mib = lambda name: getattr(analysis, name, 0) / 2 ** 20 if analysis is not None else None
-  return {'case': case, 'model': model, 'batch': int(batch), 'remat': 'remat' in flags, 'scan': 'scan' in flags,
+  return {**described,
           'peak_rss_mib': peak_rss_mib(), 'rss_before_state_mib': before,
           'step_peak_mib': peak_rss_mib() - before,
           'xla_temp_mib': mib('temp_size_in_bytes'), 'xla_argument_mib': mib('argument_size_in_bytes'),
@@ -68,10 +74,8 @@ def main():
     try:
       results.append(common.run_module('benchmarks.memory', ['--one', case], xla_flags=os.environ.get('XLA_FLAGS', '')))
     except subprocess.CalledProcessError as e:  # a case that dies is a finding too; keep the others
-      model, batch, *flags = case.split(':')
       how = 'killed (out of memory?)' if e.returncode == -signal.SIGKILL else f'exit status {e.returncode}'
-      results.append({'case': case, 'model': model, 'batch': int(batch), 'remat': 'remat' in flags, 'scan': 'scan' in flags,
-                      'error': f'{how} after {time.perf_counter() - start:.0f} s'})
+      results.append({**parse_case(case), 'error': f'{how} after {time.perf_counter() - start:.0f} s'})
   lines = [f"{r['case']}: " + (
            r['error'] if 'error' in r else
            f"peak RSS {r['peak_rss_mib']:7.0f} MiB (step {r['step_peak_mib']:6.0f} MiB over {r['rss_before_state_mib']:.0f} "

@@ -13,5 +13,4 @@ def get_config(preset: str = 'resnet20'):
   config.train.update(batch_size=128, eval_batch_size=128, num_steps=1_500, log_every_steps=50,
                       eval_every_steps=500, checkpoint_every_steps=500)
   config.schedule.update(boundaries=(750, 1_125))
-
   return config

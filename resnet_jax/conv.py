@@ -5,8 +5,9 @@ Why: XLA's CPU backend computes a convolution's kernel gradient as another convo
 time (BENCHMARKS.md, "Where a ResNet-20 step's time goes"). Written as patches^T . dy, the
 gradient is a single large matmul over all pixels, with no transposed copy of the activation:
 x1.2 on a ResNet-20 step, x1.6 on ResNet-56 and ResNet-50 (one device of the 2-core CPU). The
-forward pass and the input gradient stay XLA's own. The patches are kh*kw times the layer's input, so the option trades memory for speed;
-GPUs and TPUs have fast native kernel gradients and keep the default `'xla'`.
+forward pass and the input gradient stay XLA's own. The patches are kh*kw times the layer's input,
+so the option trades memory for speed; GPUs and TPUs have fast native kernel gradients and keep the
+default `'xla'`.
 """
 
 import functools

@@ -236,10 +236,11 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
 
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      block = functools.partial(block_cls, width, 1, shortcut, conv, norm, last_norm, self.stride_in_1x1)
+      stage_block = functools.partial(block_cls, filters=width, shortcut=shortcut, conv=conv, norm=norm,
+                                      last_norm=last_norm, stride_in_1x1=self.stride_in_1x1)
       # The first block may change the shape (stride 2, more channels); the rest repeat one shape.
-      x = block_cls(width, 2 if stage > 0 else 1, shortcut, conv, norm, last_norm, self.stride_in_1x1,
-                    name=f'stage{stage + 1}_block1')(x)
+      x = stage_block(strides=2 if stage > 0 else 1, name=f'stage{stage + 1}_block1')(x)
+      block = functools.partial(stage_block, strides=1)
       if self.scan_blocks and num_blocks > 1:
         x, _ = scanned_blocks(block, num_blocks - 1, name=f'stage{stage + 1}_scan')(x, None)
       else:
