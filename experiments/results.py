@@ -77,19 +77,16 @@ def load_runs(root) -> list[Run]:
 
 
 def build_model(run: Run, num_classes: int):
-  """The model as the run's config.json describes it (train.build_model does the same from a ConfigDict)."""
-  overrides = {k: v for k, v in run.config['model'].items() if k != 'name' and v != ''}
-  return models.create_model(run.config['model']['name'], num_classes=num_classes, **overrides)
+  """The model as the run's config.json describes it."""
+  return models.create_model_from_config(run.config['model'], num_classes=num_classes)
 
 
 def parameter_count(run: Run, root) -> int | None:
   """Parameters of the model the run built, from its checkpoint's record of classes and image shape."""
   from resnet_jax import checkpointing  # orbax: only needed here
-  import orbax.checkpoint as ocp
   checkpoints = checkpointing.Checkpoints(pathlib.Path(root).resolve() / run.name, read_only=True)
   step = checkpoints.latest_step()
-  meta = None if step is None else checkpoints.manager.restore(
-      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  meta = None if step is None else checkpoints.read_meta(step)
   checkpoints.close()
   if meta is None:
     return None

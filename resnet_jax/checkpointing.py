@@ -1,6 +1,7 @@
 """Orbax checkpoints of the train state, with a small JSON record of what model they hold."""
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -37,16 +38,21 @@ class Checkpoints:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     self.manager.save(step, args=args, force=True)
 
+  def read_meta(self, step: int) -> dict:
+    """The JSON record saved beside the state of `step` (model, classes, image shape, dataset)."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'] or {}
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointMismatchError(
+          f'checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)}): it is truncated or was '
+          f'not written by resnet_jax; move it out of {self.directory} to resume from the one before, or use '
+          'another --workdir') from e
+
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """The state at `step` (default: latest), placed as `abstract_state`'s shardings say."""
     step = self.latest_step() if step is None else step
     where = self.directory / str(step)
-    try:
-      saved_meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'] or {}
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointMismatchError(
-          f'checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or was not written by '
-          f'resnet_jax; move it out of {self.directory} to resume from the one before, or use another --workdir') from e
+    saved_meta = self.read_meta(step)
     if any(saved_meta.get(k) != meta.get(k) for k in ('model', 'num_classes', 'image_shape')):
       raise CheckpointMismatchError(
           f'checkpoint {where} holds {_describe(saved_meta)} but this run builds {_describe(meta)}; '
@@ -77,11 +83,27 @@ class Checkpoints:
     self.manager.close()
 
 
+def adapt_input_channels(kernel, channels: int):
+  """A stem kernel (H, W, C_in, C_out) for images of `channels` channels (as timm adapts them).
+
+  One channel: the sum over C_in, so a grey image gives exactly what its RGB copy gave. More
+  channels: C_in's kernels repeated and scaled by C_in / channels, which keeps the activations'
+  scale for inputs of the same statistics.
+  """
+  have = kernel.shape[2]
+  if channels == 1:
+    return kernel.sum(axis=2, keepdims=True)
+  repeats = -(-channels // have)
+  return jnp.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (have / channels)
+
+
 def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.Sharding):
   """`params`/`batch_stats` with every array of `source`'s latest checkpoint that fits.
 
   The classifier head keeps its fresh initialisation when the number of classes differs (the
-  paper's transfer setting); any other difference in shape is an error.
+  paper's transfer setting), the stem is adapted to another number of image channels
+  (`adapt_input_channels`); any other difference in shape is an error. Convolutions do not depend
+  on the image size, so a net trained at 224 px starts a 32 px one.
   """
   source = epath.Path(source)
   if not (source / 'checkpoints').exists() and (source.parent.name == 'checkpoints'):
@@ -102,6 +124,9 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
       theirs = theirs[k]
     if keys[0] == 'head' and theirs.shape != ours.shape:
       return ours  # a new classifier for a new number of classes
+    if keys == ['stem_conv', 'kernel'] and theirs.shape[2] != ours.shape[2] and (
+        theirs.shape[:2] + theirs.shape[3:] == ours.shape[:2] + ours.shape[3:]):
+      return adapt_input_channels(theirs, ours.shape[2]).astype(ours.dtype)
     if theirs.shape != ours.shape:
       raise CheckpointMismatchError(
           f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model needs {ours.shape}')

@@ -7,3 +7,13 @@ and keeps its traceback.
 
 class UserError(ValueError):
   pass
+
+
+def innermost_user_error(exception: BaseException | None) -> UserError | None:
+  """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
+  found = None
+  while exception is not None:
+    if isinstance(exception, UserError):
+      found = exception
+    exception = exception.__cause__ or exception.__context__
+  return found

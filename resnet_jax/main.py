@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from resnet_jax import errors
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. configs/cifar10.py:resnet56.',
                                 lock_config=True)
@@ -36,22 +38,11 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
 
 
-def _user_error(exception):
-  """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
-  from resnet_jax.errors import UserError
-  found = None
-  while exception is not None:
-    if isinstance(exception, UserError):
-      found = exception
-    exception = exception.__cause__ or exception.__context__
-  return found
-
-
 def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    message = _user_error(e) or str(e).strip().splitlines()[0]
+    message = errors.innermost_user_error(e) or str(e).strip().splitlines()[0]
     print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
 

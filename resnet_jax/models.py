@@ -13,7 +13,7 @@ train/eval mode and BatchNorm axis.
 
 import functools
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,6 +42,19 @@ CONV_KERNEL_GRADS = {
     'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
     'matmul': conv_with_matmul_kernel_grad,  # one matmul of patches: faster on CPUs, more memory (resnet_jax/conv.py)
 }
+
+
+def reference_padding(kernel_size: Sequence[int]) -> list[tuple[int, int]]:
+  """(k-1)//2 on each side of every spatial axis, whatever the stride, as the paper's Torch code,
+  torchvision and the CIFAR reference pad. `padding='SAME'` differs where it matters: a 3x3 stride-2
+  window on an even-sized map gets (0, 1), so it is centred one pixel away from the pixel the
+  shortcut samples (option A's x[::2, ::2], the 1x1/2 projection) and the network is another one."""
+  return [((k - 1) // 2, (k - 1) // 2) for k in kernel_size]
+
+
+def reference_conv(features: int, kernel_size: Sequence[int], **kwargs) -> nn.Conv:
+  """nn.Conv with `reference_padding`."""
+  return nn.Conv(features, kernel_size, padding=reference_padding(kernel_size), **kwargs)
 
 
 class Shortcut(nn.Module):
@@ -213,8 +226,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
-                             kernel_init=conv_kernel_init,
+    conv = functools.partial(reference_conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init,
                              conv_general_dilated=CONV_KERNEL_GRADS[self.conv_kernel_grad])
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
@@ -229,11 +241,11 @@ class ResNet(nn.Module):
     if self.stem == 'cifar':
       x = conv(self.stage_widths[0], (3, 3), name='stem_conv')(x)
     else:
-      x = conv(self.stage_widths[0], (7, 7), strides=2, padding=[(3, 3), (3, 3)], name='stem_conv')(x)
+      x = conv(self.stage_widths[0], (7, 7), strides=2, name='stem_conv')(x)
     if not self.preact:  # pre-activation nets normalise at the start of every block instead.
       x = nn.relu(norm(name='stem_bn')(x))
     if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=reference_padding((3, 3)))  # pads with -inf
 
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       stage_block = functools.partial(block_cls, filters=width, shortcut=shortcut, conv=conv, norm=norm,
@@ -251,7 +263,8 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='final_bn')(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-    return x.astype(jnp.float32)  # the loss is computed in float32 whatever the compute dtype
+    # The loss is computed in float32 or wider whatever the compute dtype (bfloat16 -> float32).
+    return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -328,3 +341,10 @@ def create_model(name: str, *, num_classes: int, **overrides) -> ResNet:
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = jnp.dtype(overrides['dtype'])
   return ResNet(num_classes=num_classes, **{**spec, **overrides})
+
+
+def create_model_from_config(model_config: Mapping[str, Any], *, num_classes: int, **extra) -> ResNet:
+  """The model a config's `model` section (a ConfigDict, or the dict of a workdir's config.json)
+  describes; fields left '' keep the preset's own value."""
+  overrides = {k: v for k, v in dict(model_config).items() if k != 'name' and v != ''}
+  return create_model(model_config['name'], num_classes=num_classes, **overrides, **extra)

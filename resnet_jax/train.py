@@ -24,8 +24,7 @@ class WorkdirError(UserError):
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None):
-  overrides = {k: v for k, v in config.model.items() if k != 'name' and v != ''}
-  return models.create_model(config.model.name, num_classes=num_classes, bn_axis_name=bn_axis_name, **overrides)
+  return models.create_model_from_config(config.model, num_classes=num_classes, bn_axis_name=bn_axis_name)
 
 
 def run_length(config, num_train_examples: int) -> tuple[int, int]:

@@ -1,0 +1,248 @@
+"""Pretrained weights in and out: PyTorch state dicts <-> resnet_jax workdirs.
+
+    python -m resnet_jax.convert import resnet50.safetensors --workdir runs/tv_resnet50
+        [--model resnet50] [--config configs/imagenet.py:resnet50 --config.x=y ...]
+    python -m resnet_jax.convert export --workdir runs/r56 --out r56.safetensors [--step N]
+
+import reads a torchvision or timm ImageNet ResNet (18/34/50/101/152), or a CIFAR ResNet of the CIFAR
+reference (akamaster/pytorch_resnet_cifar10), from `.safetensors` (numpy only) or from `.pth` when
+PyTorch is importable, and writes a new workdir: config.json and a step-0 checkpoint that
+`--mode=eval`, training (it continues from the imported weights) and `--config.init_from=` accept.
+export writes a workdir's checkpoint with the reference's names, so that
+`model.load_state_dict(safetensors.torch.load_file(path), strict=True)` loads it into torchvision's
+ResNet (ImageNet family) or the CIFAR reference (CIFAR family) and computes what it computes here.
+resnet_jax/interop.py holds the name table. Every mistake is one `error:` line, exit status 2, and
+nothing is written.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import safetensors.numpy
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from resnet_jax import checkpointing, errors, interop, models, optim
+from resnet_jax.errors import UserError
+from resnet_jax.train_step import create_train_state
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'import: the config the workdir is for (default: configs/imagenet.py:<model> for '
+    'torchvision weights, configs/cifar10.py:<model> for the CIFAR reference).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'import: the new workdir to write; export: the workdir to read.')
+flags.DEFINE_string('model', None, 'import: the preset to read the weights as (default: detected from '
+                    'the keys; option-A CIFAR nets read as resnet<d>, say plain<d> for a plain twin).')
+flags.DEFINE_string('out', None, 'export: the .safetensors file to write (must not exist).')
+flags.DEFINE_integer('step', None, 'export: the checkpoint step (default: the latest).')
+flags.mark_flags_as_required(['workdir'])
+
+TORCH_FILES = ('.pth', '.pt', '.th', '.bin', '.ckpt')
+USAGE = ('usage: python -m resnet_jax.convert import WEIGHTS.safetensors --workdir NEW_DIR, or '
+         'python -m resnet_jax.convert export --workdir DIR --out FILE.safetensors')
+
+
+# ----------------------------------------------------------------------------- reading weights
+
+
+def _numpy_state_dict(loaded, path) -> dict:
+  for wrapper in ('state_dict', 'model', 'module'):  # training scripts' checkpoint dicts
+    if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+      loaded = loaded[wrapper]
+  if not isinstance(loaded, dict) or not loaded:
+    raise UserError(f'{path} holds no state dict (a {type(loaded).__name__}); give a model\'s state_dict()')
+  state_dict = {}
+  for key, value in loaded.items():
+    if not hasattr(value, 'shape'):
+      raise UserError(f'{path} is not a state dict: {key!r} is a {type(value).__name__}, not a tensor')
+    # DataParallel's 'module.' prefix; one published CIFAR-reference version names its convolutions
+    # and classifier 'compressible_*'.
+    key = key.removeprefix('module.').replace('compressible_', '')
+    state_dict[key] = value.numpy() if hasattr(value, 'numpy') else np.asarray(value)
+  return state_dict
+
+
+def read_state_dict(path: str) -> dict:
+  """{name: numpy array} of a .safetensors file, or of a PyTorch file when torch is importable."""
+  if not os.path.isfile(path):
+    raise UserError(f'weights file {path} does not exist')
+  if path.endswith(TORCH_FILES):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise UserError(
+          f'{path} is a PyTorch file and PyTorch is not installed here; convert it where it is: python -c '
+          f'"import torch, safetensors.torch as s; s.save_file(torch.load(\'{path}\', map_location=\'cpu\'), '
+          f'\'{os.path.splitext(path)[0]}.safetensors\')"') from None
+    try:
+      loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f'{path} cannot be read by torch.load ({_first_line(e)})') from None
+    return _numpy_state_dict(loaded, path)
+  try:
+    return _numpy_state_dict(safetensors.numpy.load_file(path), path)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'{path} is not a .safetensors file ({_first_line(e)}); PyTorch files must end in '
+                    f'{", ".join(TORCH_FILES)}') from None
+
+
+def _first_line(error: Exception) -> str:
+  text = ' '.join(str(error).split())
+  return (text or type(error).__name__)[:200]
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _default_config(preset: str, layout: str):
+  if layout == 'torchvision':
+    from configs import imagenet  # pylint: disable=import-outside-toplevel
+    return imagenet.get_config(preset)
+  from configs import cifar10  # pylint: disable=import-outside-toplevel
+  return cifar10.get_config(preset)
+
+
+def _image_shape(config) -> tuple[int, int, int]:
+  """The shape a run of `config` feeds the model, as the input pipeline computes it, from the
+  dataset's description alone (no data needed)."""
+  try:
+    # Only here: the rest of the conversion needs no TensorFlow. `datasets` registers sklearn_digits.
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    from resnet_jax import datasets  # pylint: disable=import-outside-toplevel,unused-import
+    native = tuple(tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features['image'].shape)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"cannot tell the image shape of dataset '{config.dataset.name}' ({_first_line(e)}); set "
+                    '--config.dataset.image_size') from None
+  channels = native[-1] if native and native[-1] else 3
+  if config.dataset.image_size:
+    return (config.dataset.image_size, config.dataset.image_size, channels)
+  if len(native) != 3 or None in native:
+    raise UserError(f"the images of '{config.dataset.name}' have no fixed shape; set --config.dataset.image_size")
+  return native
+
+
+def import_weights(path: str, workdir: str, *, model_name: str | None = None, config=None) -> str:
+  """Writes `workdir` (new) from the state dict at `path`; returns the workdir's absolute path."""
+
+
+  workdir = epath.Path(workdir)
+  if '://' not in str(workdir):
+    workdir = workdir.resolve()
+  if workdir.exists() and any(workdir.iterdir()):
+    raise UserError(f'--workdir {workdir} already holds files; import writes a new workdir, give another')
+  state_dict = read_state_dict(path)
+  detected, num_classes = interop.detect(state_dict)
+  model_name = model_name or (config.model.name if config is not None else detected)
+  models.model_spec(model_name)  # an unknown name lists the valid ones
+  layout = interop.LAYOUTS[models.model_spec(model_name)['stem']]
+  config = config if config is not None else _default_config(model_name, layout)
+  if config.model.name != model_name:
+    raise UserError(f'--config builds {config.model.name} but the weights are read as {model_name}; '
+                    f'use --config ...:{model_name} or --model {config.model.name}')
+  model = models.create_model_from_config(config.model, num_classes=num_classes)
+  image_shape = _image_shape(config)
+  tx = optim.create_optimizer(config)
+
+  def init(rng):
+    return create_train_state(rng, model=model, tx=tx, image_shape=image_shape,
+                              warmup=config.schedule.warmup_lr > 0)
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  try:
+    variables = interop.from_state_dict(
+        model, state_dict, {'params': abstract.params, 'batch_stats': abstract.batch_stats})
+  except interop.StateDictMismatchError as e:
+    raise interop.StateDictMismatchError(f'{e}; {path} looks like a {detected} with {num_classes} classes') from None
+  state = jax.jit(init)(jax.random.key(config.seed))
+  variables = jax.tree.map(jax.numpy.asarray, variables)
+  state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                        opt_state=tx.init(variables['params']))
+  meta = {'model': model_name, 'num_classes': num_classes, 'image_shape': list(image_shape),
+          'dataset': config.dataset.name, 'imported_from': os.path.abspath(path)}
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  except OSError as e:
+    raise UserError(f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory') from e
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.train.keep_checkpoints, asynchronous=False)
+  checkpoints.save(0, state, meta)
+  checkpoints.close()
+  return str(workdir)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
+  """Writes the checkpoint at `step` (default latest) of `workdir` as a reference state dict to
+  `out` (.safetensors); returns {'file', 'step', 'layout', 'tensors'}."""
+
+
+  if not out or not out.endswith('.safetensors'):
+    raise UserError(f'--out must name a .safetensors file, got {out!r}')
+  if os.path.exists(out):
+    raise UserError(f'--out {out} exists; export never overwrites a file, give another name')
+  workdir = epath.Path(workdir)
+  if '://' not in str(workdir):
+    workdir = workdir.resolve()
+  if not (workdir / 'config.json').exists() or not (workdir / 'checkpoints').exists():
+    raise UserError(f'--workdir {workdir} is not a resnet_jax workdir (it needs config.json and checkpoints/)')
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+  try:
+    steps = checkpoints.manager.all_steps()
+    step = checkpoints.latest_step() if step is None else step
+    if step not in steps:
+      raise UserError(f'--workdir {workdir} has no checkpoint at step {step}; it has {sorted(steps) or "none"}')
+    meta = checkpoints.read_meta(step)
+    state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  finally:
+    checkpoints.close()
+  model = models.create_model_from_config(config.model, num_classes=meta['num_classes'])
+  state_dict = interop.to_state_dict(model, state, num_batches_tracked=int(state['step']))
+  metadata = {'format': 'pt', 'resnet_jax_model': meta['model'], 'resnet_jax_step': str(step),
+              'layout': interop.layout(model)}
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  safetensors.numpy.save_file(state_dict, out, metadata=metadata)
+  return {'file': out, 'step': step, 'layout': interop.layout(model), 'tensors': len(state_dict)}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_flags(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {errors.innermost_user_error(e) or str(e).strip().splitlines()[0]}', file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv):
+  logging.set_verbosity(logging.ERROR)  # orbax and TFDS log their every step, and read-only opens
+  command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  try:
+    if command == 'import' and len(args) == 1:
+      workdir = import_weights(args[0], FLAGS.workdir, model_name=FLAGS.model, config=FLAGS.config)
+      print(f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another run '
+            f'from it with --config.init_from={workdir}')
+    elif command == 'export' and not args:
+      written = export_weights(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
+      print(f"wrote {written['file']}: step {written['step']}, {written['tensors']} tensors with "
+            f"{written['layout']} names")
+    else:
+      raise UserError(USAGE)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)
