@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 WORKDIR ?= runs/digits_resnet20
 TEST_ARGS ?=
 
-.PHONY: setup run test table benchmark clean
+.PHONY: setup run test table parity benchmark clean
 
 setup: $(INSTALLED)
 
@@ -21,6 +21,22 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q -n 2 $(TEST_ARGS)
+
+# PyTorch is never a dependency of the project: the parity checks run it from a side environment
+# (torch 2.14.1/torchvision 0.29.1 are the CUDA wheels on x86_64, several GB; they run on the CPU).
+TORCH_VENV ?= .venv-torch
+TORCH_INSTALLED := $(TORCH_VENV)/.installed
+
+$(TORCH_INSTALLED): requirements.txt
+	test -x $(TORCH_VENV)/bin/python || python3 -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 timm==1.0.31 \
+	    $$(grep -E '^(jax|jaxlib|flax|numpy|safetensors|pillow)==' requirements.txt | cut -d' ' -f1)
+	touch $@
+
+# Our networks and ImageNet eval preprocessing against torchvision's and the CIFAR reference's.
+parity: $(INSTALLED) $(TORCH_INSTALLED)
+	$(TORCH_VENV)/bin/python -m benchmarks.reference_parity
+	$(PYTHON) -m benchmarks.preprocessing_parity --torch_python $(TORCH_VENV)/bin/python
 
 table: $(INSTALLED)
 	$(PYTHON) -m resnet_jax.model_table

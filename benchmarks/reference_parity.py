@@ -16,7 +16,8 @@ random images:
   * eval mode with padding='SAME' everywhere (this project before it padded as the references do):
     the size of the difference the padding convention makes.
 
-References: torchvision.models.resnet18..152 (v1.5: stride on the 3x3); the same ResNet-50 with the
+References: torchvision.models.resnet18..152 (v1.5: stride on the 3x3); timm's resnet50 when timm is
+importable (the layout of its resnet50.* weights); the same ResNet-50 with the
 stride moved to the first 1x1 (the paper's v1, our stride_in_1x1=True); torchvision's ResNet-34
 without its additions (our plain34); the CIFAR reference (akamaster/pytorch_resnet_cifar10
 `resnet.py`, written out below from its definition: option A pads zero channels on both sides,
@@ -38,6 +39,11 @@ try:  # before JAX: torch's set-up must not follow XLA's
 except ImportError:
   sys.exit('error: PyTorch and torchvision are not importable here; run `make parity`, which creates '
            '.venv-torch with them, or use an environment that has both')
+
+try:  # optional: timm's ResNet-50 (the layout of its resnet50.a1_in1k, .tv_in1k, ... weights)
+  import timm
+except ImportError:
+  timm = None
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
@@ -152,6 +158,10 @@ CASES = {
 }
 REFERENCE = {**{k: 'torchvision' for k in CASES if CASES[k][3] == 224},
              **{k: 'CIFAR reference' for k in CASES if CASES[k][3] == 32}}
+if timm is not None:
+  CASES['timm_resnet50'] = ('resnet50', {}, lambda: timm.create_model('resnet50'), 224)
+  REFERENCE['timm_resnet50'] = f'timm {timm.__version__}'
+
 
 
 def randomise(net: nn.Module, image_size: int, seed: int) -> None:
@@ -269,7 +279,12 @@ def main():
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--tolerance', type=float, default=1e-5, help='goal for the float32 eval column')
   parser.add_argument('--out', default='benchmarks/reference_parity.json')
+  parser.add_argument('--markdown_only', action='store_true', help="print the table of --out's results")
   args = parser.parse_args()
+  if args.markdown_only:
+    with open(args.out) as f:
+      print(markdown(json.load(f)['results']))
+    return
   unknown = [m for m in args.models.split(',') if m not in CASES]
   if unknown:
     sys.exit(f'error: unknown model(s) {unknown}; choose from {", ".join(CASES)}')
@@ -280,6 +295,7 @@ def main():
     results.append(compare(case, args.batch, args.seed))
     print(f'{case}: {json.dumps(results[-1])} ({time.perf_counter() - start:.0f} s)', flush=True)
   environment = {'torch': torch.__version__, 'torchvision': torchvision.__version__, 'jax': jax.__version__,
+                 'timm': timm.__version__ if timm else None,
                  'date': time.strftime('%Y-%m-%d'), 'batch': args.batch, 'seed': args.seed}
   with open(args.out, 'w') as f:
     json.dump({'environment': environment, 'results': results}, f, indent=1)

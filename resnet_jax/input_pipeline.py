@@ -52,7 +52,9 @@ KNOWN_STATS = {
     'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
 }
 STATS_NUM_EXAMPLES = 10_000  # computed statistics use the first (unshuffled) examples of train_split
-EVAL_CROP_FRACTION = 0.875  # 'imagenet' eval: resize shorter side to size / 0.875, centre crop size
+# 'imagenet' eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224): shorter
+# side to round(size / 0.875) with PIL's antialiased bilinear, then the centre size x size crop.
+EVAL_CROP_FRACTION = 0.875
 AUGMENTS = ('cifar', 'imagenet', 'none')
 
 
@@ -171,6 +173,11 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
       with patch:
         builder.download_and_prepare(download_config=download_config)
   except Exception as e:  # pylint: disable=broad-except
+    # Another process (a parallel sweep point, a second host) may have prepared it meanwhile: tfds
+    # then fails to rename its own copy into place.
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
     reason = offline_reason or f'{type(e).__name__}: {e}'
     raise DatasetNotReadyError(_not_ready_message(builder, name, shown_dir, manual_dir, reason)) from e
   return builder
@@ -295,7 +302,9 @@ def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
 
   def jpeg():
     window = crop_window(tf.image.extract_jpeg_shape(data))
-    return tf.image.decode_and_crop_jpeg(data, window, channels=channels)
+    # The accurate DCT, as PIL (torchvision's reader) and our eval decode: train and eval see the
+    # same pixels. TF's default fast DCT is up to ~20 grey levels off it.
+    return tf.image.decode_and_crop_jpeg(data, window, channels=channels, dct_method='INTEGER_ACCURATE')
 
   def other():  # PNG etc. (e.g. tfds mock data, or non-JPEG datasets)
     image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -315,11 +324,66 @@ def _random_crop_window(seed: tf.Tensor):
   return window
 
 
-def _center_crop_window(shape):
+def _decode(data: tf.Tensor, channels: int) -> tf.Tensor:
+  """Decodes a whole encoded image to uint8 [H, W, C], JPEGs bit-exactly as PIL does."""
+
+  def jpeg():  # PIL uses libjpeg's ISLOW DCT; TF's default (IFAST) is up to ~20 units off it.
+    return tf.io.decode_jpeg(data, channels=channels, dct_method='INTEGER_ACCURATE')
+
+  def other():
+    return tf.io.decode_image(data, channels=channels, expand_animations=False)
+
+  return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def _shorter_side_shape(shape: tf.Tensor, size: int) -> tf.Tensor:
+  """[new_h, new_w] of torchvision's Resize(size): the shorter side to size, the longer side
+  int(size * long / short) (a float64 division, as Python's)."""
   h, w = shape[0], shape[1]
-  side = tf.cast(tf.round(EVAL_CROP_FRACTION * tf.cast(tf.minimum(h, w), tf.float32)), tf.int32)
-  side = tf.maximum(side, 1)
-  return tf.stack([(h - side + 1) // 2, (w - side + 1) // 2, side, side])
+  short, long = tf.minimum(h, w), tf.maximum(h, w)
+  new_long = tf.cast(tf.math.floor(tf.cast(size * long, tf.float64) / tf.cast(short, tf.float64)),
+                     tf.int32)
+  return tf.where(w <= h, tf.stack([new_long, size]), tf.stack([size, new_long]))
+
+
+def _round_to_uint8(x: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.math.floor(x + 0.5), 0.0, 255.0), tf.uint8)  # PIL: half up
+
+
+def _resize_height_like_pil(image: tf.Tensor, new_h: tf.Tensor) -> tf.Tensor:
+  """One pass of PIL's resize of uint8 [H, W, C]: the antialiased triangle filter along the height,
+  rounded to uint8. Resized as one column of W * C channels, since a 2-D resize would also run an
+  identity pass along the width that costs as much as this one."""
+  h, w, c = tf.unstack(tf.shape(image))
+  column = tf.reshape(image, tf.stack([h, 1, w * c]))
+  column = tf.image.resize(column, tf.stack([new_h, 1]), method='bilinear', antialias=True)
+  return _round_to_uint8(tf.reshape(column, tf.stack([new_h, w, c])))
+
+
+def _resize_like_pil(image: tf.Tensor, new_shape: tf.Tensor) -> tf.Tensor:
+  """PIL's Image.resize(..., BILINEAR) of uint8 [H, W, C] to [new_h, new_w]. As PIL: the width
+  first, then the height, rounding to uint8 after each pass (one 2-D resize rounded once is 1 unit
+  off on ~15% of the values; this, on ~0.2%). A pass that keeps a length is the identity."""
+  transposed = _resize_height_like_pil(tf.transpose(image, [1, 0, 2]), new_shape[1])
+  return _resize_height_like_pil(tf.transpose(transposed, [1, 0, 2]), new_shape[0])
+
+
+def _center_crop(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
+  """torchvision's CenterCrop: offsets int(round((side - out) / 2.0)), Python's half to even."""
+  shape = tf.shape(image)
+  top = tf.cast(tf.round(tf.cast(shape[0] - out_h, tf.float64) / 2.0), tf.int32)
+  left = tf.cast(tf.round(tf.cast(shape[1] - out_w, tf.float64) / 2.0), tf.int32)
+  return image[top:top + out_h, left:left + out_w]
+
+
+def imagenet_eval_image(data: tf.Tensor, image_size: int, channels: int = 3) -> tf.Tensor:
+  """uint8 [image_size, image_size, C] from encoded bytes, as torchvision's ImageNet evaluation
+  (Resize(256), CenterCrop(224) on a PIL image for image_size 224)."""
+  image = _decode(data, channels)
+  resize = int(round(image_size / EVAL_CROP_FRACTION))
+  image = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), resize))
+  image = _center_crop(image, image_size, image_size)
+  return tf.ensure_shape(image, [image_size, image_size, channels])
 
 
 def _make_preprocess(dataset_config, builder, *, train: bool):
@@ -342,8 +406,12 @@ def _make_preprocess(dataset_config, builder, *, train: bool):
   def preprocess(image, seed):
     seeds = tf.random.experimental.stateless_split(seed, num=2)
     if augment == 'imagenet':
-      window = _random_crop_window(seeds[0]) if train else _center_crop_window
-      x = normalise(resize(tf.cast(_decode_crop(image, window, channels), tf.float32)))
+      if train:
+        window = _random_crop_window(seeds[0])
+        x = resize(tf.cast(_decode_crop(image, window, channels), tf.float32))
+      else:
+        x = tf.cast(imagenet_eval_image(image, out_h, channels), tf.float32)
+      x = normalise(x)
     else:
       x = tf.cast(image, tf.float32)
       if native[:2] != (out_h, out_w):

@@ -7,6 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from resnet_jax import checkpointing
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The real CLI, entered inside tfds.testing.mock_data so that cifar10/imagenet2012 need no files.
@@ -65,3 +71,18 @@ def wait_all(processes, timeout: float = 600) -> list[subprocess.CompletedProces
     stdout, stderr = p.communicate(timeout=timeout)
     results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
   return results
+
+
+def restored_state(workdir, step):
+  """The state tree of a run's checkpoint as numpy arrays, however many processes wrote it."""
+  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+  state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  checkpoints.close()
+  return jax.device_get(state)
+
+
+def assert_trees_equal(a, b):
+  flat_a, flat_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))

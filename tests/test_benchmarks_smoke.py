@@ -48,9 +48,13 @@ def test_every_benchmark_cli_writes_json(monkeypatch, tmp_path):
   assert 'resnet8 no_diagnostics+async2' in run_all.markdown(results)
 
 
-def test_pytorch_reference_without_pytorch_says_how_to_get_it():
+@pytest.mark.parametrize('module,message', [
+    ('benchmarks.pytorch_reference', 'error: PyTorch is not importable; install'),
+    ('benchmarks.reference_parity', 'error: PyTorch and torchvision are not importable here; run `make parity`'),
+])
+def test_pytorch_benchmarks_without_pytorch_say_how_to_get_it(module, message):
   if importlib.util.find_spec('torch') is not None:
     pytest.skip('PyTorch is installed here')
-  result = subprocess.run([sys.executable, '-m', 'benchmarks.pytorch_reference'], capture_output=True, text=True,
+  result = subprocess.run([sys.executable, '-m', module], capture_output=True, text=True,
                           cwd=pathlib.Path(__file__).parents[1])
-  assert result.returncode == 1 and result.stderr.strip().startswith('error: PyTorch is not importable; install')
+  assert result.returncode == 1 and result.stderr.strip().startswith(message)

@@ -2,31 +2,12 @@
 
 import json
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import checkpointing
-from tests.cli import check, read_jsonl, run_main
+from tests.cli import assert_trees_equal, check, read_jsonl, restored_state, run_main
 
 # A small net and few steps: the behaviour under test does not depend on size.
 SMALL = ['--config.model.name=resnet8', '--config.train.batch_size=16', '--config.train.eval_batch_size=16']
-
-
-def restored_state(workdir, step):
-  """The state tree of a run's checkpoint as numpy arrays, however many processes wrote it."""
-  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
-  state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  checkpoints.close()
-  return jax.device_get(state)
-
-
-def assert_trees_equal(a, b):
-  flat_a, flat_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
-  assert flat_a.keys() == flat_b.keys()
-  for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli import check, read_jsonl, run_main, start_processes, wait_all
-from tests.test_main import restored_state
+from tests.cli import check, read_jsonl, restored_state, run_main, start_processes, wait_all
 
 # Two data shards fix the global batches, so 1 process and 2 processes see the same data.
 RUN = ['--config=configs/digits.py:resnet8', '--config.train.batch_size=16', '--config.train.eval_batch_size=16',

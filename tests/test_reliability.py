@@ -10,8 +10,7 @@ import time
 import pytest
 
 from resnet_jax.preemption import EXIT_STATUS
-from tests.cli import REPO, check, read_jsonl, run_main
-from tests.test_main import assert_trees_equal, restored_state
+from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
 
 RUN = ['--config=configs/digits.py:resnet8', '--config.train.batch_size=16', '--config.train.eval_batch_size=16',
        '--config.train.log_every_steps=2', '--config.train.eval_every_steps=1000']
