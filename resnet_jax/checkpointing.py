@@ -106,6 +106,8 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
   on the image size, so a net trained at 224 px starts a 32 px one.
   """
   source = epath.Path(source)
+  if '://' not in str(source):
+    source = source.resolve()  # orbax needs absolute paths
   if not (source / 'checkpoints').exists() and (source.parent.name == 'checkpoints'):
     source = source.parent.parent  # a step directory was given
   checkpoints = Checkpoints(source, read_only=True)

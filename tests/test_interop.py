@@ -121,7 +121,8 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
   source, target = tmp_path / 'imported', tmp_path / 'digits'
   check(convert_cli('import', resnet18_file, f'--workdir={source}', *SMALL_IMAGENET))
   # 8x8 grey digits, 10 classes, lr 0: one step keeps every imported weight.
-  check(run_main('--config=configs/digits.py:resnet18', f'--workdir={target}', f'--config.init_from={source}',
+  check(run_main('--config=configs/digits.py:resnet18', f'--workdir={target}',
+                 f'--config.init_from={os.path.relpath(source, REPO)}',  # relative to the working directory
                  f'--config.dataset.data_dir={tmp_path / "tfds"}', '--config.schedule.base_lr=0',
                  '--config.train.num_steps=1', '--config.train.batch_size=16', '--config.train.eval_batch_size=16',
                  devices=1))
