@@ -73,9 +73,9 @@ def strided_conv_outputs(name, image_shape, **overrides):
     ('plain20', (32, 32, 3), {}, 2),
     ('resnet20', (32, 32, 3), {'shortcut': 'projection'}, 4),  # + the 1x1/2 projections
     ('preact_resnet20', (32, 32, 3), {}, 2),
-    ('resnet18', (64, 64, 3), {}, 7),  # 7x7/2 stem, 3x3/2 and 1x1/2 in stages 2-4
-    ('resnet50', (64, 64, 3), {}, 7),  # v1.5: the stride on the bottleneck's 3x3
-    ('resnet50', (64, 64, 3), {'stride_in_1x1': True}, 7),  # v1: on the first 1x1
+    ('resnet18', (32, 32, 3), {}, 7),  # 7x7/2 stem, 3x3/2 and 1x1/2 in stages 2-4
+    ('resnet50', (32, 32, 3), {}, 7),  # v1.5: the stride on the bottleneck's 3x3
+    ('resnet50', (32, 32, 3), {'stride_in_1x1': True}, 7),  # v1: on the first 1x1
 ])
 def test_strided_convolutions_centre_their_window_on_the_sampled_pixel(name, image_shape, overrides, expected):
   outputs = strided_conv_outputs(name, image_shape, **overrides)
@@ -89,7 +89,7 @@ def test_strided_convolutions_centre_their_window_on_the_sampled_pixel(name, ima
 
 def test_the_stem_max_pool_centres_its_window_on_the_sampled_pixel():
   model = models.create_model('resnet18', num_classes=10)
-  variables = model_stats.init_variables(model, (64, 64, 3))
+  variables = model_stats.init_variables(model, (32, 32, 3))
   pooled = {}
 
   def one_hot_into_the_pool(next_fun, args, kwargs, context):
@@ -101,12 +101,12 @@ def test_the_stem_max_pool_centres_its_window_on_the_sampled_pixel():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(one_hot_into_the_pool):
-    model.apply(variables, jnp.zeros((1, 64, 64, 3)), train=False)
+    model.apply(variables, jnp.zeros((1, 32, 32, 3)), train=False)
   response = np.asarray(pooled['input'][0, :, :, 0])
-  assert response.shape == (16, 16)
-  # Windows 2i-1..2i+1: only output pixel 8 covers the hot input pixel 16. With padding='SAME'
-  # (windows 2i..2i+2) output pixel 7 would cover it too.
-  assert np.argwhere(response).tolist() == [[8, 8]]
+  assert response.shape == (8, 8)
+  # Windows 2i-1..2i+1: only output pixel 4 covers the hot input pixel 8. With padding='SAME'
+  # (windows 2i..2i+2) output pixel 3 would cover it too.
+  assert np.argwhere(response).tolist() == [[4, 4]]
 
 
 def test_reference_padding_is_symmetric_for_every_kernel_size():
