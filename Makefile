@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 WORKDIR ?= runs/digits_resnet20
 TEST_ARGS ?=
 
-.PHONY: setup run test table parity benchmark clean
+.PHONY: setup run test lint format table parity benchmark clean
 
 setup: $(INSTALLED)
 
@@ -21,6 +21,15 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q -n 2 $(TEST_ARGS)
+
+# The formatter (pyink: Google's style) and the linter (ruff), configured in pyproject.toml.
+lint: $(INSTALLED)
+	$(VENV)/bin/pyink --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: $(INSTALLED)
+	$(VENV)/bin/pyink --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 # PyTorch is never a dependency of the project: the parity checks run it from a side environment
 # (torch 2.14.1/torchvision 0.29.1 are the CUDA wheels on x86_64, several GB; they run on the CPU).

@@ -28,7 +28,7 @@ def main():
 
   step = train_step.ProductStep(train_step.config_for(args.model, batch=8 * jax.device_count()))
   step()
-  state = step.devices.to_global(step.state)
+  state = step.data_parallel.to_global(step.state)
   saves = []
   with tempfile.TemporaryDirectory() as workdir:
     checkpoints = checkpointing.Checkpoints(workdir, keep=2)

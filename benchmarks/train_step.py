@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from benchmarks import baseline_resnet20, candidates, common
 from configs import cifar10, imagenet
 from resnet_jax import models, optim, parallel, train
-from resnet_jax.train_step import create_train_state, train_step
+from resnet_jax.train_step import create_train_state, make_train_step
 
 
 def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bool = False,
@@ -94,26 +94,24 @@ class ProductStep:
   def __init__(self, config, *, donate: bool = True, per_dispatch: int = 1, sync_every: int = 1,
                mesh=None, mode: str = 'jit', batch_norm: str = 'global', seed: int = 0):
     self.config = config
-    self.devices = parallel.DataParallel(mode, batch_norm, mesh)
+    self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
-    model = train.build_model(config, num_classes, self.devices.bn_axis_name)
+    model = train.build_model(config, num_classes, self.data_parallel.bn_axis_name)
     tx = optim.create_optimizer(config)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch=390, num_steps=config.train.num_steps or 64_000)
     init = functools.partial(create_train_state, model=model, tx=tx, image_shape=image_shape,
                              warmup=config.schedule.warmup_lr > 0)
-    state = jax.jit(init, out_shardings=self.devices.replicated)(jax.random.key(seed))
-    self.state = self.devices.to_devices(state)
-    step_fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, warmup_lr=config.schedule.warmup_lr,
-                                warmup_until_error=config.schedule.warmup_until_error,
-                                label_smoothing=config.train.label_smoothing, diagnostics=config.train.log_diagnostics)
+    state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(seed))
+    self.state = self.data_parallel.to_devices(state)
+    step_fn = make_train_step(config, model=model, tx=tx, schedule=schedule)
     host_batch = baseline_resnet20.random_batch(config.train.batch_size, image_shape, num_classes, seed)
     if per_dispatch == 1 and donate:
-      step = self.devices.compile_train_step(step_fn)  # exactly the product's compiled step
-      self.batch = self.devices.place_batch(host_batch)
+      step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step
+      self.batch = self.data_parallel.place_batch(host_batch)
     elif per_dispatch == 1:
-      step = jax.jit(step_fn, in_shardings=(self.devices.replicated, self.devices.batch_sharded),
-                     out_shardings=(self.devices.replicated, self.devices.replicated))
-      self.batch = self.devices.place_batch(host_batch)
+      step = jax.jit(step_fn, in_shardings=(self.data_parallel.replicated, self.data_parallel.batch_sharded),
+                     out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated))
+      self.batch = self.data_parallel.place_batch(host_batch)
     else:
       if mode != 'jit' or batch_norm != 'global':
         raise SystemExit('scanK variants are measured for the default jit mode with global BatchNorm')
@@ -122,14 +120,14 @@ class ProductStep:
         return jax.lax.scan(step_fn, state, batches)
 
       stacked = jax.tree.map(lambda x: np.stack([x] * per_dispatch), host_batch)
-      self.batch = jax.device_put(stacked, NamedSharding(self.devices.mesh, P(None, parallel.DATA_AXIS)))
-      step = jax.jit(k_steps, in_shardings=(self.devices.replicated, NamedSharding(self.devices.mesh, P(None, parallel.DATA_AXIS))),
-                     out_shardings=(self.devices.replicated, self.devices.replicated), donate_argnums=0 if donate else ())
+      self.batch = jax.device_put(stacked, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS)))
+      step = jax.jit(k_steps, in_shardings=(self.data_parallel.replicated, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS))),
+                     out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated), donate_argnums=0 if donate else ())
     self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
     # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded program.
-    self.flops_per_step = flops * self.devices.mesh.size if per_dispatch == 1 and flops else None
+    self.flops_per_step = flops * self.data_parallel.mesh.size if per_dispatch == 1 and flops else None
 
   def __call__(self):
     for _ in range(self.sync_every):

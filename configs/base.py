@@ -21,7 +21,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       zero_init_residual=False,  # zero each block's last BN scale (off in the paper)
       stride_in_1x1=False,  # True = the paper's original (v1) bottleneck stride placement
       remat=False,  # recompute activations in the backward pass: less memory for very deep nets
-      # 'xla' (GPU/TPU) | 'matmul': kernel gradients as one matmul, x1.2-1.6 on one CPU device (BENCHMARKS.md)
+      # 'xla' (GPU/TPU) | 'matmul': kernel gradients as one matmul, skipping XLA CPU's layout copy:
+      # faster on one CPU device, slower on several (BENCHMARKS.md, "What each lever changed")
       conv_kernel_grad='xla',
       scan_blocks=False,  # each stage's repeated blocks as one scan: compiles ResNet-1202 in bounded time and memory
   ))
@@ -86,8 +87,12 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       mode='jit',  # 'jit' (sharded jax.jit over a mesh) | 'pmap'
       batch_norm='global',  # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
       # CPU hosts only: split each process's CPU into this many devices (0 = one; XLA_FLAGS' count wins).
-      # 8 makes a CIFAR ResNet-20 step x1.8 faster on 2 cores, same results (not on 8x8 digits: too
-      # little work per device); GPUs and TPUs ignore it.
+      # 8 speeds up a CIFAR ResNet-20 step with the same results, as smaller programs side by side
+      # keep the cores busy and activations in cache; not on 8x8 digits, too little work per device
+      # (BENCHMARKS.md, "What each lever changed"). GPUs and TPUs ignore it.
       cpu_devices=0,
   ))
+  # Configs built on this one may change these fields but not add any: a mistyped field
+  # (`config.train.batch_sise = 3`) is an error, not a new field nothing reads.
+  config.lock()
   return config

@@ -15,8 +15,9 @@ def get_config(preset: str = 'resnet20', dataset: str = 'cifar10'):
   config.dataset.name = dataset
   if models.model_spec(preset)['stem'] == 'cifar' and models.model_depth(preset) >= 110:
     config.schedule.warmup_lr = 0.01
-  # ResNet-1202 unrolled: XLA spent 6 min compiling its initialisation and ran out of 24 GiB compiling
-  # the (remat) step (BENCHMARKS.md); scanned, each stage's 199 repeated blocks compile once. The run is
-  # meant for accelerators: XLA's CPU backend runs scanned blocks ~14x slower.
+  # Unrolled, ResNet-1202 outgrows a CPU host's memory while XLA compiles its step (BENCHMARKS.md,
+  # "Memory: a step, and deep nets with and without rematerialisation"); scanned, each stage's 199
+  # repeated blocks compile once. The run is meant for accelerators: XLA's CPU backend runs scanned
+  # blocks as a much slower while loop (BENCHMARKS.md, "What each lever changed").
   config.model.scan_blocks = models.model_depth(preset) >= 1000
   return config

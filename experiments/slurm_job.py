@@ -15,7 +15,8 @@ import re
 import shlex
 import sys
 
-from experiments.tpu_pod import REPO, ArgumentParser, check_overrides
+from experiments.launcher_cli import (ArgumentParser, add_override_argument, check_config_file,
+                                      check_overrides)
 
 TEMPLATE = pathlib.Path(__file__).resolve().parent / 'slurm' / 'train.sbatch'
 
@@ -51,16 +52,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--cpus_per_gpu', type=int, default=8, help='CPU cores for the input pipeline, per GPU')
   parser.add_argument('--config', required=True, help='config file and preset, relative to the repository root')
   parser.add_argument('--workdir', required=True, help='a directory all nodes share, or gs://bucket/path')
-  parser.add_argument('--override', nargs='...', default=[],
-                      help='the rest of the line goes to resnet_jax.main, e.g. --config.train.batch_size=1024')
+  add_override_argument(parser, 'the rest of the line goes to resnet_jax.main, e.g. '
+                        '--config.train.batch_size=1024')
   args = parser.parse_args(argv)
   for name in ('nodes', 'gpus_per_node', 'cpus_per_gpu'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
-  config_file = args.config.split(':', 1)[0]
-  if not (REPO / config_file).is_file():
-    parser.error(f'no config file {config_file} in {REPO}; give it relative to the repository root, where the '
-                 'job runs')
+  check_config_file(parser, args.config, 'where the job runs')
   check_overrides(parser, args.override)
   print(render(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per=args.tasks_per,
                cpus_per_gpu=args.cpus_per_gpu, config=args.config, workdir=args.workdir,

@@ -29,7 +29,7 @@ import time
 
 import ml_collections
 
-from experiments.tpu_pod import REPO, ArgumentParser, check_overrides
+from experiments.launcher_cli import REPO, ArgumentParser, add_override_argument, check_overrides
 
 MARKER = 'sweep_finished.json'  # written after a point's run exits 0
 FAMILIES = ('plain', 'resnet', 'preact_resnet')
@@ -182,8 +182,8 @@ def parse_args(argv):
   parser.add_argument('--print_commands', action='store_true', help='print one command per point; run nothing')
   parser.add_argument('--launcher', help='the command that starts one run (default: this Python -m resnet_jax.main '
                       'locally, `python -m resnet_jax.main` in printed commands)')
-  parser.add_argument('--override', nargs='...', default=[],
-                      help='the rest of the line goes to every point\'s resnet_jax.main, e.g. --config.seed=1')
+  add_override_argument(parser, 'the rest of the line goes to every point\'s resnet_jax.main, e.g. '
+                        '--config.seed=1')
   args = parser.parse_args(argv)
   if args.parallel < 1:
     parser.error(f'--parallel must be at least 1, got {args.parallel}')

@@ -31,30 +31,13 @@ import subprocess
 import sys
 import tempfile
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from experiments.launcher_cli import (REPO, ArgumentParser, add_override_argument,
+                                      check_config_file, check_overrides)
+
 # On every worker, in the login user's home; written unquoted so that the remote shell expands `~`.
 REMOTE_DIR = '~/resnet_jax'
 REMOTE_TARBALL = 'resnet_jax.tar.gz'
 REMOTE_LOG = '~/resnet_jax.log'
-# Flags the launchers set themselves; an override repeating one would silently replace theirs.
-LAUNCHER_FLAGS = ('--config', '--workdir', '--distributed')
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """Usage mistakes end with one line on stderr and exit status 2, as resnet_jax.main does."""
-
-  def error(self, message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
-def check_overrides(parser: argparse.ArgumentParser, overrides: list[str]) -> None:
-  for override in overrides:
-    name = override.split('=', 1)[0]
-    if not override.startswith('--'):
-      parser.error(f'override {override!r} is not a flag; write it as --config.field=value')
-    if name in LAUNCHER_FLAGS:
-      parser.error(f'{name} is set by the launcher; give it as its own option before --override')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +49,9 @@ class Step:
     return shlex.join(self.argv)
 
 
-def pinned_jax_version(requirements: pathlib.Path = REPO / 'requirements.txt') -> str:
+def pinned_jax_version() -> str:
   """The jax version requirements.txt pins, so the TPU build installed matches the CPU one tested."""
+  requirements = REPO / 'requirements.txt'
   match = re.search(r'^jax==([\w.+-]+)\s*$', requirements.read_text(), re.MULTILINE)
   if match is None:
     raise ValueError(f'{requirements} has no line jax==<version> to take the jax[tpu] version from')
@@ -162,16 +146,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       '`gcloud compute tpus tpu-vm versions list --zone ZONE`')
   parser.add_argument('--git_ref', default='HEAD', help='with --setup: the commit to ship')
   parser.add_argument('--python', default='python3', help='with --setup: the workers\' Python 3.11+ for the venv')
-  parser.add_argument('--override', nargs=argparse.REMAINDER, default=[],
-                      help='the rest of the line goes to resnet_jax.main, e.g. --config.train.batch_size=1024')
+  add_override_argument(parser, 'the rest of the line goes to resnet_jax.main, e.g. '
+                        '--config.train.batch_size=1024')
   args = parser.parse_args(argv)
   if args.tpu_create and not (args.accelerator_type and args.runtime_version):
     parser.error('--tpu_create needs --accelerator_type (e.g. v4-32) and --runtime_version (e.g. '
                  'tpu-ubuntu2204-base; list them with `gcloud compute tpus tpu-vm versions list --zone ZONE`)')
-  config_file = args.config.split(':', 1)[0]
-  if not (REPO / config_file).is_file():
-    parser.error(f'no config file {config_file} in {REPO}; give it relative to the repository root, as the '
-                 'workers run from there')
+  check_config_file(parser, args.config, 'as the workers run from there')
   check_overrides(parser, args.override)
   return args
 

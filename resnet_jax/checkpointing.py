@@ -5,16 +5,15 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 
 
 class CheckpointMismatchError(UserError):
-  """A checkpoint that does not fit the model or shapes of this run."""
+  """A checkpoint that does not fit the model or shapes of this run, or cannot be read."""
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return (text.splitlines()[0] if text else type(error).__name__)[:200]
+class NoCheckpointError(UserError):
+  """A workdir with no checkpoint where one is needed (eval, fine-tuning, export)."""
 
 
 def _describe(meta) -> str:
@@ -44,7 +43,7 @@ class Checkpoints:
       return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'] or {}
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
-          f'checkpoint {self.directory / str(step)} cannot be read ({_first_line(e)}): it is truncated or was '
+          f'checkpoint {self.directory / str(step)} cannot be read ({one_line(e, 200)}): it is truncated or was '
           f'not written by resnet_jax; move it out of {self.directory} to resume from the one before, or use '
           'another --workdir') from e
 
@@ -62,7 +61,7 @@ class Checkpoints:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
-          f'checkpoint {where} does not fit this run of {_describe(meta)} or is damaged ({_first_line(e)}); '
+          f'checkpoint {where} does not fit this run of {_describe(meta)} or is damaged ({one_line(e, 200)}); '
           f'if the config changed use another --workdir, else move the checkpoint out of {self.directory} '
           'to resume from the one before') from e
     return restored['state']
@@ -113,7 +112,7 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
   checkpoints = Checkpoints(source, read_only=True)
   step = checkpoints.latest_step()
   if step is None:
-    raise CheckpointMismatchError(f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run')
+    raise NoCheckpointError(f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run')
   saved = checkpoints.restore_as_saved(step, sharding)
 
   def take(path, ours, theirs_tree):

@@ -39,6 +39,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise UserError(f'--config.{path}={_get(config, path)} must not be negative')
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
     raise UserError('--config.train.num_steps must be positive (or set --config.train.num_epochs)')
+  for path in ('schedule.boundaries', 'schedule.boundaries_epochs'):
+    value = _get(config, path)
+    if value is not None and (isinstance(value, str) or not all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)):
+      raise UserError(f'--config.{path}={value!r} must be numbers, e.g. '
+                      f"--config.{path}='(32000, 48000)'")
   if not 0 <= config.optimizer.momentum < 1:
     raise UserError(f'--config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1)')
   if not 0 <= config.train.label_smoothing < 1:

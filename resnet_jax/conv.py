@@ -1,13 +1,13 @@
 """A 2-D convolution whose kernel gradient is one matrix product: `model.conv_kernel_grad='matmul'`.
 
 Why: XLA's CPU backend computes a convolution's kernel gradient as another convolution over a
-(C, H, W, N) copy of the layer's input; in a ResNet-20 step those layout copies are ~29% of the
-time (BENCHMARKS.md, "Where a ResNet-20 step's time goes"). Written as patches^T . dy, the
-gradient is a single large matmul over all pixels, with no transposed copy of the activation:
-x1.2 on a ResNet-20 step, x1.6 on ResNet-56 and ResNet-50 (one device of the 2-core CPU). The
-forward pass and the input gradient stay XLA's own. The patches are kh*kw times the layer's input,
-so the option trades memory for speed; GPUs and TPUs have fast native kernel gradients and keep the
-default `'xla'`.
+(C, H, W, N) copy of the layer's input, and those layout copies take a large share of a CPU step
+(BENCHMARKS.md, "Where a ResNet-20 step's time goes"). Written as patches^T . dy, the gradient
+is a single large matmul over all pixels, with no transposed copy of the activation, which speeds
+up a step on one CPU device (BENCHMARKS.md, "What each lever changed"). The forward pass and
+the input gradient stay XLA's own. The patches are kh*kw times the layer's input, so the option
+trades memory for speed; GPUs and TPUs have fast native kernel gradients and keep the default
+`'xla'`.
 """
 
 import functools
@@ -50,8 +50,9 @@ def _conv_bwd(strides, pads, residuals, dy):
 conv_2d.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **unused):
+def conv_with_matmul_kernel_grad(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                                 precision=None, **unused):
   """Stands in for lax.conv_general_dilated in flax's nn.Conv (`nn.Conv(..., conv_general_dilated=this)`)."""
   del dimension_numbers, precision, unused  # flax's 2-D convolutions are NHWC x HWIO
   if any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())) or feature_group_count != 1:

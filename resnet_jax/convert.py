@@ -28,7 +28,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import checkpointing, errors, interop, models, optim
-from resnet_jax.errors import UserError
+from resnet_jax.errors import UserError, one_line
 from resnet_jax.train_step import create_train_state
 
 FLAGS = flags.FLAGS
@@ -82,20 +82,15 @@ def read_state_dict(path: str) -> dict:
     try:
       loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f'{path} cannot be read by torch.load ({_first_line(e)})') from None
+      raise UserError(f'{path} cannot be read by torch.load ({one_line(e, 200)})') from None
     return _numpy_state_dict(loaded, path)
   try:
     return _numpy_state_dict(safetensors.numpy.load_file(path), path)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'{path} is not a .safetensors file ({_first_line(e)}); PyTorch files must end in '
+    raise UserError(f'{path} is not a .safetensors file ({one_line(e, 200)}); PyTorch files must end in '
                     f'{", ".join(TORCH_FILES)}') from None
-
-
-def _first_line(error: Exception) -> str:
-  text = ' '.join(str(error).split())
-  return (text or type(error).__name__)[:200]
 
 
 # ----------------------------------------------------------------------------- import
@@ -115,10 +110,10 @@ def _image_shape(config) -> tuple[int, int, int]:
   try:
     # Only here: the rest of the conversion needs no TensorFlow. `datasets` registers sklearn_digits.
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    from resnet_jax import datasets  # pylint: disable=import-outside-toplevel,unused-import
+    import resnet_jax.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     native = tuple(tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features['image'].shape)
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot tell the image shape of dataset '{config.dataset.name}' ({_first_line(e)}); set "
+    raise UserError(f"cannot tell the image shape of dataset '{config.dataset.name}' ({one_line(e, 200)}); set "
                     '--config.dataset.image_size') from None
   channels = native[-1] if native and native[-1] else 3
   if config.dataset.image_size:
@@ -218,11 +213,7 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
 
 
 def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f'error: {errors.innermost_user_error(e) or str(e).strip().splitlines()[0]}', file=sys.stderr)
-    sys.exit(2)
+  return errors.parse_flags_or_exit(FLAGS, argv)
 
 
 def main(argv):
@@ -230,7 +221,9 @@ def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   try:
     if command == 'import' and len(args) == 1:
-      workdir = import_weights(args[0], FLAGS.workdir, model_name=FLAGS.model, config=FLAGS.config)
+      workdir = import_weights(args[0], FLAGS.workdir, model_name=FLAGS.model,
+                                config=errors.read_config_or_exit(lambda: FLAGS.config)
+                                if FLAGS['config'].present else None)
       print(f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another run '
             f'from it with --config.init_from={workdir}')
     elif command == 'export' and not args:

@@ -111,7 +111,7 @@ def reference_names(model: models.ResNet, variables: Mapping[str, Any]) -> dict[
   table = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
     keys = tuple(k.key for k in path)
-    collection, module, leaf_name = keys[0], keys[1:-1], keys[-1]
+    module, leaf_name = keys[1:-1], keys[-1]  # keys[0] is the collection
     out_perm = in_perm = None
     if module == ('stem_conv',):
       name, kind, out_perm = 'conv1', 'conv', streams['stem']

@@ -39,12 +39,7 @@ class _QuietLibraries(logging_std.Filter):
 
 
 def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    message = errors.innermost_user_error(e) or str(e).strip().splitlines()[0]
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
+  return errors.parse_flags_or_exit(FLAGS, argv)
 
 
 def main(argv):
@@ -52,24 +47,23 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # Imported here so that --help is instant and flag errors come before TensorFlow loads.
   import jax
-  import tensorflow as tf
 
   from resnet_jax import distributed, parallel, preemption, train
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  tf.config.set_visible_devices([], 'GPU')  # tf.data only: keep TensorFlow off the accelerators
+  config = errors.read_config_or_exit(lambda: FLAGS.config)
   try:
-    parallel.split_cpu(FLAGS.config.parallelism.cpu_devices)  # before JAX starts its CPU backend
+    parallel.split_cpu(config.parallelism.cpu_devices)  # before JAX starts its CPU backend
     distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)  # before any device is used
     logging.info('JAX process %d/%d, %d local devices of %d: %s', jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
     if FLAGS.mode == 'eval':
-      print(train.dumps(train.evaluate_latest(FLAGS.config, FLAGS.workdir)))
+      print(train.dumps(train.evaluate_latest(config, FLAGS.workdir)))
     else:
-      metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      metrics = train.train_and_evaluate(config, FLAGS.workdir)
       if jax.process_index() == 0:
         print(f'final: {train.dumps(metrics)}')
   except UserError as e:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.conv import conv_general_dilated as conv_with_matmul_kernel_grad
+from resnet_jax.conv import conv_with_matmul_kernel_grad
 from resnet_jax.errors import UserError
 
 ModuleDef = Any
@@ -221,7 +221,8 @@ class ResNet(nn.Module):
   conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
   # Blocks 2..n of each stage as one scan (variables `stage<s>_scan`, stacked): compile time and
   # compiler memory stop growing with depth, which ResNet-1202 needs; the same function otherwise.
-  # For accelerators: XLA's CPU backend runs a scanned body ~14x slower (BENCHMARKS.md).
+  # For accelerators: XLA's CPU backend runs a scanned body as a much slower while loop
+  # (BENCHMARKS.md, "What each lever changed").
   scan_blocks: bool = False
 
   @nn.compact

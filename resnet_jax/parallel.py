@@ -36,8 +36,9 @@ def split_cpu(devices: int) -> None:
 
   Why: XLA's CPU backend runs one program's operations one after another, each spread over the
   cores; the batch split over several CPU devices runs as that many smaller programs side by side,
-  which keeps the cores busier and the activations in cache: a ResNet-20 step on 2 cores is x1.8
-  faster on 8 devices (BENCHMARKS.md). The results are those of one device (tests/test_parallel.py).
+  which keeps the cores busier and the activations in cache, so a CIFAR-size step runs faster
+  (BENCHMARKS.md, "What each lever changed"). The results are those of one device
+  (tests/test_parallel.py).
   GPUs and TPUs are untouched: JAX still picks them as the default backend.
   """
   if devices and 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
@@ -49,8 +50,9 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def check_batch_size(batch_size: int, what: str) -> int:
-  """The per-process batch size; a batch must split evenly over devices and processes."""
+def per_process_batch_size(batch_size: int, what: str) -> int:
+  """The part of the global `batch_size` each process reads; a BatchSizeError unless the batch
+  splits evenly over all devices (and so over the processes)."""
   devices = jax.device_count()
   if batch_size <= 0 or batch_size % devices:
     raise BatchSizeError(

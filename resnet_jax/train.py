@@ -16,7 +16,7 @@ from resnet_jax import checkpointing, config_checks, input_pipeline, models, opt
 from resnet_jax.errors import UserError
 from resnet_jax.metric_logging import MetricLogger
 from resnet_jax.preemption import Stopped, StopRequests
-from resnet_jax.train_step import create_train_state, eval_step, train_step
+from resnet_jax.train_step import create_train_state, eval_step, make_train_step
 
 
 class WorkdirError(UserError):
@@ -61,11 +61,11 @@ class Setup:
     config_checks.validate(config)
     self.config = config
     self.workdir = prepare_workdir(workdir, config)
-    self.parallel = parallel.DataParallel(config.parallelism.mode, config.parallelism.batch_norm)
-    self.local_batch_size = parallel.check_batch_size(config.train.batch_size, 'train.batch_size')
-    self.local_eval_batch_size = parallel.check_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+    self.data_parallel = parallel.DataParallel(config.parallelism.mode, config.parallelism.batch_norm)
+    self.local_batch_size = parallel.per_process_batch_size(config.train.batch_size, 'train.batch_size')
+    self.local_eval_batch_size = parallel.per_process_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
     self.info = input_pipeline.get_dataset_info(config.dataset)
-    self.model = build_model(config, self.info.num_classes, self.parallel.bn_axis_name)
+    self.model = build_model(config, self.info.num_classes, self.data_parallel.bn_axis_name)
     self.steps_per_epoch, self.num_steps = run_length(config, self.info.num_train_examples)
     self.schedule = optim.learning_rate_schedule(config, steps_per_epoch=self.steps_per_epoch,
                                                  num_steps=self.num_steps)
@@ -73,20 +73,20 @@ class Setup:
     self.meta = checkpoint_meta(config, self.info)
     self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.train.keep_checkpoints,
                                                  asynchronous=config.train.async_checkpoints)
-    self.eval_step = self.parallel.compile_eval_step(functools.partial(eval_step, model=self.model))
+    self.eval_step = self.data_parallel.compile_eval_step(functools.partial(eval_step, model=self.model))
 
   def initial_state(self):
     """A fresh state, the latest checkpoint of this workdir, or a fine-tuning start from init_from."""
     init = functools.partial(create_train_state, model=self.model, tx=self.tx, image_shape=self.info.image_shape,
                              warmup=self.config.schedule.warmup_lr > 0)
-    state = jax.jit(init, out_shardings=self.parallel.replicated)(jax.random.key(self.config.seed))
+    state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(self.config.seed))
     if self.checkpoints.latest_step() is not None:
       abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
       state = self.checkpoints.restore(abstract, self.meta)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
     elif self.config.init_from:
       params, batch_stats, step = checkpointing.restore_for_fine_tuning(
-          self.config.init_from, state.params, state.batch_stats, self.parallel.replicated)
+          self.config.init_from, state.params, state.batch_stats, self.data_parallel.replicated)
       state = state.replace(params=params, batch_stats=batch_stats)
       logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
     return state  # the global replicated form: parallel.to_devices gives the mode's own
@@ -101,7 +101,7 @@ class Setup:
         process_index=jax.process_index(), process_count=jax.process_count())
     totals = None
     for batch in batches:
-      sums = self.eval_step(state, self.parallel.place_global_batch(batch))
+      sums = self.eval_step(state, self.data_parallel.place_global_batch(batch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
@@ -129,10 +129,10 @@ def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpo
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
   setup = Setup(config, workdir)
-  devices = setup.parallel
+  data_parallel = setup.data_parallel
   state = setup.initial_state()
   start_step, num_steps = int(state.step), setup.num_steps
-  state = devices.to_devices(state)
+  state = data_parallel.to_devices(state)
   logging.info('%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
                config.model.name, config.dataset.name, num_steps, config.train.batch_size,
                jax.device_count(), jax.process_count(), start_step)
@@ -142,13 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       input_pipeline.create_train_iterator(
           config.dataset, local_batch_size=setup.local_batch_size, seed=config.seed, start_step=start_step,
           process_index=jax.process_index(), process_count=jax.process_count()),
-      devices.place_batch)
+      data_parallel.place_batch)
 
   # ---------------------------------------------------------------- the compiled step
-  step_fn = devices.compile_train_step(functools.partial(
-      train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-      warmup_lr=config.schedule.warmup_lr, warmup_until_error=config.schedule.warmup_until_error,
-      label_smoothing=config.train.label_smoothing, diagnostics=config.train.log_diagnostics))
+  step_fn = data_parallel.compile_train_step(
+      make_train_step(config, model=setup.model, tx=setup.tx, schedule=setup.schedule))
 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
@@ -166,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       is_last = step == num_steps or stopping
       scalars = {}
       if step % config.train.log_every_steps == 0 or is_last:
-        fetched = devices.fetch(pending_metrics)
+        fetched = data_parallel.fetch(pending_metrics)
         check_finite(fetched, step - len(fetched) + 1, config.train.max_skipped_steps, setup.checkpoints)
         pending_metrics = []
         now = time.perf_counter()
@@ -176,20 +174,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       if step % config.train.eval_every_steps == 0 or (is_last and not stopping):
         jax.block_until_ready(state)  # so the steps still in flight count as training time
         eval_start = time.perf_counter()
-        eval_metrics = setup.evaluate(devices.to_global(state))
+        eval_metrics = setup.evaluate(data_parallel.to_global(state))
         scalars.update(eval_metrics)
         last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
       if scalars:
         logger.write(step, scalars)
       if step % config.train.checkpoint_every_steps == 0 or is_last:
-        setup.checkpoints.save(step, devices.to_global(state), setup.meta)
+        setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta)
       if stopping:
         setup.checkpoints.wait()
         raise Stopped(f'stopped by {stop_requests.signal_name} after step {step}; checkpoint saved in '
                       f'{setup.checkpoints.directory}. Run the same command to resume.')
     if start_step >= num_steps:
       logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
-      eval_metrics = setup.evaluate(devices.to_global(state))
+      eval_metrics = setup.evaluate(data_parallel.to_global(state))
   finally:
     stop_requests.close()
     train_batches.close()
@@ -203,7 +201,7 @@ def evaluate_latest(config: ml_collections.ConfigDict, workdir) -> dict[str, flo
   """Eval-only mode: the latest checkpoint of the workdir on the eval split."""
   setup = Setup(config, workdir)
   if setup.checkpoints.latest_step() is None:
-    raise checkpointing.CheckpointMismatchError(f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first')
+    raise checkpointing.NoCheckpointError(f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first')
   state = setup.initial_state()
   metrics = {'step': int(state.step), **setup.evaluate(state)}
   setup.checkpoints.close()

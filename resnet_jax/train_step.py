@@ -1,11 +1,13 @@
 """The train state, the train step and the eval step: pure functions, the same for jit and pmap."""
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from resnet_jax import models, optim
@@ -95,6 +97,18 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   if diagnostics:
     metrics.update(grad_norms_by_stage(grads))
   return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, *, model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable[..., tuple[TrainState, dict]]:
+  """A run's step, `(state, batch, axis_name=None) -> (state, metrics)`: `train_step` with the
+  config's warm-up, label smoothing and diagnostics. The trainer, the benchmarks and the tests all
+  build their step here, so they run the same one."""
+  return functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           warmup_lr=config.schedule.warmup_lr,
+                           warmup_until_error=config.schedule.warmup_until_error,
+                           label_smoothing=config.train.label_smoothing,
+                           diagnostics=config.train.log_diagnostics)
 
 
 def eval_step(state: TrainState, batch, *, model: nn.Module, axis_name: str | None = None):

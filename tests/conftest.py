@@ -1,11 +1,90 @@
-"""Every test sees 8 simulated CPU devices, as a small TPU slice would give, so sharding is exercised."""
+"""Every test sees 8 simulated CPU devices, as a small TPU slice would give, so sharding is exercised.
 
+Also the training helpers that several test modules share, as fixtures: test modules do not import
+each other, nor this file (pytest imports it under its own name, so an import would run it twice).
+"""
+
+import functools
 import os
 
 os.environ['XLA_FLAGS'] = ' '.join(
     f for f in (os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8') if f)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from configs import cifar10  # noqa: E402
+from resnet_jax import models, optim, parallel  # noqa: E402
+from resnet_jax.train_step import create_train_state, make_train_step  # noqa: E402
+
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: an end-to-end run through the CLI (few; they run in CI too)')
+
+
+def _small_setup(**config_overrides):
+  """resnet8's config (with `{'section.field': value}` overrides), model, optimizer and schedule."""
+  config = cifar10.get_config('resnet8')
+  for key, value in config_overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  model = models.create_model('resnet8', num_classes=10)
+  tx = optim.create_optimizer(config)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=100, num_steps=1000)
+  return config, model, tx, schedule
+
+
+def _batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
+  """`num` host batches of random images and labels."""
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.normal(size=(batch_size, *shape)).astype(np.float32),
+           'label': rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
+
+
+def _run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
+  """Trains resnet8 on `data` with the given parallelism; returns the global state and metrics."""
+  config, _, tx, schedule = _small_setup(**overrides)
+  data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
+  model = models.create_model('resnet8', num_classes=10, bn_axis_name=data_parallel.bn_axis_name)
+  init = functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 3),
+                           warmup=config.schedule.warmup_lr > 0)
+  state = data_parallel.to_devices(jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(0)))
+  step = data_parallel.compile_train_step(make_train_step(config, model=model, tx=tx, schedule=schedule))
+  history = []
+  for batch in data:
+    state, metrics = step(state, data_parallel.place_batch(batch))
+    history.append(data_parallel.fetch(metrics))
+  return jax.device_get(data_parallel.to_global(state)), history
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(num_devices: int, mode: str = 'jit', batch_norm: str = 'global'):
+  """Three steps on the same global batches, once per configuration (compiling dominates)."""
+  return _run_steps(parallel.make_mesh(jax.devices()[:num_devices]), _batches(3), mode, batch_norm)
+
+
+# The fixtures hand out the functions themselves: tests call them with their own arguments, and
+# `trained`'s cache is the session's, whichever module asks first.
+
+
+@pytest.fixture(name='small_setup', scope='session')
+def small_setup_fixture():
+  return _small_setup
+
+
+@pytest.fixture(name='batches', scope='session')
+def batches_fixture():
+  return _batches
+
+
+@pytest.fixture(name='run_steps', scope='session')
+def run_steps_fixture():
+  return _run_steps
+
+
+@pytest.fixture(name='trained', scope='session')
+def trained_fixture():
+  return _trained

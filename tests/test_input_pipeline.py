@@ -7,6 +7,7 @@ imagenet2012 use `tfds.testing.mock_data` (which ignores the split: every (sub)s
 
 import collections
 import itertools
+import threading
 import time
 
 import jax
@@ -18,6 +19,7 @@ import tensorflow_datasets as tfds
 import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
 from resnet_jax import input_pipeline as ip
 from resnet_jax import parallel
+from resnet_jax.datasets import prepare
 from resnet_jax.errors import UserError
 
 MOCK_EXAMPLES = 24
@@ -209,13 +211,13 @@ def test_eval_single_process_is_repeatable(digits_dir):
 
 
 def test_offline_dataset_is_prepared_on_first_use(tmp_path):
-  builder = ip.get_dataset_builder(digits_config(str(tmp_path)))
+  builder = prepare.get_dataset_builder(digits_config(str(tmp_path)))
   assert builder.is_prepared() and builder.info.splits['train'].num_examples == 1438
 
 
 def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
   start = time.perf_counter()
-  with pytest.raises(ip.DatasetNotReadyError) as error:
+  with pytest.raises(prepare.DatasetNotReadyError) as error:
     ip.get_dataset_info(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
   elapsed = time.perf_counter() - start
   message = str(error.value)
@@ -226,8 +228,8 @@ def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
 
 def test_missing_manual_files_fail_with_one_line(tmp_path):
   manual = tmp_path / 'manual'
-  with pytest.raises(ip.DatasetNotReadyError) as error:
-    ip.get_dataset_builder(make_config(name='imagenet2012', data_dir=str(tmp_path), manual_dir=str(manual)))
+  with pytest.raises(prepare.DatasetNotReadyError) as error:
+    prepare.get_dataset_builder(make_config(name='imagenet2012', data_dir=str(tmp_path), manual_dir=str(manual)))
   message = str(error.value)
   assert '\n' not in message and 'ILSVRC2012_img_train.tar' in message and str(manual) in message
 
@@ -241,8 +243,8 @@ def test_bad_split_is_a_one_line_user_error(digits_dir):
 
 def test_unknown_dataset_name():
   with pytest.raises(ValueError) as error:
-    ip.get_dataset_builder(make_config(name='no_such_dataset_xyz'))
-  assert isinstance(error.value, ip.DatasetNotReadyError)
+    prepare.get_dataset_builder(make_config(name='no_such_dataset_xyz'))
+  assert isinstance(error.value, prepare.DatasetNotReadyError)
   assert '\n' not in str(error.value) and 'no_such_dataset_xyz' in str(error.value)
 
 
@@ -271,6 +273,15 @@ def test_prefetch_to_devices_delivers_sharded_batches_and_ends():
       np.testing.assert_array_equal(np.asarray(got[k]), want[k])
 
 
+def _started_producer(make_iterator):
+  """Calls `make_iterator()`; returns its result and the prefetch thread that the call started."""
+  before = set(threading.enumerate())
+  iterator = make_iterator()
+  (producer,) = [t for t in threading.enumerate()
+                 if t not in before and t.name == 'prefetch_to_devices']
+  return iterator, producer
+
+
 def test_prefetch_to_devices_propagates_errors_and_stops():
   host = _host_batches(2, jax.device_count())
 
@@ -278,14 +289,41 @@ def test_prefetch_to_devices_propagates_errors_and_stops():
     yield from host
     raise RuntimeError('reader broke')
 
-  iterator = ip.prefetch_to_devices(source(), _place())
+  iterator, producer = _started_producer(lambda: ip.prefetch_to_devices(source(), _place()))
   assert len(take(iterator, 2)) == 2
   with pytest.raises(RuntimeError, match='reader broke'):
     next(iterator)
-  # An abandoned infinite source: closing the consumer stops the producer thread.
-  endless = ip.prefetch_to_devices(itertools.repeat(host[0]), _place(), size=1)
-  next(endless)
-  endless.close()
+  # The error ends the stream and its thread.
+  with pytest.raises(StopIteration):
+    next(iterator)
+  producer.join(timeout=30)
+  assert not producer.is_alive()
+
+  # An abandoned infinite source: closing the consumer stops the producer thread, which has read
+  # at most what the queue holds (size=1) besides the batch consumed and one in its hands.
+  pulled = 0
+
+  def endless():
+    nonlocal pulled
+    while True:
+      pulled += 1
+      yield host[0]
+
+  size = 1
+  endless_iterator, producer = _started_producer(
+      lambda: ip.prefetch_to_devices(endless(), _place(), size=size))
+  next(endless_iterator)
+  # close() joins the producer; from another thread, so that a producer that never stops fails
+  # the test instead of hanging it.
+  closer = threading.Thread(target=endless_iterator.close, daemon=True)
+  closer.start()
+  closer.join(timeout=60)
+  assert not closer.is_alive(), 'close() did not return'
+  producer.join(timeout=30)
+  assert not producer.is_alive()
+  assert 1 <= pulled <= 1 + size + 1
+  with pytest.raises(StopIteration):
+    next(endless_iterator)
 
 
 def test_fixed_num_shards_gives_the_same_global_batches_on_any_process_count(digits_dir):

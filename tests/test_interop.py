@@ -5,6 +5,7 @@ state dicts, exact round trips, and `python -m resnet_jax.convert` through its C
 benchmarks/reference_parity.py, which needs PyTorch.)
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -198,10 +199,7 @@ def test_convert_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, resn
 def test_pytorch_files_without_torch_say_how_to_convert(tmp_path):
   path = tmp_path / 'resnet50.pth'
   path.write_bytes(b'PK')
-  try:
-    import torch  # pylint: disable=unused-import,import-outside-toplevel
+  if importlib.util.find_spec('torch') is not None:
     pytest.skip('PyTorch is installed here')
-  except ImportError:
-    pass
   with pytest.raises(UserError, match='safetensors.torch as s; s.save_file'):
     convert.read_state_dict(str(path))

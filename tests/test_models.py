@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import cifar10
-from resnet_jax import model_stats, models, train
+from resnet_jax import interop, model_stats, models, train
 
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
@@ -81,18 +81,29 @@ def test_output_shapes_at_several_input_sizes(name, image_shape):
 
 
 @pytest.mark.parametrize('name', ['resnet20', 'preact_resnet20', 'resnet18', 'preact_resnet18'])
-def test_train_updates_batch_stats_and_eval_is_deterministic(name):
+def test_train_updates_batch_stats_and_eval_uses_each_image_alone(name):
   model = models.create_model(name, num_classes=10)
   variables = model_stats.init_variables(model, (32, 32, 3))
   images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  _, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'], updates['batch_stats'])
-  assert all(jax.tree.leaves(changed))
-  first = model.apply(variables, images, train=False)
-  second = model.apply(variables, images, train=False)
-  np.testing.assert_array_equal(first, second)
-  with pytest.raises(Exception):  # eval mode must not try to write statistics
-    model.apply(variables, images, train=True)
+  # The same first image among other ones: only batch statistics can change its logits.
+  mixed = images.at[1:].set(jax.random.normal(jax.random.key(2), (3, 32, 32, 3)))
+  # Both modes ask for batch_stats back, so that eval mode could write them if it were wrong.
+  train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  eval_apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['batch_stats']))
+
+  logits, updates = train_apply(variables, images)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
+                         updates['batch_stats'])
+  assert jax.tree.leaves(changed) and all(jax.tree.leaves(changed))
+  assert not np.allclose(train_apply(variables, mixed)[0][0], logits[0], rtol=1e-3, atol=1e-3)
+
+  # Eval with the updated (non-initial) statistics: they are read, never written, and each image's
+  # logits are its own, whatever else (other images, eval padding) shares its batch.
+  stats = {**variables, 'batch_stats': updates['batch_stats']}
+  first, after = eval_apply(stats, images)
+  jax.tree.map(np.testing.assert_array_equal, after['batch_stats'], stats['batch_stats'])
+  np.testing.assert_allclose(eval_apply(stats, mixed)[0][0], first[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(eval_apply(stats, images[:1])[0][0], first[0], rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
@@ -142,23 +153,13 @@ def test_matmul_kernel_gradients_equal_xla_ones(name):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), grads_xla, grads_matmul)
 
 
-def scanned_layout(tree, stage_sizes):
-  """An unrolled model's variables, with blocks 2..n of each stage stacked as scan_blocks keeps them."""
-  tree = dict(tree)
-  for stage, count in enumerate(stage_sizes, start=1):
-    blocks = [tree.pop(f'stage{stage}_block{i}') for i in range(2, count + 1)]
-    if blocks:
-      tree[f'stage{stage}_scan'] = {'block': jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
-  return tree
-
-
 @pytest.mark.parametrize('name,remat', [('resnet20', False), ('preact_resnet20', True)])
 def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   unrolled = models.create_model(name, num_classes=10, remat=remat)
   scanned = models.create_model(name, num_classes=10, remat=remat, scan_blocks=True)
   variables = model_stats.init_variables(unrolled, (32, 32, 3))
-  stacked = {k: scanned_layout(v, scanned.stage_sizes) for k, v in variables.items()}
+  stacked = {k: interop.scanned(v, scanned.stage_sizes) for k, v in variables.items()}
   assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, model_stats.init_variables(scanned, (32, 32, 3)))
 
   def run(model, variables):
@@ -176,8 +177,8 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   # Float32 sums in another order: gradients agree to 1e-4 of their largest.
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * scale),
-               grads_s, scanned_layout(grads, scanned.stage_sizes))
-  jax.tree.map(close, stats_s, scanned_layout(stats, scanned.stage_sizes))
+               grads_s, interop.scanned(grads, scanned.stage_sizes))
+  jax.tree.map(close, stats_s, interop.scanned(stats, scanned.stage_sizes))
   assert norms_s.keys() == norms.keys()  # the per-block diagnostics keep their names
   jax.tree.map(close, norms_s, norms)
 

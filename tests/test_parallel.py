@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import parallel
-from tests.test_train_step import trained
+
+# trained(num_devices, mode, batch_norm) is a fixture of tests/conftest.py.
 
 
 def assert_close(a, b, rtol=2e-5, atol=2e-6):
@@ -18,7 +19,7 @@ def assert_close(a, b, rtol=2e-5, atol=2e-6):
 
 
 @pytest.mark.parametrize('batch_norm', parallel.BATCH_NORMS)
-def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(batch_norm):
+def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(trained, batch_norm):
   jit_state, jit_metrics = trained(8, 'jit', batch_norm)
   pmap_state, pmap_metrics = trained(8, 'pmap', batch_norm)
   assert_close(jit_state.params, pmap_state.params)
@@ -29,14 +30,14 @@ def test_pmap_and_jit_give_the_same_parameters_and_batch_stats(batch_norm):
     assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_per_device_batch_norm_differs_from_global():
+def test_per_device_batch_norm_differs_from_global(trained):
   """Ghost batches (2 images a device here) really normalise per device."""
   global_state, ghost_state = trained(8, 'jit', 'global')[0], trained(8, 'jit', 'per_device')[0]
   leaves = zip(jax.tree.leaves(global_state.params), jax.tree.leaves(ghost_state.params))
   assert any(not np.allclose(a, b, rtol=1e-4) for a, b in leaves)
 
 
-def test_per_device_batch_norm_on_one_device_is_global_batch_norm():
+def test_per_device_batch_norm_on_one_device_is_global_batch_norm(trained):
   assert_close(trained(1, 'jit', 'global')[0].params, trained(1, 'jit', 'per_device')[0].params)
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from resnet_jax.preemption import EXIT_STATUS
-from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
+from tests.cli import REPO, assert_trees_equal, check, restored_state, run_main
 
 RUN = ['--config=configs/digits.py:resnet8', '--config.train.batch_size=16', '--config.train.eval_batch_size=16',
        '--config.train.log_every_steps=2', '--config.train.eval_every_steps=1000']
@@ -144,3 +144,26 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(tmp_path, data, args, pre
   assert last_line.startswith('error: ') and message in last_line, last_line
   if prepare is not None:
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+
+
+@pytest.mark.parametrize('config,override,message', [
+    ('configs/no_such_config.py', None, 'config file configs/no_such_config.py does not exist'),
+    ('{tmp}/broken.py', None, 'broken.py line 1: invalid syntax'),
+    ('{tmp}/typo.py', None, "no field 'batch_sise' (did you mean 'batch_size'?)"),
+    ('configs/digits.py', '--config.train.num_step=20', "no field 'num_step' (did you mean 'num_steps'?)"),
+    ('configs/digits.py', '--config.trian.num_steps=20', "no field 'trian' (did you mean 'train'?)"),
+    ('configs/digits.py', '--config.schedule.boundaries=abc', "schedule.boundaries=('abc',) must be numbers"),
+])
+def test_a_config_that_cannot_be_built_is_one_line_exit_2(tmp_path, config, override, message):
+  (tmp_path / 'broken.py').write_text('def get_config(:\n  pass\n')
+  # A field set inside a config file that the base config does not have: refused, not kept.
+  (tmp_path / 'typo.py').write_text(
+      'from configs import digits\n\n\ndef get_config():\n  config = digits.get_config()\n'
+      '  config.train.batch_sise = 3\n  return config\n')
+  result = run_main(f'--config={config.format(tmp=tmp_path)}', f'--workdir={tmp_path / "run"}',
+                    *([override] if override else []), timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error: ') and message in last_line, last_line
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()

@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
@@ -68,8 +69,25 @@ def test_split_is_the_documented_stratified_split(builder):
     assert got == expected
 
 
-def test_split_is_deterministic():
-  _, labels = sklearn_digits._load_digits()  # pylint: disable=protected-access
-  a, b = sklearn_digits.split_indices(labels), sklearn_digits.split_indices(labels)
-  assert all(np.array_equal(a[k], b[k]) for k in ('train', 'test'))
+def test_records_are_scikit_learns_digits_scaled_as_documented(builder):
+  # Against scikit-learn itself, not the builder's own _load_digits: images are round(v * 255 / 16).
+  digits = sklearn_datasets.load_digits()
+  images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+  idx = sklearn_digits.split_indices(digits.target)
+  for split in ('train', 'test'):
+    expected = collections.Counter((images[i].tobytes(), int(digits.target[i])) for i in idx[split])
+    examples = _read(builder, split)
+    got = collections.Counter((e['image'].tobytes(), int(e['label'])) for e in examples)
+    assert got == expected
 
+
+def test_a_second_preparation_holds_the_same_records_in_the_same_order(builder, tmp_path):
+  # Each process of a run may prepare its own copy, and processes split the records by position:
+  # the files, not just the split's indices (pinned by the digest above), must come out the same.
+  again = tfds.builder('sklearn_digits', data_dir=str(tmp_path))
+  again.download_and_prepare()
+  for split in ('train', 'test'):
+    first, second = _read(builder, split), _read(again, split)
+    assert [int(e['label']) for e in first] == [int(e['label']) for e in second]
+    np.testing.assert_array_equal(np.stack([e['image'] for e in first]),
+                                  np.stack([e['image'] for e in second]))

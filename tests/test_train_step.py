@@ -1,61 +1,20 @@
 """The train and eval steps: sharded equals unsharded, the optimizer is the paper's, eval is exact."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from configs import cifar10
-from resnet_jax import models, optim, parallel
+from resnet_jax import optim, parallel
 from resnet_jax.train_step import create_train_state, eval_step, train_step
 
-
-def small_setup(**config_overrides):
-  config = cifar10.get_config('resnet8')
-  for key, value in config_overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
-  model = models.create_model('resnet8', num_classes=10)
-  tx = optim.create_optimizer(config)
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=100, num_steps=1000)
-  return config, model, tx, schedule
+# small_setup, batches, run_steps and trained are fixtures of tests/conftest.py (shared with
+# tests/test_parallel.py).
 
 
-def batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
-  rng = np.random.default_rng(seed)
-  return [{'image': rng.normal(size=(batch_size, *shape)).astype(np.float32),
-           'label': rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
-
-
-def run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
-  """Trains resnet8 on `data` with the given parallelism; returns the global state and metrics."""
-  config, _, tx, schedule = small_setup(**overrides)
-  devices = parallel.DataParallel(mode, batch_norm, mesh)
-  model = models.create_model('resnet8', num_classes=10, bn_axis_name=devices.bn_axis_name)
-  init = functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 3),
-                           warmup=config.schedule.warmup_lr > 0)
-  state = devices.to_devices(jax.jit(init, out_shardings=devices.replicated)(jax.random.key(0)))
-  step = devices.compile_train_step(functools.partial(
-      train_step, model=model, tx=tx, schedule=schedule, warmup_lr=config.schedule.warmup_lr,
-      warmup_until_error=config.schedule.warmup_until_error, diagnostics=True))
-  history = []
-  for batch in data:
-    state, metrics = step(state, devices.place_batch(batch))
-    history.append(devices.fetch(metrics))
-  return jax.device_get(devices.to_global(state)), history
-
-
-@functools.lru_cache(maxsize=None)
-def trained(num_devices: int, mode: str = 'jit', batch_norm: str = 'global'):
-  """Three steps on the same global batches, computed once per configuration (compiling dominates)."""
-  return run_steps(parallel.make_mesh(jax.devices()[:num_devices]), batches(3), mode, batch_norm)
-
-
-def test_eight_device_step_equals_one_device_step():
+def test_eight_device_step_equals_one_device_step(trained):
   assert jax.device_count() == 8
   one, one_metrics = trained(1)
   eight, eight_metrics = trained(8)
@@ -67,16 +26,22 @@ def test_eight_device_step_equals_one_device_step():
   assert int(eight.step) == 3
 
 
-def test_step_updates_params_batch_stats_and_step():
+def test_step_updates_params_batch_stats_and_step(trained, run_steps):
   state, history = trained(1)
   fresh, _ = run_steps(parallel.make_mesh(jax.devices()[:1]), [])
-  assert int(state.step) == 3
-  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.batch_stats, state.batch_stats)
-  assert all(jax.tree.leaves(changed))
+  assert int(fresh.step) == 0 and int(state.step) == 3
+  # Every leaf moves: each kernel, bias and BN scale/offset gets a gradient, each statistic a batch.
+  for tree in ('params', 'batch_stats'):
+    before, after = getattr(fresh, tree), getattr(state, tree)
+    assert jax.tree.leaves(before) and jax.tree.structure(before) == jax.tree.structure(after)
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)
+    leaves = jax.tree_util.tree_leaves_with_path(changed)
+    unchanged = [jax.tree_util.keystr(path) for path, moved in leaves if not moved]
+    assert not unchanged, f'{tree} not updated: {unchanged}'
   assert history[0]['learning_rate'] == pytest.approx(0.1)
 
 
-def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold():
+def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold(batches, run_steps):
   data = batches(3)
   # Random labels keep the error above 80% => the lr stays at warmup_lr.
   one_device = parallel.make_mesh(jax.devices()[:1])
@@ -121,7 +86,7 @@ def test_weight_decay_coupled_on_kernels_only_and_decoupled():
   np.testing.assert_allclose(sgd_update(decoupled=True)['kernel'], np.full((2, 2), -0.2325), rtol=1e-6)
 
 
-def test_eval_step_counts_only_unmasked_examples():
+def test_eval_step_counts_only_unmasked_examples(small_setup, batches):
   config, model, tx, _ = small_setup()
   state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
   batch = batches(1, batch_size=8)[0]
@@ -134,7 +99,7 @@ def test_eval_step_counts_only_unmasked_examples():
     assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)
 
 
-def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios():
+def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios(small_setup, batches):
   config, model, tx, schedule = small_setup()
   state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
   _, metrics = train_step(state, batches(1)[0], model=model, tx=tx, schedule=schedule, diagnostics=True)

@@ -1,0 +1,125 @@
+"""A TFDS dataset ready to read: built, downloaded and prepared where possible, else one line saying
+what to do (which command to run where there is internet, or which files to place where).
+
+Offline machines fail fast: the download hosts are probed first (DNS has no timeout of its own), so
+tfds does not spend minutes retrying a network that is not there.
+"""
+
+import contextlib
+import socket
+import threading
+import urllib.parse
+from unittest import mock
+
+import tensorflow_datasets as tfds
+
+from resnet_jax.datasets import sklearn_digits  # noqa: F401  (registers the project's own datasets)
+from resnet_jax.errors import UserError, one_line
+
+
+class DatasetNotReadyError(UserError):
+  """The dataset cannot be read here; the message is one line saying what to do (a ValueError)."""
+
+
+class UnknownDatasetError(DatasetNotReadyError):
+  """TFDS has no dataset of that name (a DatasetNotReadyError, so one `except` catches both)."""
+
+
+
+def _unreachable_hosts_reason(builder, timeout: float = 5.0) -> str | None:
+  """None if the hosts of the builder's download URLs answer (or are unknown), else why not."""
+  try:
+    urls = list(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except  (no checksums file: nothing to check)
+    return None
+  hosts = []
+  for url in urls:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ('http', 'https') and parsed.hostname:
+      host = (parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80))
+      if host not in hosts:
+        hosts.append(host)
+  if not hosts:
+    return None
+  hosts = tuple(hosts[:3])
+  if hosts not in _REACHABILITY:
+    _REACHABILITY[hosts] = _probe_hosts(hosts, timeout)
+  return _REACHABILITY[hosts]
+
+
+# Probe results, kept for the process: they only decide whether tfds gets its retries.
+_REACHABILITY: dict[tuple, str | None] = {}
+
+
+def _probe_hosts(hosts, timeout: float) -> str | None:
+  """TCP-connects to each host from a daemon thread with a hard deadline (DNS has no timeout)."""
+  result: list[str | None] = []
+
+  def probe():
+    for host, port in hosts:
+      try:
+        socket.create_connection((host, port), timeout=timeout).close()
+      except OSError as e:
+        result.append(f'cannot reach {host}:{port}: {one_line(e, 120)}')
+        return
+    result.append(None)
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout * len(hosts) + 2.0)
+  return result[0] if result else f'no answer from {hosts[0][0]} within {timeout:.0f} s'
+
+
+def _not_ready_message(builder, name: str, data_dir: str, manual_dir: str | None, reason: str) -> str:
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    where = manual_dir or f'{data_dir}/downloads/manual'
+    files = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' if name.startswith('imagenet2012')
+             else f'see: {one_line(instructions, 160)}')
+    reason = one_line(reason, 400).split('. ')[0]  # tfds appends the instructions to the reason
+    return (f"dataset '{name}' is not prepared in {data_dir} and its manually downloaded files are missing "
+            f"({one_line(reason, 200)}); place the files listed in tfds' docs for '{name}' ({files}) in "
+            f"{where} and set dataset.manual_dir to it, or copy a prepared {data_dir}/{name} here")
+  return (f"dataset '{name}' is not prepared in {data_dir} and could not be downloaded "
+          f"({one_line(reason, 200)}); run `tfds build {name} --data_dir {data_dir}` on a machine with "
+          f"internet and copy {data_dir}/{name} here (or set dataset.data_dir to a directory holding it)")
+
+
+def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
+  """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
+  name = dataset_config.name
+  data_dir = dataset_config.get('data_dir')
+  manual_dir = dataset_config.get('manual_dir')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UnknownDatasetError(
+        f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the project's "
+        "own datasets such as 'sklearn_digits' are registered by importing resnet_jax.datasets)") from None
+  if builder.is_prepared():
+    return builder
+
+  shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
+  manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  offline_reason = None if manual else _unreachable_hosts_reason(builder)
+  try:
+    if offline_reason is None:
+      builder.download_and_prepare(download_config=download_config)
+    else:
+      # The download hosts do not answer: let tfds try exactly once instead of retrying with
+      # back-off for ~200 s (tfds' own downloader retries 10 times).
+      from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+      patch = (mock.patch.object(downloader, 'MAX_RETRIES', 0) if hasattr(downloader, 'MAX_RETRIES')
+               else contextlib.nullcontext())
+      with patch:
+        builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # pylint: disable=broad-except
+    # Another process (a parallel sweep point, a second host) may have prepared it meanwhile: tfds
+    # then fails to rename its own copy into place.
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+      return builder
+    reason = offline_reason or f'{type(e).__name__}: {e}'
+    raise DatasetNotReadyError(_not_ready_message(builder, name, shown_dir, manual_dir, reason)) from e
+  return builder
