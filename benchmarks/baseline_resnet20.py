@@ -33,7 +33,7 @@ class Block(nn.Module):
     y = nn.Conv(self.filters, (3, 3), padding='SAME', use_bias=False)(y)
     y = nn.BatchNorm(use_running_average=not train, momentum=0.9)(y)
     if x.shape != y.shape:  # option A
-      x = x[:, ::self.strides, ::self.strides, :]
+      x = x[:, :: self.strides, :: self.strides, :]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.filters - x.shape[-1])))
     return nn.relu(x + y)
 
@@ -60,15 +60,20 @@ def create_state(rng, image_shape=(32, 32, 3), num_classes: int = 10) -> State:
   model = ResNet20(num_classes)
   variables = model.init(rng, jnp.zeros((1, *image_shape)), train=False)
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
-  return State.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                      batch_stats=variables['batch_stats'])
+  return State.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx, batch_stats=variables['batch_stats']
+  )
 
 
 @jax.jit
 def train_step(state: State, batch):
   def loss_fn(params):
-    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                     batch['image'], train=True, mutable=['batch_stats'])
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=['batch_stats'],
+    )
     labels = jax.nn.one_hot(batch['label'], logits.shape[-1])
     return optax.softmax_cross_entropy(logits, labels).mean(), updates
 
@@ -79,8 +84,10 @@ def train_step(state: State, batch):
 
 def random_batch(batch_size: int, image_shape=(32, 32, 3), num_classes: int = 10, seed: int = 0):
   rng = np.random.default_rng(seed)
-  return {'image': rng.standard_normal((batch_size, *image_shape), dtype=np.float32),
-          'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
+  return {
+      'image': rng.standard_normal((batch_size, *image_shape), dtype=np.float32),
+      'label': rng.integers(0, num_classes, batch_size).astype(np.int32),
+  }
 
 
 class Runner:
@@ -89,7 +96,9 @@ class Runner:
   def __init__(self, batch_size: int, image_shape=(32, 32, 3)):
     self.state = create_state(jax.random.key(0), image_shape)
     self.batch = jax.device_put(random_batch(batch_size, image_shape))
-    self.step, self.compile_seconds, self.flops = common.compile_timed(train_step, self.state, self.batch)
+    self.step, self.compile_seconds, self.flops = common.compile_timed(
+        train_step, self.state, self.batch
+    )
 
   def __call__(self):
     self.state, metrics = self.step(self.state, self.batch)
@@ -103,14 +112,26 @@ def main():
   parser.add_argument('--json')
   args = parser.parse_args()
   runner = Runner(args.batch)
-  seconds = common.median(common.interleaved({'baseline': runner}, rounds=1, steps=args.steps)['baseline'])
-  result = {'model': 'baseline_resnet20', 'batch': args.batch, 'step_seconds': seconds,
-            'images_per_second': args.batch / seconds, 'compile_seconds': runner.compile_seconds,
-            'flops_per_step': runner.flops, 'achieved_gflops': (runner.flops or 0) / seconds / 1e9,
-            'machine': common.machine()}
-  common.emit(result, f"baseline ResNet-20 batch {args.batch}: {seconds * 1e3:.1f} ms/step, "
-              f"{args.batch / seconds:.0f} images/s, {result['achieved_gflops']:.1f} GFLOP/s, "
-              f"compile {runner.compile_seconds:.1f} s", args.json)
+  seconds = common.median(
+      common.interleaved({'baseline': runner}, rounds=1, steps=args.steps)['baseline']
+  )
+  result = {
+      'model': 'baseline_resnet20',
+      'batch': args.batch,
+      'step_seconds': seconds,
+      'images_per_second': args.batch / seconds,
+      'compile_seconds': runner.compile_seconds,
+      'flops_per_step': runner.flops,
+      'achieved_gflops': (runner.flops or 0) / seconds / 1e9,
+      'machine': common.machine(),
+  }
+  common.emit(
+      result,
+      f'baseline ResNet-20 batch {args.batch}: {seconds * 1e3:.1f} ms/step, '
+      f"{args.batch / seconds:.0f} images/s, {result['achieved_gflops']:.1f} GFLOP/s, "
+      f'compile {runner.compile_seconds:.1f} s',
+      args.json,
+  )
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x, scale, bias, epsilon):
   return _bn_fwd(x, scale, bias, epsilon)[0]
@@ -50,6 +51,7 @@ batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 class BatchNorm(nn.Module):
   """nn.BatchNorm's variables and running-average update, with batch_norm_train's backward pass.
   Named BatchNorm so that parameter paths (BatchNorm_0, ...) match the unpatched model's."""
+
   use_running_average: bool = False
   axis: int = -1
   momentum: float = 0.99

@@ -16,10 +16,14 @@ from benchmarks import common, train_step
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--saves', type=int, default=4)
-  parser.add_argument('--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)')
+  parser.add_argument(
+      '--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)'
+  )
   parser.add_argument('--json')
   args = parser.parse_args()
   train_step.ensure_devices(args.devices, 'benchmarks.checkpoint')
@@ -37,17 +41,30 @@ def main():
       checkpoints.save(index, state, {'model': args.model})
       returned = time.perf_counter()
       checkpoints.manager.wait_until_finished()
-      saves.append({'blocking_seconds': returned - start, 'complete_seconds': time.perf_counter() - start})
+      saves.append(
+          {'blocking_seconds': returned - start, 'complete_seconds': time.perf_counter() - start}
+      )
   later = saves[1:] or saves
-  result = {'benchmark': 'checkpoint', 'model': args.model, 'devices': jax.device_count(), 'saves': saves,
-            'arrays': len(jax.tree.leaves(state)), 'megabytes': model_stats.count(state) * 4 / 1e6,
-            'first_blocking_seconds': saves[0]['blocking_seconds'],
-            'later_blocking_seconds': common.median([s['blocking_seconds'] for s in later]),
-            'later_complete_seconds': common.median([s['complete_seconds'] for s in later]),
-            'machine': common.machine()}
-  common.emit(result, f"{args.model} state ({result['arrays']} arrays, {result['megabytes']:.1f} MB) on "
-              f"{result['devices']} device(s): first save blocks {result['first_blocking_seconds']:.2f} s, later saves "
-              f"{result['later_blocking_seconds']:.2f} s (complete after {result['later_complete_seconds']:.2f} s)", args.json)
+  result = {
+      'benchmark': 'checkpoint',
+      'model': args.model,
+      'devices': jax.device_count(),
+      'saves': saves,
+      'arrays': len(jax.tree.leaves(state)),
+      'megabytes': model_stats.count(state) * 4 / 1e6,
+      'first_blocking_seconds': saves[0]['blocking_seconds'],
+      'later_blocking_seconds': common.median([s['blocking_seconds'] for s in later]),
+      'later_complete_seconds': common.median([s['complete_seconds'] for s in later]),
+      'machine': common.machine(),
+  }
+  common.emit(
+      result,
+      f"{args.model} state ({result['arrays']} arrays, {result['megabytes']:.1f} MB) on"
+      f" {result['devices']} device(s): first save blocks {result['first_blocking_seconds']:.2f} s,"
+      f" later saves {result['later_blocking_seconds']:.2f} s (complete after"
+      f" {result['later_complete_seconds']:.2f} s)",
+      args.json,
+  )
 
 
 if __name__ == '__main__':

@@ -39,7 +39,9 @@ def xla_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def interleaved(runs: dict[str, Callable[[], None]], *, rounds: int, steps: int = 1, warmup: int = 2) -> dict[str, list[float]]:
+def interleaved(
+    runs: dict[str, Callable[[], None]], *, rounds: int, steps: int = 1, warmup: int = 2
+) -> dict[str, list[float]]:
   """Seconds per call of each `run` (which must block until its device work is done), timed in
   `rounds` rounds of `steps` calls of each run, after `warmup` untimed calls of each. Odd rounds go
   in reverse order, so a trend in the machine's load within a round favours no run."""
@@ -47,7 +49,11 @@ def interleaved(runs: dict[str, Callable[[], None]], *, rounds: int, steps: int 
     start = time.perf_counter()
     for _ in range(warmup):
       run()
-    print(f'  warm-up {name}: {(time.perf_counter() - start) / max(warmup, 1):.2f} s a call', file=sys.stderr, flush=True)
+    print(
+        f'  warm-up {name}: {(time.perf_counter() - start) / max(warmup, 1):.2f} s a call',
+        file=sys.stderr,
+        flush=True,
+    )
   times = {name: [] for name in runs}
   names = list(runs)
   for index in range(rounds):
@@ -56,18 +62,34 @@ def interleaved(runs: dict[str, Callable[[], None]], *, rounds: int, steps: int 
         start = time.perf_counter()
         runs[name]()
         times[name].append(time.perf_counter() - start)
-    print(f'  round {index + 1}/{rounds}: ' + ', '.join(f'{n} {times[n][-1]:.2f} s' for n in names),
-          file=sys.stderr, flush=True)
+    print(
+        f'  round {index + 1}/{rounds}: ' + ', '.join(f'{n} {times[n][-1]:.2f} s' for n in names),
+        file=sys.stderr,
+        flush=True,
+    )
   return times
 
 
-def paired_ratio(times: dict[str, list[float]], name: str, reference: str, *, per_call: tuple[float, float] = (1, 1)) -> dict:
+def paired_ratio(
+    times: dict[str, list[float]],
+    name: str,
+    reference: str,
+    *,
+    per_call: tuple[float, float] = (1, 1),
+) -> dict:
   """Throughput of `name` over `reference`, as the median of call-by-call ratios (call i of each was
   timed within the same round, so the load they saw was about the same), with its quartiles.
   `per_call` = (work per call of name, of reference), e.g. images."""
-  ratios = sorted((per_call[0] / a) / (per_call[1] / b) for a, b in zip(times[name], times[reference]))
+  ratios = sorted(
+      (per_call[0] / a) / (per_call[1] / b) for a, b in zip(times[name], times[reference])
+  )
   quartile = lambda q: ratios[min(len(ratios) - 1, round(q * (len(ratios) - 1)))]
-  return {'median': median(ratios), 'q25': quartile(0.25), 'q75': quartile(0.75), 'pairs': len(ratios)}
+  return {
+      'median': median(ratios),
+      'q25': quartile(0.25),
+      'q75': quartile(0.75),
+      'pairs': len(ratios),
+  }
 
 
 def matmul_peak_run(n: int = 4096):
@@ -76,13 +98,14 @@ def matmul_peak_run(n: int = 4096):
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   matmul = jax.jit(jnp.matmul)
   matmul(a, b).block_until_ready()
-  return (lambda: matmul(a, b).block_until_ready()), 2.0 * n ** 3
+  return (lambda: matmul(a, b).block_until_ready()), 2.0 * n**3
 
 
 def host_yardstick(n: int = 1024):
   """A numpy (OpenBLAS) matmul: the CPU share this process gets, untouched by XLA's flags, so runs
   under different XLA_FLAGS (separate processes) can be compared through it."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
   return lambda: a @ a
 
@@ -93,15 +116,37 @@ def load_average() -> list[float]:
 
 def machine() -> dict:
   """The facts a reader needs to compare figures: CPU, cores, memory, load, versions, XLA flags."""
-  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), platform.processor())
-  flags = next((line.split(':', 1)[1].split() for line in open('/proc/cpuinfo') if line.startswith('flags')), [])
-  mem_kb = next(int(line.split()[1]) for line in open('/proc/meminfo') if line.startswith('MemTotal'))
-  import flax, jaxlib, optax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  cpu = next(
+      (
+          line.split(':', 1)[1].strip()
+          for line in open('/proc/cpuinfo')
+          if line.startswith('model name')
+      ),
+      platform.processor(),
+  )
+  flags = next(
+      (line.split(':', 1)[1].split() for line in open('/proc/cpuinfo') if line.startswith('flags')),
+      [],
+  )
+  mem_kb = next(
+      int(line.split()[1]) for line in open('/proc/meminfo') if line.startswith('MemTotal')
+  )
+  import flax
+  import jaxlib
+  import optax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
   return {
-      'cpu': cpu, 'nproc': os.cpu_count(), 'simd': [f for f in flags if f.startswith(('avx', 'fma', 'amx'))],
-      'memory_gib': round(mem_kb / 2 ** 20, 1), 'load_average': load_average(),
-      'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
-      'devices': f'{jax.device_count()} x {jax.devices()[0].platform}', 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'cpu': cpu,
+      'nproc': os.cpu_count(),
+      'simd': [f for f in flags if f.startswith(('avx', 'fma', 'amx'))],
+      'memory_gib': round(mem_kb / 2**20, 1),
+      'load_average': load_average(),
+      'jax': jax.__version__,
+      'jaxlib': jaxlib.__version__,
+      'flax': flax.__version__,
+      'optax': optax.__version__,
+      'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'python': platform.python_version(),
   }
 
@@ -121,10 +166,16 @@ def run_module(module: str, args: list[str], *, xla_flags: str = '', timeout: fl
   """Runs `python -m module args --json tmp` in a fresh process (XLA flags and peak memory are
   per process) and returns its JSON; stderr is passed through for the reader."""
   import tempfile  # pylint: disable=import-outside-toplevel
+
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env['XLA_FLAGS'] = xla_flags
   with tempfile.NamedTemporaryFile(suffix='.json') as out:
-    subprocess.run([sys.executable, '-m', module, *args, '--json', out.name], env=env, check=True,
-                   timeout=timeout, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run(
+        [sys.executable, '-m', module, *args, '--json', out.name],
+        env=env,
+        check=True,
+        timeout=timeout,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     with open(out.name) as f:
       return json.load(f)

@@ -22,6 +22,7 @@ def resident_mib() -> float:
 
 
 class Sampler(threading.Thread):
+
   def __init__(self, period: float = 0.5):
     super().__init__(daemon=True)
     self.period, self.samples, self.stop = period, [], threading.Event()
@@ -42,8 +43,13 @@ def main():
   from resnet_jax import metric_logging, train
 
   config = digits.get_config('resnet8')
-  config.train.update(num_steps=args.steps, batch_size=32, log_every_steps=100, eval_every_steps=500,
-                      checkpoint_every_steps=500)
+  config.train.update(
+      num_steps=args.steps,
+      batch_size=32,
+      log_every_steps=100,
+      eval_every_steps=500,
+      checkpoint_every_steps=500,
+  )
   with tempfile.TemporaryDirectory() as workdir:
     sampler = Sampler()
     sampler.start()
@@ -63,18 +69,28 @@ def main():
   growth_per_1000_steps = (mb - ma) / max((tb - ta) * steps_per_second / 1000, 1e-9)
   throughput = [r['images_per_second'] for r in records if 'images_per_second' in r]
   result = {
-      'benchmark': 'memory_soak', 'model': 'resnet8', 'dataset': 'sklearn_digits', 'steps': args.steps,
-      'batch_size': 32, 'seconds': round(elapsed, 1),
+      'benchmark': 'memory_soak',
+      'model': 'resnet8',
+      'dataset': 'sklearn_digits',
+      'steps': args.steps,
+      'batch_size': 32,
+      'seconds': round(elapsed, 1),
       'rss_mib_at_10_50_100_percent': [round(at(f), 1) for f in (0.1, 0.5, 1.0)],
       'rss_mib_peak': round(max(m for _, m in samples), 1),
       'rss_growth_mib_per_1000_steps_second_half': round(growth_per_1000_steps, 2),
       # Throughput of each logging window: windows with an eval or a checkpoint write should not be slower.
-      'images_per_second_min_median_max': [round(min(throughput)), round(sorted(throughput)[len(throughput) // 2]),
-                                           round(max(throughput))],
+      'images_per_second_min_median_max': [
+          round(min(throughput)),
+          round(sorted(throughput)[len(throughput) // 2]),
+          round(max(throughput)),
+      ],
   }
-  print(f"memory soak: {args.steps} steps in {elapsed:.0f} s; RSS {result['rss_mib_at_10_50_100_percent']} MiB "
-        f"at 10/50/100%, growth {growth_per_1000_steps:+.2f} MiB per 1000 steps over the second half; "
-        f"images/s per window min/median/max {result['images_per_second_min_median_max']}")
+  print(
+      f'memory soak: {args.steps} steps in {elapsed:.0f} s; RSS'
+      f" {result['rss_mib_at_10_50_100_percent']} MiB at 10/50/100%, growth"
+      f' {growth_per_1000_steps:+.2f} MiB per 1000 steps over the second half; images/s per window'
+      f" min/median/max {result['images_per_second_min_median_max']}"
+  )
   print(json.dumps(result))
   if args.json:
     args.json.write_text(json.dumps(result, indent=2))

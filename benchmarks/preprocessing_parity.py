@@ -32,7 +32,7 @@ SIZE = 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # Run by --torch_python with argv [out.npy, images...]: NHWC float32 to out.npy, versions on stdout.
-TORCHVISION_SIDE = '''
+TORCHVISION_SIDE = """
 import json, sys
 import numpy as np, PIL, torch, torchvision
 from PIL import Image
@@ -44,14 +44,15 @@ images = [transform(Image.open(path).convert('RGB')) for path in sys.argv[2:]]
 np.save(sys.argv[1], torch.stack(images).permute(0, 2, 3, 1).numpy())
 print(json.dumps({'torch': torch.__version__, 'torchvision': torchvision.__version__,
                   'pillow': PIL.__version__}))
-'''
+"""
 
 
 def check_torch_python(torch_python: str) -> None:
   """Exits 2 with a one-line error unless `torch_python` imports torchvision."""
   try:
-    result = subprocess.run([torch_python, '-c', 'import torchvision'], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [torch_python, '-c', 'import torchvision'], capture_output=True, text=True, timeout=300
+    )
   except OSError as e:
     sys.stderr.write(f'error: cannot run --torch_python {torch_python}: {e.strerror or e}\n')
     sys.exit(2)
@@ -85,8 +86,12 @@ def torchvision_images(torch_python: str, jpegs: dict[str, bytes]) -> tuple[np.n
       with open(paths[-1], 'wb') as f:
         f.write(data)
     out = os.path.join(folder, 'out.npy')
-    result = subprocess.run([torch_python, '-c', TORCHVISION_SIDE, out, *paths],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [torch_python, '-c', TORCHVISION_SIDE, out, *paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode:
       sys.stderr.write(result.stderr)
       sys.exit(f'error: the torchvision side failed (exit {result.returncode})')
@@ -103,12 +108,23 @@ def our_images(jpegs: dict[str, bytes]) -> np.ndarray:
   def as_dataset(self, *args, **kwargs):  # replaces the builder's reader
     del self, args, kwargs
     return tf.data.Dataset.from_tensor_slices(
-        {'image': list(jpegs.values()), 'label': np.arange(len(jpegs), dtype=np.int64)})
+        {'image': list(jpegs.values()), 'label': np.arange(len(jpegs), dtype=np.int64)}
+    )
 
-  config = ml_collections.ConfigDict(dict(
-      name='imagenet2012', data_dir=None, manual_dir=None, train_split='train',
-      eval_split='validation', augment='imagenet', image_size=SIZE, mean=None, std=None,
-      cache=False))
+  config = ml_collections.ConfigDict(
+      dict(
+          name='imagenet2012',
+          data_dir=None,
+          manual_dir=None,
+          train_split='train',
+          eval_split='validation',
+          augment='imagenet',
+          image_size=SIZE,
+          mean=None,
+          std=None,
+          cache=False,
+      )
+  )
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     (batch,) = list(input_pipeline.create_eval_iterator(config, local_batch_size=len(jpegs)))
   assert batch['mask'].all() and batch['label'].tolist() == list(range(len(jpegs)))
@@ -119,28 +135,42 @@ def compare(name: str, data: bytes, ours: np.ndarray, theirs: np.ndarray) -> dic
   normalised = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
   pixels = normalised * np.array(STD) * 255.0
   w, h = Image.open(io.BytesIO(data)).size
-  return {'image': name, 'size': f'{w}x{h}', 'shape': list(ours.shape),
-          'max_abs_pixels': float(pixels.max()), 'mean_abs_pixels': float(pixels.mean()),
-          'max_abs_normalised': float(normalised.max()),
-          'mean_abs_normalised': float(normalised.mean()),
-          'fraction_off_by_1': float((pixels > 0.5).mean())}
+  return {
+      'image': name,
+      'size': f'{w}x{h}',
+      'shape': list(ours.shape),
+      'max_abs_pixels': float(pixels.max()),
+      'mean_abs_pixels': float(pixels.mean()),
+      'max_abs_normalised': float(normalised.max()),
+      'mean_abs_normalised': float(normalised.mean()),
+      'fraction_off_by_1': float((pixels > 0.5).mean()),
+  }
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ['| image | size (w x h) | max abs (0..255) | mean abs (0..255) | max abs (normalised) '
-           '| mean abs (normalised) | values off by 1 |',
-           '|---|---|---|---|---|---|---|']
+  lines = [
+      (
+          '| image | size (w x h) | max abs (0..255) | mean abs (0..255) | max abs (normalised) '
+          '| mean abs (normalised) | values off by 1 |'
+      ),
+      '|---|---|---|---|---|---|---|',
+  ]
   for r in rows:
-    lines.append(f"| {r['image']} | {r['size']} | {r['max_abs_pixels']:.3f} | "
-                 f"{r['mean_abs_pixels']:.4f} | {r['max_abs_normalised']:.4f} | "
-                 f"{r['mean_abs_normalised']:.5f} | {100 * r['fraction_off_by_1']:.2f}% |")
+    lines.append(
+        f"| {r['image']} | {r['size']} | {r['max_abs_pixels']:.3f} | "
+        f"{r['mean_abs_pixels']:.4f} | {r['max_abs_normalised']:.4f} | "
+        f"{r['mean_abs_normalised']:.5f} | {100 * r['fraction_off_by_1']:.2f}% |"
+    )
   return '\n'.join(lines)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--torch_python', default='/tmp/torchenv/bin/python',
-                      help='an interpreter with torch and torchvision')
+  parser.add_argument(
+      '--torch_python',
+      default='/tmp/torchenv/bin/python',
+      help='an interpreter with torch and torchvision',
+  )
   parser.add_argument('--out', default='benchmarks/preprocessing_parity.json')
   args = parser.parse_args()
   check_torch_python(args.torch_python)
@@ -152,10 +182,12 @@ def main() -> None:
   rows = [compare(name, data, o, t) for (name, data), o, t in zip(jpegs.items(), ours, theirs)]
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   result = {
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      'command': ' '.join([os.path.relpath(sys.executable), '-m', 'benchmarks.preprocessing_parity',
-                           *sys.argv[1:]]),
+      'command': ' '.join(
+          [os.path.relpath(sys.executable), '-m', 'benchmarks.preprocessing_parity', *sys.argv[1:]]
+      ),
       'ours': {'tensorflow': tf.__version__, 'pillow': PIL.__version__},
       'torchvision_side': versions,
       'rows': rows,

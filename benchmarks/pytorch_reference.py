@@ -21,13 +21,17 @@ try:  # before TensorFlow and JAX load: imported after them, torch's optimizer s
   from torch import nn
   from torch.nn import functional as F
 except ImportError:
-  sys.exit('error: PyTorch is not importable; install a CPU build (pip install --target /tmp/torchlib torch '
-           '--index-url https://download.pytorch.org/whl/cpu) and run with PYTHONPATH=/tmp/torchlib')
+  sys.exit(
+      'error: PyTorch is not importable; install a CPU build (pip install --target /tmp/torchlib'
+      ' torch --index-url https://download.pytorch.org/whl/cpu) and run with'
+      ' PYTHONPATH=/tmp/torchlib'
+  )
 
 from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=wrong-import-position
 
 
 class Block(nn.Module):
+
   def __init__(self, cin: int, cout: int, stride: int):
     super().__init__()
     self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -40,11 +44,12 @@ class Block(nn.Module):
     y = F.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
     if self.stride != 1 or self.extra:  # option A: subsample, zero-pad channels
-      x = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+      x = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
     return F.relu(x + y)
 
 
 class ResNet20(nn.Module):
+
   def __init__(self, num_classes: int = 10):
     super().__init__()
     self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
@@ -66,9 +71,15 @@ class TorchRunner:
   def __init__(self, batch_size: int):
     torch.manual_seed(0)
     self.model = ResNet20().to(memory_format=torch.channels_last).train()
-    self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    self.optimizer = torch.optim.SGD(
+        self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
     batch = baseline_resnet20.random_batch(batch_size)
-    self.images = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    self.images = (
+        torch.from_numpy(batch['image'])
+        .permute(0, 3, 1, 2)
+        .contiguous(memory_format=torch.channels_last)
+    )
     self.labels = torch.from_numpy(batch['label']).long()
 
   def __call__(self):
@@ -79,9 +90,13 @@ class TorchRunner:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--batch', type=int, default=128)
-  parser.add_argument('--devices', type=int, help='also time the project step on this many CPU devices')
+  parser.add_argument(
+      '--devices', type=int, help='also time the project step on this many CPU devices'
+  )
   parser.add_argument('--rounds', type=int, default=6)
   parser.add_argument('--json')
   args = parser.parse_args()
@@ -90,8 +105,13 @@ def main():
   from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
 
   config = train_step.config_for('resnet20', batch=args.batch)
-  runs = {'pytorch': TorchRunner(args.batch), 'baseline': baseline_resnet20.Runner(args.batch),
-          'product_1_device': train_step.ProductStep(config, mesh=parallel.make_mesh(jax.devices()[:1]))}
+  runs = {
+      'pytorch': TorchRunner(args.batch),
+      'baseline': baseline_resnet20.Runner(args.batch),
+      'product_1_device': train_step.ProductStep(
+          config, mesh=parallel.make_mesh(jax.devices()[:1])
+      ),
+  }
   if args.devices:
     runs[f'product_{args.devices}_devices'] = train_step.ProductStep(config)
   start = time.perf_counter()
@@ -103,14 +123,35 @@ def main():
     if name != 'pytorch':
       r['ratio_to_pytorch'] = common.paired_ratio(times, name, 'pytorch')
     results.append(r)
-  lines = [f"ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__} ({torch.get_num_threads()} threads, "
-           f"channels_last) vs JAX {jax.__version__}; load {common.load_average()}"]
-  lines += [f"  {r['name']:<20} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f} img/s"
-            + (f"  vs pytorch x{r['ratio_to_pytorch']['median']:.2f} [{r['ratio_to_pytorch']['q25']:.2f}-"
-               f"{r['ratio_to_pytorch']['q75']:.2f}]" if 'ratio_to_pytorch' in r else '') for r in results]
-  common.emit({'benchmark': 'pytorch_reference', 'batch': args.batch, 'torch': torch.__version__,
-               'torch_threads': torch.get_num_threads(), 'results': results, 'seconds': time.perf_counter() - start,
-               'machine': common.machine()}, '\n'.join(lines), args.json)
+  lines = [
+      f'ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__}'
+      f' ({torch.get_num_threads()} threads, channels_last) vs JAX {jax.__version__}; load'
+      f' {common.load_average()}'
+  ]
+  lines += [
+      f"  {r['name']:<20} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f}"
+      ' img/s'
+      + (
+          f"  vs pytorch x{r['ratio_to_pytorch']['median']:.2f}"
+          f" [{r['ratio_to_pytorch']['q25']:.2f}-{r['ratio_to_pytorch']['q75']:.2f}]"
+          if 'ratio_to_pytorch' in r
+          else ''
+      )
+      for r in results
+  ]
+  common.emit(
+      {
+          'benchmark': 'pytorch_reference',
+          'batch': args.batch,
+          'torch': torch.__version__,
+          'torch_threads': torch.get_num_threads(),
+          'results': results,
+          'seconds': time.perf_counter() - start,
+          'machine': common.machine(),
+      },
+      '\n'.join(lines),
+      args.json,
+  )
 
 
 if __name__ == '__main__':

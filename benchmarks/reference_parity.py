@@ -38,8 +38,10 @@ try:  # before JAX: torch's set-up must not follow XLA's
   from torch import nn
   from torch.nn import functional as F
 except ImportError:
-  sys.exit('error: PyTorch and torchvision are not importable here; run `make parity`, which creates '
-           '.venv-torch with them, or use an environment that has both')
+  sys.exit(
+      'error: PyTorch and torchvision are not importable here; run `make parity`, which creates '
+      '.venv-torch with them, or use an environment that has both'
+  )
 
 try:  # optional: timm's ResNet-50 (the layout of its resnet50.a1_in1k, .tv_in1k, ... weights)
   import timm
@@ -58,6 +60,7 @@ jax.config.update('jax_enable_x64', True)  # for the float64 column; float32 run
 
 
 class LambdaLayer(nn.Module):
+
   def __init__(self, function):
     super().__init__()
     self.function = function
@@ -80,10 +83,12 @@ class CifarBlock(nn.Module):
     if stride != 1 or in_planes != planes:
       if option == 'A':  # parameter-free: a quarter of the new channels before x, a quarter after
         self.shortcut = LambdaLayer(
-            lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
+            lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
+        )
       else:
-        self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                      nn.BatchNorm2d(planes))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+        )
 
   def forward(self, x):
     out = F.relu(self.bn1(self.conv1(x)))
@@ -130,9 +135,11 @@ def _stride_in_1x1(net):
 
 def _without_additions(net):
   """torchvision's ResNet-18/34 with every identity addition removed: the plain twin."""
+
   def forward(block, x):
     out = block.relu(block.bn1(block.conv1(x)))
     return block.relu(block.bn2(block.conv2(out)))
+
   for module in net.modules():
     if isinstance(module, torchvision.models.resnet.BasicBlock):
       module.forward = types.MethodType(forward, module)
@@ -147,8 +154,12 @@ CASES = {
     'resnet50': ('resnet50', {}, lambda: torchvision.models.resnet50(), 224),
     'resnet101': ('resnet101', {}, lambda: torchvision.models.resnet101(), 224),
     'resnet152': ('resnet152', {}, lambda: torchvision.models.resnet152(), 224),
-    'resnet50_v1': ('resnet50', {'stride_in_1x1': True},
-                    lambda: _stride_in_1x1(torchvision.models.resnet50()), 224),
+    'resnet50_v1': (
+        'resnet50',
+        {'stride_in_1x1': True},
+        lambda: _stride_in_1x1(torchvision.models.resnet50()),
+        224,
+    ),
     'plain34': ('plain34', {}, lambda: _without_additions(torchvision.models.resnet34()), 224),
     'resnet20': ('resnet20', {}, lambda: CifarResNet(3), 32),
     'resnet56': ('resnet56', {}, lambda: CifarResNet(9), 32),
@@ -157,12 +168,13 @@ CASES = {
     'resnet20_optionB': ('resnet20', {'shortcut': 'projection'}, lambda: CifarResNet(3, 'B'), 32),
     'plain20': ('plain20', {}, lambda: CifarResNet(3, add=False), 32),
 }
-REFERENCE = {**{k: 'torchvision' for k in CASES if CASES[k][3] == 224},
-             **{k: 'CIFAR reference' for k in CASES if CASES[k][3] == 32}}
+REFERENCE = {
+    **{k: 'torchvision' for k in CASES if CASES[k][3] == 224},
+    **{k: 'CIFAR reference' for k in CASES if CASES[k][3] == 32},
+}
 if timm is not None:
   CASES['timm_resnet50'] = ('resnet50', {}, lambda: timm.create_model('resnet50'), 224)
   REFERENCE['timm_resnet50'] = f'timm {timm.__version__}'
-
 
 
 def randomise(net: nn.Module, image_size: int, seed: int) -> None:
@@ -184,8 +196,11 @@ def relative(ours, theirs) -> float:
 
 
 def torch_batch_stats(net) -> dict[str, np.ndarray]:
-  return {k: v.double().numpy().copy() for k, v in net.state_dict().items()
-          if k.endswith(('running_mean', 'running_var'))}
+  return {
+      k: v.double().numpy().copy()
+      for k, v in net.state_dict().items()
+      if k.endswith(('running_mean', 'running_var'))
+  }
 
 
 def compare(case: str, batch: int, seed: int) -> dict:
@@ -199,12 +214,17 @@ def compare(case: str, batch: int, seed: int) -> dict:
   variables = interop.from_state_dict(model, state_dict, like)
   images = np.random.default_rng(seed).standard_normal((batch, size, size, 3), np.float32)
   images_torch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-  result = {'model': case, 'reference': REFERENCE[case], 'params': int(sum(
-      p.numel() for p in reference.parameters()))}
+  result = {
+      'model': case,
+      'reference': REFERENCE[case],
+      'params': int(sum(p.numel() for p in reference.parameters())),
+  }
 
   def ours(dtype, x, train=False, apply_model=model):
     cast = jax.tree.map(lambda v: jnp.asarray(v, dtype), variables)
-    run = functools.partial(apply_model.clone(dtype=dtype).apply, cast, jnp.asarray(x, dtype), train=train)
+    run = functools.partial(
+        apply_model.clone(dtype=dtype).apply, cast, jnp.asarray(x, dtype), train=train
+    )
     return run(mutable=['batch_stats']) if train else (run(), None)
 
   # Eval mode, float32 and float64.
@@ -215,8 +235,11 @@ def compare(case: str, batch: int, seed: int) -> dict:
   reference.float()
   ours32, _ = ours(jnp.float32, images)
   ours64, _ = ours(jnp.float64, images.astype(np.float64))
-  result.update(eval_f32=relative(ours32, theirs32), eval_f64=relative(ours64, theirs64),
-                top1_agrees=bool((np.argmax(ours32, -1) == np.argmax(theirs32, -1)).all()))
+  result.update(
+      eval_f32=relative(ours32, theirs32),
+      eval_f64=relative(ours64, theirs64),
+      top1_agrees=bool((np.argmax(ours32, -1) == np.argmax(theirs32, -1)).all()),
+  )
 
   # Train mode: batch statistics, and the running averages they update. In float64 first, on a copy
   # (a train-mode forward moves the running averages): deep nets amplify float32 round-off here.
@@ -226,8 +249,13 @@ def compare(case: str, batch: int, seed: int) -> dict:
   ours_train64, _ = ours(jnp.float64, images.astype(np.float64), train=True)
   old = torch_batch_stats(reference)
   counts = {}
-  hooks = [m.register_forward_hook(lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel()))
-           for name, m in reference.named_modules() if isinstance(m, nn.BatchNorm2d)]
+  hooks = [
+      m.register_forward_hook(
+          lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel())
+      )
+      for name, m in reference.named_modules()
+      if isinstance(m, nn.BatchNorm2d)
+  ]
   reference.train()
   with torch.no_grad():
     theirs_train = reference(images_torch).numpy()
@@ -252,7 +280,8 @@ def compare(case: str, batch: int, seed: int) -> dict:
       running_mean_f32=max(relative(ours_new[k], new[k]) for k in mean_keys),
       running_var_raw_f32=raw,
       running_var_unbiased_corrected_f32=max(relative(ours_new[k], biased(k)) for k in var_keys),
-      smallest_bn_count=int(min(counts.values())))
+      smallest_bn_count=int(min(counts.values())),
+  )
 
   # The same weights with padding='SAME' (the convention this project had before).
   same = models.reference_padding
@@ -261,33 +290,47 @@ def compare(case: str, batch: int, seed: int) -> dict:
     ours_same, _ = ours(jnp.float32, images)
   finally:
     models.reference_padding = same
-  result.update(eval_f32_padding_same=relative(ours_same, theirs32),
-                top1_agrees_padding_same=bool((np.argmax(ours_same, -1) == np.argmax(theirs32, -1)).all()))
+  result.update(
+      eval_f32_padding_same=relative(ours_same, theirs32),
+      top1_agrees_padding_same=bool((np.argmax(ours_same, -1) == np.argmax(theirs32, -1)).all()),
+  )
   return result
 
 
 def markdown(results: list[dict]) -> str:
-  lines = ['| model | reference | eval f32 | eval f64 | top-1 agrees | train logits f32 / f64 | running mean | '
-           'running var raw / corrected | eval f32 with padding=SAME |',
-           '|---|---|---:|---:|---|---:|---:|---:|---:|']
+  lines = [
+      (
+          '| model | reference | eval f32 | eval f64 | top-1 agrees | train logits f32 / f64 |'
+          ' running mean | running var raw / corrected | eval f32 with padding=SAME |'
+      ),
+      '|---|---|---:|---:|---|---:|---:|---:|---:|',
+  ]
   for r in results:
     lines.append(
-        f"| {r['model']} | {r['reference']} | {r['eval_f32']:.1e} | {r['eval_f64']:.1e} | "
-        f"{'yes' if r['top1_agrees'] else 'NO'} | {r['train_logits_f32']:.1e} / {r['train_logits_f64']:.1e} | "
-        f"{r['running_mean_f32']:.1e} | "
-        f"{r['running_var_raw_f32']:.1e} / {r['running_var_unbiased_corrected_f32']:.1e} | "
-        f"{r['eval_f32_padding_same']:.2f} (top-1 {'same' if r['top1_agrees_padding_same'] else 'differs'}) |")
+        f"| {r['model']} | {r['reference']} | {r['eval_f32']:.1e} | {r['eval_f64']:.1e} |"
+        f" {'yes' if r['top1_agrees'] else 'NO'} | {r['train_logits_f32']:.1e} /"
+        f" {r['train_logits_f64']:.1e} | {r['running_mean_f32']:.1e} |"
+        f" {r['running_var_raw_f32']:.1e} / {r['running_var_unbiased_corrected_f32']:.1e} |"
+        f" {r['eval_f32_padding_same']:.2f} (top-1"
+        f" {'same' if r['top1_agrees_padding_same'] else 'differs'}) |"
+    )
   return '\n'.join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--models', default=','.join(CASES), help=f'comma-separated, of: {", ".join(CASES)}')
+  parser.add_argument(
+      '--models', default=','.join(CASES), help=f'comma-separated, of: {", ".join(CASES)}'
+  )
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--tolerance', type=float, default=1e-5, help='goal for the float32 eval column')
+  parser.add_argument(
+      '--tolerance', type=float, default=1e-5, help='goal for the float32 eval column'
+  )
   parser.add_argument('--out', default='benchmarks/reference_parity.json')
-  parser.add_argument('--markdown_only', action='store_true', help="print the table of --out's results")
+  parser.add_argument(
+      '--markdown_only', action='store_true', help="print the table of --out's results"
+  )
   args = parser.parse_args()
   if args.markdown_only:
     with open(args.out) as f:
@@ -302,15 +345,24 @@ def main():
     start = time.perf_counter()
     results.append(compare(case, args.batch, args.seed))
     print(f'{case}: {json.dumps(results[-1])} ({time.perf_counter() - start:.0f} s)', flush=True)
-  environment = {'torch': torch.__version__, 'torchvision': torchvision.__version__, 'jax': jax.__version__,
-                 'timm': timm.__version__ if timm else None,
-                 'date': time.strftime('%Y-%m-%d'), 'batch': args.batch, 'seed': args.seed}
+  environment = {
+      'torch': torch.__version__,
+      'torchvision': torchvision.__version__,
+      'jax': jax.__version__,
+      'timm': timm.__version__ if timm else None,
+      'date': time.strftime('%Y-%m-%d'),
+      'batch': args.batch,
+      'seed': args.seed,
+  }
   with open(args.out, 'w') as f:
     json.dump({'environment': environment, 'results': results}, f, indent=1)
   print(markdown(results))
   failed = [r['model'] for r in results if r['eval_f32'] > args.tolerance or not r['top1_agrees']]
   if failed:
-    sys.exit(f'error: {", ".join(failed)} differ from the reference by more than {args.tolerance:g} in eval')
+    sys.exit(
+        f'error: {", ".join(failed)} differ from the reference by more than {args.tolerance:g} in'
+        ' eval'
+    )
 
 
 if __name__ == '__main__':

@@ -23,10 +23,17 @@ from benchmarks import common, train_step
 from resnet_jax import metric_logging, train
 
 
-def loop_config(model: str, *, batch: int, steps: int, log_every: int, checkpoint_every: int, diagnostics: bool):
+def loop_config(
+    model: str, *, batch: int, steps: int, log_every: int, checkpoint_every: int, diagnostics: bool
+):
   config = train_step.config_for(model, batch=batch, diagnostics=diagnostics)
-  config.train.update(num_steps=steps, log_every_steps=log_every, checkpoint_every_steps=checkpoint_every,
-                      eval_every_steps=steps, eval_batch_size=batch)
+  config.train.update(
+      num_steps=steps,
+      log_every_steps=log_every,
+      checkpoint_every_steps=checkpoint_every,
+      eval_every_steps=steps,
+      eval_batch_size=batch,
+  )
   return config
 
 
@@ -48,40 +55,72 @@ def time_step(step, calls: int) -> list[float]:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--steps', type=int, default=40, help='steps of each loop run')
   parser.add_argument('--log_every', type=int, default=10)
   parser.add_argument('--checkpoint_every', type=int, default=20)
   parser.add_argument('--loop_runs', type=int, default=2)
-  parser.add_argument('--step_calls', type=int, default=6, help='pure steps timed in each pure window')
+  parser.add_argument(
+      '--step_calls', type=int, default=6, help='pure steps timed in each pure window'
+  )
   parser.add_argument('--no_diagnostics', action='store_true')
-  parser.add_argument('--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)')
+  parser.add_argument(
+      '--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)'
+  )
   parser.add_argument('--json')
   args = parser.parse_args()
   train_step.ensure_devices(args.devices, 'benchmarks.train_loop')
   diagnostics = not args.no_diagnostics
-  config = loop_config(args.model, batch=args.batch, steps=args.steps, log_every=args.log_every,
-                       checkpoint_every=args.checkpoint_every, diagnostics=diagnostics)
-  step = train_step.ProductStep(train_step.config_for(args.model, batch=args.batch, diagnostics=diagnostics))
+  config = loop_config(
+      args.model,
+      batch=args.batch,
+      steps=args.steps,
+      log_every=args.log_every,
+      checkpoint_every=args.checkpoint_every,
+      diagnostics=diagnostics,
+  )
+  step = train_step.ProductStep(
+      train_step.config_for(args.model, batch=args.batch, diagnostics=diagnostics)
+  )
   step()
-  examples = args.batch * 20  # 20 steps an epoch: epoch boundaries (a new tf.data pass) are in the windows too
+  examples = (
+      args.batch * 20
+  )  # 20 steps an epoch: epoch boundaries (a new tf.data pass) are in the windows too
   step_seconds, loop_rates = time_step(step, args.step_calls), []
   for _ in range(args.loop_runs):
     loop_rates += time_loop(config, examples)
     step_seconds += time_step(step, args.step_calls)
   step_rate = args.batch / common.median(step_seconds)
   loop_rate = common.median(loop_rates)
-  result = {'benchmark': 'train_loop', 'model': args.model, 'batch': args.batch, 'diagnostics': diagnostics,
-            'loop_images_per_second': loop_rate, 'loop_windows': loop_rates,
-            'step_images_per_second': step_rate, 'step_seconds': step_seconds,
-            'loop_overhead': step_rate / loop_rate - 1, 'log_every': args.log_every,
-            'checkpoint_every': args.checkpoint_every, 'steps_per_run': args.steps, 'loop_runs': args.loop_runs,
-            'devices': jax.device_count(), 'machine': common.machine()}
-  common.emit(result, f"{args.model} batch {args.batch} on {jax.device_count()} device(s): training loop {loop_rate:.1f} images/s, pure step "
-              f"{step_rate:.1f} images/s, loop overhead {100 * result['loop_overhead']:+.1f}% "
-              f"(log every {args.log_every}, checkpoint every {args.checkpoint_every} steps)", args.json)
+  result = {
+      'benchmark': 'train_loop',
+      'model': args.model,
+      'batch': args.batch,
+      'diagnostics': diagnostics,
+      'loop_images_per_second': loop_rate,
+      'loop_windows': loop_rates,
+      'step_images_per_second': step_rate,
+      'step_seconds': step_seconds,
+      'loop_overhead': step_rate / loop_rate - 1,
+      'log_every': args.log_every,
+      'checkpoint_every': args.checkpoint_every,
+      'steps_per_run': args.steps,
+      'loop_runs': args.loop_runs,
+      'devices': jax.device_count(),
+      'machine': common.machine(),
+  }
+  common.emit(
+      result,
+      f'{args.model} batch {args.batch} on {jax.device_count()} device(s): training loop'
+      f' {loop_rate:.1f} images/s, pure step '
+      f"{step_rate:.1f} images/s, loop overhead {100 * result['loop_overhead']:+.1f}% "
+      f'(log every {args.log_every}, checkpoint every {args.checkpoint_every} steps)',
+      args.json,
+  )
 
 
 if __name__ == '__main__':

@@ -37,9 +37,17 @@ from resnet_jax import models, optim, parallel, train
 from resnet_jax.train_step import create_train_state, make_train_step
 
 
-def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bool = False,
-               diagnostics: bool = True, image_size: int = 224, conv_kernel_grad: str = 'xla',
-               scan_blocks: bool = False):
+def config_for(
+    model_name: str,
+    *,
+    batch: int,
+    dtype: str = 'float32',
+    remat: bool = False,
+    diagnostics: bool = True,
+    image_size: int = 224,
+    conv_kernel_grad: str = 'xla',
+    scan_blocks: bool = False,
+):
   """The run config a user would get for this preset: CIFAR-10 or ImageNet, with these overrides."""
   if models.model_spec(model_name)['stem'] == 'cifar':
     config = cifar10.get_config(model_name)
@@ -48,7 +56,9 @@ def config_for(model_name: str, *, batch: int, dtype: str = 'float32', remat: bo
     config.dataset.image_size = image_size
   config.train.batch_size = batch
   config.train.log_diagnostics = diagnostics
-  config.model.update(dtype=dtype, remat=remat, conv_kernel_grad=conv_kernel_grad, scan_blocks=scan_blocks)
+  config.model.update(
+      dtype=dtype, remat=remat, conv_kernel_grad=conv_kernel_grad, scan_blocks=scan_blocks
+  )
   return config
 
 
@@ -60,8 +70,17 @@ def shape_of(config) -> tuple[tuple[int, int, int], int]:
 
 
 def parse_variant(spec: str) -> dict:
-  options = {'diagnostics': True, 'donate': True, 'per_dispatch': 1, 'sync_every': 1, 'dtype': None, 'remat': None,
-             'conv_kernel_grad': 'xla', 'scan_blocks': False, 'candidates': set()}
+  options = {
+      'diagnostics': True,
+      'donate': True,
+      'per_dispatch': 1,
+      'sync_every': 1,
+      'dtype': None,
+      'remat': None,
+      'conv_kernel_grad': 'xla',
+      'scan_blocks': False,
+      'candidates': set(),
+  }
   for part in spec.split('+'):
     if part == 'product':
       pass
@@ -91,43 +110,78 @@ def parse_variant(spec: str) -> dict:
 class ProductStep:
   """Calling it runs `steps_per_call` steps of the project's train step and waits for them."""
 
-  def __init__(self, config, *, donate: bool = True, per_dispatch: int = 1, sync_every: int = 1,
-               mesh=None, mode: str = 'jit', batch_norm: str = 'global', seed: int = 0):
+  def __init__(
+      self,
+      config,
+      *,
+      donate: bool = True,
+      per_dispatch: int = 1,
+      sync_every: int = 1,
+      mesh=None,
+      mode: str = 'jit',
+      batch_norm: str = 'global',
+      seed: int = 0,
+  ):
     self.config = config
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
     model = train.build_model(config, num_classes, self.data_parallel.bn_axis_name)
     tx = optim.create_optimizer(config)
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch=390, num_steps=config.train.num_steps or 64_000)
-    init = functools.partial(create_train_state, model=model, tx=tx, image_shape=image_shape,
-                             warmup=config.schedule.warmup_lr > 0)
+    schedule = optim.learning_rate_schedule(
+        config, steps_per_epoch=390, num_steps=config.train.num_steps or 64_000
+    )
+    init = functools.partial(
+        create_train_state,
+        model=model,
+        tx=tx,
+        image_shape=image_shape,
+        warmup=config.schedule.warmup_lr > 0,
+    )
     state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(seed))
     self.state = self.data_parallel.to_devices(state)
     step_fn = make_train_step(config, model=model, tx=tx, schedule=schedule)
-    host_batch = baseline_resnet20.random_batch(config.train.batch_size, image_shape, num_classes, seed)
+    host_batch = baseline_resnet20.random_batch(
+        config.train.batch_size, image_shape, num_classes, seed
+    )
     if per_dispatch == 1 and donate:
       step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step
       self.batch = self.data_parallel.place_batch(host_batch)
     elif per_dispatch == 1:
-      step = jax.jit(step_fn, in_shardings=(self.data_parallel.replicated, self.data_parallel.batch_sharded),
-                     out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated))
+      step = jax.jit(
+          step_fn,
+          in_shardings=(self.data_parallel.replicated, self.data_parallel.batch_sharded),
+          out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
+      )
       self.batch = self.data_parallel.place_batch(host_batch)
     else:
       if mode != 'jit' or batch_norm != 'global':
-        raise SystemExit('scanK variants are measured for the default jit mode with global BatchNorm')
+        raise SystemExit(
+            'scanK variants are measured for the default jit mode with global BatchNorm'
+        )
 
       def k_steps(state, batches):
         return jax.lax.scan(step_fn, state, batches)
 
       stacked = jax.tree.map(lambda x: np.stack([x] * per_dispatch), host_batch)
-      self.batch = jax.device_put(stacked, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS)))
-      step = jax.jit(k_steps, in_shardings=(self.data_parallel.replicated, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS))),
-                     out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated), donate_argnums=0 if donate else ())
+      self.batch = jax.device_put(
+          stacked, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS))
+      )
+      step = jax.jit(
+          k_steps,
+          in_shardings=(
+              self.data_parallel.replicated,
+              NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS)),
+          ),
+          out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
+          donate_argnums=0 if donate else (),
+      )
     self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
     # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded program.
-    self.flops_per_step = flops * self.data_parallel.mesh.size if per_dispatch == 1 and flops else None
+    self.flops_per_step = (
+        flops * self.data_parallel.mesh.size if per_dispatch == 1 and flops else None
+    )
 
   def __call__(self):
     for _ in range(self.sync_every):
@@ -135,35 +189,75 @@ class ProductStep:
     jax.block_until_ready((self.state, metrics))
 
 
-def summary(name: str, times: dict[str, list[float]], *, steps_per_call: int, batch: int, flops_per_step,
-            compile_seconds, peak_flops: float, reference: str | None = None, reference_images: int = 0) -> dict:
+def summary(
+    name: str,
+    times: dict[str, list[float]],
+    *,
+    steps_per_call: int,
+    batch: int,
+    flops_per_step,
+    compile_seconds,
+    peak_flops: float,
+    reference: str | None = None,
+    reference_images: int = 0,
+) -> dict:
   step = common.median(times[name]) / steps_per_call
-  result = {'variant': name, 'step_seconds': step, 'images_per_second': batch / step,
-            'compile_seconds': compile_seconds, 'flops_per_step': flops_per_step,
-            'timed_steps': len(times[name]) * steps_per_call}
+  result = {
+      'variant': name,
+      'step_seconds': step,
+      'images_per_second': batch / step,
+      'compile_seconds': compile_seconds,
+      'flops_per_step': flops_per_step,
+      'timed_steps': len(times[name]) * steps_per_call,
+  }
   if flops_per_step:
     result['achieved_gflops'] = flops_per_step / step / 1e9
     result['fraction_of_peak'] = flops_per_step / step / peak_flops
   if reference in times and reference != name:
     # Throughput (images/s) over the reference's, call by call within the same rounds.
-    result[f'ratio_to_{reference}'] = common.paired_ratio(times, name, reference, per_call=(batch * steps_per_call, reference_images))
+    result[f'ratio_to_{reference}'] = common.paired_ratio(
+        times, name, reference, per_call=(batch * steps_per_call, reference_images)
+    )
   return result
 
 
-def measure(model_name: str, *, batch: int, variants: list[str], dtype: str = 'float32', remat: bool = False,
-            image_size: int = 224, rounds: int = 8, steps: int = 1, baseline_batch: int = 128,
-            with_baseline: bool = True, peak_size: int = 4096, mesh=None) -> dict:
+def measure(
+    model_name: str,
+    *,
+    batch: int,
+    variants: list[str],
+    dtype: str = 'float32',
+    remat: bool = False,
+    image_size: int = 224,
+    rounds: int = 8,
+    steps: int = 1,
+    baseline_batch: int = 128,
+    with_baseline: bool = True,
+    peak_size: int = 4096,
+    mesh=None,
+) -> dict:
   """Times the variants, the baseline and the matmul peak interleaved; returns the JSON result."""
   runs, built = {}, {}
   for spec in variants:
     options = parse_variant(spec)
-    config = config_for(model_name, batch=batch, dtype=options['dtype'] or dtype,
-                        remat=remat if options['remat'] is None else options['remat'],
-                        diagnostics=options['diagnostics'], image_size=image_size,
-                        conv_kernel_grad=options['conv_kernel_grad'], scan_blocks=options['scan_blocks'])
+    config = config_for(
+        model_name,
+        batch=batch,
+        dtype=options['dtype'] or dtype,
+        remat=remat if options['remat'] is None else options['remat'],
+        diagnostics=options['diagnostics'],
+        image_size=image_size,
+        conv_kernel_grad=options['conv_kernel_grad'],
+        scan_blocks=options['scan_blocks'],
+    )
     with candidates.patched(options['candidates']):  # the model is traced and compiled here
-      built[spec] = ProductStep(config, donate=options['donate'], per_dispatch=options['per_dispatch'],
-                                sync_every=options['sync_every'], mesh=mesh)
+      built[spec] = ProductStep(
+          config,
+          donate=options['donate'],
+          per_dispatch=options['per_dispatch'],
+          sync_every=options['sync_every'],
+          mesh=mesh,
+      )
     runs[spec] = built[spec]
   if with_baseline:
     baseline = baseline_resnet20.Runner(baseline_batch)
@@ -179,22 +273,51 @@ def measure(model_name: str, *, batch: int, variants: list[str], dtype: str = 'f
   first = variants[0]
   results = []
   for spec, b in built.items():
-    r = summary(spec, times, steps_per_call=b.steps_per_call, batch=batch, compile_seconds=b.compile_seconds,
-                flops_per_step=b.flops_per_step or single_step_flops, peak_flops=peak_flops,
-                reference='baseline' if with_baseline else None, reference_images=baseline_batch)
+    r = summary(
+        spec,
+        times,
+        steps_per_call=b.steps_per_call,
+        batch=batch,
+        compile_seconds=b.compile_seconds,
+        flops_per_step=b.flops_per_step or single_step_flops,
+        peak_flops=peak_flops,
+        reference='baseline' if with_baseline else None,
+        reference_images=baseline_batch,
+    )
     if spec != first:
-      r[f'ratio_to_{first}'] = common.paired_ratio(times, spec, first, per_call=(b.steps_per_call, built[first].steps_per_call))
+      r[f'ratio_to_{first}'] = common.paired_ratio(
+          times, spec, first, per_call=(b.steps_per_call, built[first].steps_per_call)
+      )
     results.append(r)
-  out = {'benchmark': 'train_step', 'model': model_name, 'batch': batch, 'dtype': dtype, 'remat': remat,
-         'devices': jax.device_count(), 'image_size': shape_of(config)[0][0],
-         'rounds': rounds, 'steps_per_round': steps, 'variants': results,
-         'peak_gflops': peak_flops / 1e9, 'load_average_before': load_before, 'machine': common.machine()}
+  out = {
+      'benchmark': 'train_step',
+      'model': model_name,
+      'batch': batch,
+      'dtype': dtype,
+      'remat': remat,
+      'devices': jax.device_count(),
+      'image_size': shape_of(config)[0][0],
+      'rounds': rounds,
+      'steps_per_round': steps,
+      'variants': results,
+      'peak_gflops': peak_flops / 1e9,
+      'load_average_before': load_before,
+      'machine': common.machine(),
+  }
   # XLA flags change every XLA program here; the numpy matmul is the one figure they leave alone.
-  out['step_in_yardstick_units'] = common.paired_ratio(times, 'host_yardstick', first, per_call=(1, built[first].steps_per_call))
+  out['step_in_yardstick_units'] = common.paired_ratio(
+      times, 'host_yardstick', first, per_call=(1, built[first].steps_per_call)
+  )
   if with_baseline:
-    out['baseline'] = summary('baseline', times, steps_per_call=1, batch=baseline_batch,
-                              flops_per_step=baseline.flops, compile_seconds=baseline.compile_seconds,
-                              peak_flops=peak_flops)
+    out['baseline'] = summary(
+        'baseline',
+        times,
+        steps_per_call=1,
+        batch=baseline_batch,
+        flops_per_step=baseline.flops,
+        compile_seconds=baseline.compile_seconds,
+        peak_flops=peak_flops,
+    )
   return out
 
 
@@ -204,13 +327,19 @@ def ratio_text(ratio: dict | None) -> str:
 
 def describe(result: dict) -> str:
   first = result['variants'][0]['variant']
-  lines = [f"{result['model']} batch {result['batch']} {result['dtype']}{' remat' if result['remat'] else ''} on "
-           f"{result['devices']} device(s); matmul peak {result['peak_gflops']:.0f} GFLOP/s; load {result['machine']['load_average']}"]
+  lines = [
+      f"{result['model']} batch {result['batch']}"
+      f" {result['dtype']}{' remat' if result['remat'] else ''} on {result['devices']} device(s);"
+      f" matmul peak {result['peak_gflops']:.0f} GFLOP/s; load {result['machine']['load_average']}"
+  ]
   for r in result['variants'] + ([result['baseline']] if 'baseline' in result else []):
-    lines.append(f"  {r['variant']:<26} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f} img/s "
-                 f"{r.get('achieved_gflops', 0):6.1f} GFLOP/s {100 * r.get('fraction_of_peak', 0):5.1f}% of peak  "
-                 f"vs baseline {ratio_text(r.get('ratio_to_baseline')):<18} vs {first} {ratio_text(r.get(f'ratio_to_{first}')):<18} "
-                 f"compile {r['compile_seconds']:.1f} s")
+    lines.append(
+        f"  {r['variant']:<26} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f}"
+        f" img/s {r.get('achieved_gflops', 0):6.1f} GFLOP/s"
+        f" {100 * r.get('fraction_of_peak', 0):5.1f}% of peak  vs baseline"
+        f" {ratio_text(r.get('ratio_to_baseline')):<18} vs {first}"
+        f" {ratio_text(r.get(f'ratio_to_{first}')):<18} compile {r['compile_seconds']:.1f} s"
+    )
   return '\n'.join(lines)
 
 
@@ -223,25 +352,44 @@ def ensure_devices(count: int | None, module: str) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--remat', action='store_true')
   parser.add_argument('--image_size', type=int, default=224, help='ImageNet presets only')
-  parser.add_argument('--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)')
+  parser.add_argument(
+      '--devices', type=int, help='simulated CPU devices (re-executes with XLA_FLAGS)'
+  )
   parser.add_argument('--variants', default='product', help='comma-separated, see above')
   parser.add_argument('--rounds', type=int, default=8)
   parser.add_argument('--steps', type=int, default=1, help='timed calls per variant per round')
   parser.add_argument('--no_baseline', action='store_true')
   parser.add_argument('--baseline_batch', type=int, default=128)
-  parser.add_argument('--peak_size', type=int, default=4096, help='side of the float32 matmul that measures the peak')
+  parser.add_argument(
+      '--peak_size',
+      type=int,
+      default=4096,
+      help='side of the float32 matmul that measures the peak',
+  )
   parser.add_argument('--json')
   args = parser.parse_args()
   ensure_devices(args.devices, 'benchmarks.train_step')
-  result = measure(args.model, batch=args.batch, variants=args.variants.split(','), dtype=args.dtype,
-                   remat=args.remat, image_size=args.image_size, rounds=args.rounds, steps=args.steps,
-                   with_baseline=not args.no_baseline, baseline_batch=args.baseline_batch, peak_size=args.peak_size)
+  result = measure(
+      args.model,
+      batch=args.batch,
+      variants=args.variants.split(','),
+      dtype=args.dtype,
+      remat=args.remat,
+      image_size=args.image_size,
+      rounds=args.rounds,
+      steps=args.steps,
+      with_baseline=not args.no_baseline,
+      baseline_batch=args.baseline_batch,
+      peak_size=args.peak_size,
+  )
   common.emit(result, describe(result), args.json)
 
 

@@ -25,11 +25,16 @@ FLAG_SETS = {
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--model', default='resnet20')
   parser.add_argument('--batch', type=int, default=128)
-  parser.add_argument('--sets', default='default,fast_math,no_multi_thread_eigen,xnn_convolution',
-                      help=f'of {sorted(FLAG_SETS)}')
+  parser.add_argument(
+      '--sets',
+      default='default,fast_math,no_multi_thread_eigen,xnn_convolution',
+      help=f'of {sorted(FLAG_SETS)}',
+  )
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--json')
@@ -38,22 +43,51 @@ def main():
   runs = {name: [] for name in names}
   for _ in range(args.repeats):
     for name in names:
-      runs[name].append(common.run_module('benchmarks.train_step', [
-          '--model', args.model, '--batch', str(args.batch), '--rounds', str(args.rounds), '--no_baseline'],
-          xla_flags=FLAG_SETS[name]))
+      runs[name].append(
+          common.run_module(
+              'benchmarks.train_step',
+              [
+                  '--model',
+                  args.model,
+                  '--batch',
+                  str(args.batch),
+                  '--rounds',
+                  str(args.rounds),
+                  '--no_baseline',
+              ],
+              xla_flags=FLAG_SETS[name],
+          )
+      )
   reference = common.median([r['step_in_yardstick_units']['median'] for r in runs[names[0]]])
   results = []
   for name in names:
     units = common.median([r['step_in_yardstick_units']['median'] for r in runs[name]])
-    results.append({'name': name, 'xla_flags': FLAG_SETS[name], 'step_in_yardstick_units': units,
-                    'speedup_vs_default': reference / units,
-                    'images_per_second': [r['variants'][0]['images_per_second'] for r in runs[name]],
-                    'load_average': [r['machine']['load_average'] for r in runs[name]]})
-  lines = [f"{args.model} batch {args.batch}, XLA flag sets, {args.repeats} process(es) each:"]
-  lines += [f"  {r['name']:<24} x{r['speedup_vs_default']:.2f} vs {names[0]} (step = {r['step_in_yardstick_units']:.1f} numpy "
-            f"matmuls), images/s {', '.join(f'{x:.0f}' for x in r['images_per_second'])}  {r['xla_flags']}" for r in results]
-  common.emit({'benchmark': 'xla_flags', 'model': args.model, 'batch': args.batch, 'results': results,
-               'machine': common.machine()}, '\n'.join(lines), args.json)
+    results.append({
+        'name': name,
+        'xla_flags': FLAG_SETS[name],
+        'step_in_yardstick_units': units,
+        'speedup_vs_default': reference / units,
+        'images_per_second': [r['variants'][0]['images_per_second'] for r in runs[name]],
+        'load_average': [r['machine']['load_average'] for r in runs[name]],
+    })
+  lines = [f'{args.model} batch {args.batch}, XLA flag sets, {args.repeats} process(es) each:']
+  lines += [
+      f"  {r['name']:<24} x{r['speedup_vs_default']:.2f} vs {names[0]} (step ="
+      f" {r['step_in_yardstick_units']:.1f} numpy matmuls), images/s"
+      f" {', '.join(f'{x:.0f}' for x in r['images_per_second'])}  {r['xla_flags']}"
+      for r in results
+  ]
+  common.emit(
+      {
+          'benchmark': 'xla_flags',
+          'model': args.model,
+          'batch': args.batch,
+          'results': results,
+          'machine': common.machine(),
+      },
+      '\n'.join(lines),
+      args.json,
+  )
 
 
 if __name__ == '__main__':

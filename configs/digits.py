@@ -10,7 +10,13 @@ from configs import base
 def get_config(preset: str = 'resnet20'):
   config = base.base_config(preset)
   config.dataset.update(name='sklearn_digits', pad=1, flip=False, shuffle_buffer=2_000)
-  config.train.update(batch_size=128, eval_batch_size=128, num_steps=1_500, log_every_steps=50,
-                      eval_every_steps=500, checkpoint_every_steps=500)
+  config.train.update(
+      batch_size=128,
+      eval_batch_size=128,
+      num_steps=1_500,
+      log_every_steps=50,
+      eval_every_steps=500,
+      checkpoint_every_steps=500,
+  )
   config.schedule.update(boundaries=(750, 1_125))
   return config

@@ -13,14 +13,29 @@ from resnet_jax.errors import UserError
 def get_config(arg: str = 'resnet50'):
   preset, _, recipe = arg.partition(',')
   config = base.base_config(preset)
-  config.dataset.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=224,
-                        shuffle_buffer=10_000, cache=False)
-  config.train.update(batch_size=256, eval_batch_size=250, num_epochs=90.0, log_every_steps=500,
-                      eval_every_steps=5_000, checkpoint_every_steps=5_000)
+  config.dataset.update(
+      name='imagenet2012',
+      eval_split='validation',
+      augment='imagenet',
+      image_size=224,
+      shuffle_buffer=10_000,
+      cache=False,
+  )
+  config.train.update(
+      batch_size=256,
+      eval_batch_size=250,
+      num_epochs=90.0,
+      log_every_steps=500,
+      eval_every_steps=5_000,
+      checkpoint_every_steps=5_000,
+  )
   config.schedule.update(boundaries_epochs=(30, 60), scale_lr_by_batch=256)
   if recipe == 'modern':
     config.schedule.update(name='cosine', warmup_epochs=5.0)
     config.train.label_smoothing = 0.1
   elif recipe:
-    raise UserError(f"unknown ImageNet recipe {recipe!r}; use 'configs/imagenet.py:{preset}' or '{preset},modern'")
+    raise UserError(
+        f"unknown ImageNet recipe {recipe!r}; use 'configs/imagenet.py:{preset}' or"
+        f" '{preset},modern'"
+    )
   return config

@@ -40,7 +40,8 @@ def trained_variables(workdir) -> dict:
 
 def eval_images(dataset: dict, num_images: int) -> np.ndarray:
   batches = input_pipeline.create_eval_iterator(
-      ml_collections.ConfigDict({**dataset, 'cache': False}), local_batch_size=128)  # read only a part: no cache
+      ml_collections.ConfigDict({**dataset, 'cache': False}), local_batch_size=128
+  )  # read only a part: no cache
   images = []
   for batch in batches:
     images.append(batch['image'][batch['mask'] > 0])
@@ -56,7 +57,11 @@ def response_stds(model: nn.Module, variables: dict, images: np.ndarray) -> list
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
-    if context.method_name == '__call__' and isinstance(module, nn.BatchNorm) and module.name != 'projection_bn':
+    if (
+        context.method_name == '__call__'
+        and isinstance(module, nn.BatchNorm)
+        and module.name != 'projection_bn'
+    ):
       stds.append(float(jnp.std(out.astype(jnp.float32))))
     return out
 
@@ -69,23 +74,34 @@ def figure7(stds_by_run: dict[str, tuple[results.Run, list[float]]], path) -> No
   colours = results.depth_colours([run for run, _ in stds_by_run.values()])
   fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(8, 7))
   for name, (run, stds) in stds_by_run.items():
-    style = dict(color=colours[run.depth], linestyle='--' if run.family == 'plain' else '-', linewidth=1.2,
-                 label=f'{results.FAMILY_TITLES[run.family]}-{run.depth}' + (f' ({name})' if name != f'{run.family}{run.depth}' else ''))
+    style = dict(
+        color=colours[run.depth],
+        linestyle='--' if run.family == 'plain' else '-',
+        linewidth=1.2,
+        label=f'{results.FAMILY_TITLES[run.family]}-{run.depth}'
+        + (f' ({name})' if name != f'{run.family}{run.depth}' else ''),
+    )
     by_layer.plot(range(1, len(stds) + 1), stds, **style)
     by_size.plot(range(1, len(stds) + 1), sorted(stds, reverse=True), **style)
   by_layer.set(xlabel='layer index (original order)', ylabel='std')
   by_size.set(xlabel='layer index (sorted by magnitude)', ylabel='std')
   for ax in (by_layer, by_size):
-    ax.set_yscale('log')  # a net that failed to train can respond orders of magnitude above the rest
+    ax.set_yscale(
+        'log'
+    )  # a net that failed to train can respond orders of magnitude above the rest
     ax.grid(alpha=0.3)
   by_layer.legend(fontsize=8)
   results.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m experiments.figure7', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--root', required=True, help='a sweep\'s root: one workdir per run')
-  parser.add_argument('--runs', help='comma-separated run names (default: every post-activation basic-block run)')
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.figure7', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('--root', required=True, help="a sweep's root: one workdir per run")
+  parser.add_argument(
+      '--runs', help='comma-separated run names (default: every post-activation basic-block run)'
+  )
   parser.add_argument('--out', help='the PNG to write (default: ROOT/figure7.png)')
   parser.add_argument('--num_images', type=int, default=512)
   args = parser.parse_args(argv)
@@ -107,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     model = results.build_model(run, num_classes=variables['params']['head']['kernel'].shape[-1])
     stds = response_stds(model, variables, eval_images(run.config['dataset'], args.num_images))
     stds_by_run[run.name] = (run, stds)
-    print(f'{run.name}: {len(stds)} layers, response std mean {np.mean(stds):.3f}, median {np.median(stds):.3f}')
+    print(
+        f'{run.name}: {len(stds)} layers, response std mean {np.mean(stds):.3f}, median'
+        f' {np.median(stds):.3f}'
+    )
   if not stds_by_run:
     print(f'error: no trained post-activation run in {args.root}', file=sys.stderr)
     return 2

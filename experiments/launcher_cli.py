@@ -40,5 +40,7 @@ def check_config_file(parser: argparse.ArgumentParser, config: str, why_relative
   """`config` is 'file.py:preset'; the file must exist relative to REPO, where the runs start."""
   config_file = config.split(':', 1)[0]
   if not (REPO / config_file).is_file():
-    parser.error(f'no config file {config_file} in {REPO}; give it relative to the repository '
-                 f'root, {why_relative}')
+    parser.error(
+        f'no config file {config_file} in {REPO}; give it relative to the repository '
+        f'root, {why_relative}'
+    )

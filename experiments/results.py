@@ -84,6 +84,7 @@ def build_model(run: Run, num_classes: int):
 def parameter_count(run: Run, root) -> int | None:
   """Parameters of the model the run built, from its checkpoint's record of classes and image shape."""
   from resnet_jax import checkpointing  # orbax: only needed here
+
   checkpoints = checkpointing.Checkpoints(pathlib.Path(root).resolve() / run.name, read_only=True)
   step = checkpoints.latest_step()
   meta = None if step is None else checkpoints.read_meta(step)
@@ -91,21 +92,33 @@ def parameter_count(run: Run, root) -> int | None:
   if meta is None:
     return None
   model = build_model(run, meta['num_classes'])
-  return model_stats.count(model_stats.abstract_variables(model, tuple(meta['image_shape']))['params'])
+  return model_stats.count(
+      model_stats.abstract_variables(model, tuple(meta['image_shape']))['params']
+  )
 
 
 # ---------------------------------------------------------------------------------------- table 6
+
 
 def table_rows(runs: list[Run], root) -> list[dict]:
   on_cifar10 = runs and all(r.config['dataset']['name'] == 'cifar10' for r in runs)
   rows = []
   for run in runs:
-    row = {'family': run.family, 'depth': run.depth, 'run': run.name, 'params': parameter_count(run, root),
-           'steps': run.steps, 'train_error_percent': run.final_train_error, 'test_error_percent': run.test_error}
+    row = {
+        'family': run.family,
+        'depth': run.depth,
+        'run': run.name,
+        'params': parameter_count(run, root),
+        'steps': run.steps,
+        'train_error_percent': run.final_train_error,
+        'test_error_percent': run.test_error,
+    }
     for key in ('train_error_percent', 'test_error_percent'):
       row[key] = None if row[key] is None else round(100 * row[key], 2)
     if on_cifar10:
-      row['paper_test_error_percent'] = PAPER_TABLE6.get(run.depth) if run.family == 'resnet' else None
+      row['paper_test_error_percent'] = (
+          PAPER_TABLE6.get(run.depth) if run.family == 'resnet' else None
+      )
     rows.append(row)
   return rows
 
@@ -118,16 +131,27 @@ def write_csv(rows: list[dict], path) -> None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  headers = {'family': 'family', 'depth': 'layers', 'run': 'run', 'params': 'params', 'steps': 'iterations',
-             'train_error_percent': 'train error (%)', 'test_error_percent': 'test error (%)',
-             'paper_test_error_percent': 'paper test error (%)'}
+  headers = {
+      'family': 'family',
+      'depth': 'layers',
+      'run': 'run',
+      'params': 'params',
+      'steps': 'iterations',
+      'train_error_percent': 'train error (%)',
+      'test_error_percent': 'test error (%)',
+      'paper_test_error_percent': 'paper test error (%)',
+  }
   keys = list(rows[0]) if rows else list(headers)[:7]
-  lines = ['| ' + ' | '.join(headers[k] for k in keys) + ' |',
-           '|' + '|'.join('---' if k in ('family', 'run') else '---:' for k in keys) + '|']
+  lines = [
+      '| ' + ' | '.join(headers[k] for k in keys) + ' |',
+      '|' + '|'.join('---' if k in ('family', 'run') else '---:' for k in keys) + '|',
+  ]
   lines += ['| ' + ' | '.join(_cell(k, row[k]) for k in keys) + ' |' for row in rows]
   return '\n'.join(lines) + (
-      '\n\nTrain error: the mean over the batches of the last logged interval (augmented, BatchNorm in '
-      'training mode), as the paper\'s training curves. Test error: the whole test split, final weights.\n')
+      '\n\nTrain error: the mean over the batches of the last logged interval (augmented, BatchNorm'
+      " in training mode), as the paper's training curves. Test error: the whole test split, final"
+      ' weights.\n'
+  )
 
 
 def _cell(key: str, value) -> str:
@@ -140,16 +164,20 @@ def _cell(key: str, value) -> str:
 
 # ---------------------------------------------------------------------------------------- figures
 
+
 def depth_colours(runs: list[Run]) -> dict[int, tuple]:
   depths = sorted({r.depth for r in runs})
   cmap = plt.get_cmap('viridis' if len(depths) > 10 else 'tab10')
-  return {d: cmap(i / max(1, len(depths) - 1) if len(depths) > 10 else i) for i, d in enumerate(depths)}
+  return {
+      d: cmap(i / max(1, len(depths) - 1) if len(depths) > 10 else i) for i, d in enumerate(depths)
+  }
 
 
 def family_panels(runs: list[Run], rows: int = 1, height: float = 4.0):
   families = [f for f in FAMILY_ORDER if any(r.family == f for r in runs)]
-  fig, axes = plt.subplots(rows, len(families), figsize=(5.5 * len(families), height * rows), squeeze=False,
-                           sharey='row')
+  fig, axes = plt.subplots(
+      rows, len(families), figsize=(5.5 * len(families), height * rows), squeeze=False, sharey='row'
+  )
   return fig, families, axes
 
 
@@ -158,13 +186,21 @@ def figure6(runs: list[Run], path) -> None:
   colours = depth_colours(runs)
   fig, families, axes = family_panels(runs)
   finals = [e for r in runs for e in (r.final_train_error, r.test_error) if e is not None]
-  top = min(100, max(20, 10 * math.ceil(15 * max(finals, default=0))))  # the paper's 0-20% when errors are small
+  top = min(
+      100, max(20, 10 * math.ceil(15 * max(finals, default=0)))
+  )  # the paper's 0-20% when errors are small
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
       colour = colours[run.depth]
       ax.plot(*_percent(run.series('train_error')), '--', color=colour, linewidth=1)
-      ax.plot(*_percent(run.series('eval_top1_error')), '-', color=colour, linewidth=2,
-              label=f'{FAMILY_TITLES[family]}-{run.depth}' + (f' ({run.name})' if _ambiguous(run, runs) else ''))
+      ax.plot(
+          *_percent(run.series('eval_top1_error')),
+          '-',
+          color=colour,
+          linewidth=2,
+          label=f'{FAMILY_TITLES[family]}-{run.depth}'
+          + (f' ({run.name})' if _ambiguous(run, runs) else ''),
+      )
     ax.set(title=FAMILY_TITLES[family], xlabel='iterations', ylim=(0, top))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -174,8 +210,16 @@ def figure6(runs: list[Run], path) -> None:
 
 def grad_norm_figure(runs: list[Run], path) -> None:
   """Rows: stem, stage 1.., head; the first stage's gradient is where a vanishing gradient would show."""
-  groups = sorted({k.removeprefix('train_grad_norm_') for r in runs for rec in r.records for k in rec
-                   if k.startswith('train_grad_norm_')}, key=lambda g: (g != 'stem', g == 'head', g))
+  groups = sorted(
+      {
+          k.removeprefix('train_grad_norm_')
+          for r in runs
+          for rec in r.records
+          for k in rec
+          if k.startswith('train_grad_norm_')
+      },
+      key=lambda g: (g != 'stem', g == 'head', g),
+  )
   if not groups:
     return
   colours = depth_colours(runs)
@@ -183,8 +227,14 @@ def grad_norm_figure(runs: list[Run], path) -> None:
   for row, group in enumerate(groups):
     for ax, family in zip(axes[row], families):
       for run in (r for r in runs if r.family == family):
-        ax.plot(*run.series(f'train_grad_norm_{group}'), color=colours[run.depth], linewidth=1, marker='.',
-                markersize=2, label=f'{FAMILY_TITLES[family]}-{run.depth}')
+        ax.plot(
+            *run.series(f'train_grad_norm_{group}'),
+            color=colours[run.depth],
+            linewidth=1,
+            marker='.',
+            markersize=2,
+            label=f'{FAMILY_TITLES[family]}-{run.depth}',
+        )
       ax.set_yscale('log')
       ax.grid(alpha=0.3)
       ax.set_title(f'{FAMILY_TITLES[family]}: {group}', fontsize=9)
@@ -203,14 +253,33 @@ def residual_ratio_figure(runs: list[Run], path) -> None:
   plotted = False
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
-      last = next((rec for rec in reversed(run.records) if any(k.startswith('train_residual_ratio_') for k in rec)), {})
-      blocks = sorted((_block_order(k), v) for k, v in last.items() if k.startswith('train_residual_ratio_'))
+      last = next(
+          (
+              rec
+              for rec in reversed(run.records)
+              if any(k.startswith('train_residual_ratio_') for k in rec)
+          ),
+          {},
+      )
+      blocks = sorted(
+          (_block_order(k), v) for k, v in last.items() if k.startswith('train_residual_ratio_')
+      )
       if blocks:
         plotted = True
-        ax.plot(range(1, len(blocks) + 1), [v for _, v in blocks], 'o-', markersize=3, color=colours[run.depth],
-                label=f'{FAMILY_TITLES[family]}-{run.depth}')
-    ax.set(title=FAMILY_TITLES[family] + (' (F(x): the block\'s layers, x: its input)' if family == 'plain' else ''),
-           xlabel='block, input to output', yscale='log')
+        ax.plot(
+            range(1, len(blocks) + 1),
+            [v for _, v in blocks],
+            'o-',
+            markersize=3,
+            color=colours[run.depth],
+            label=f'{FAMILY_TITLES[family]}-{run.depth}',
+        )
+    ax.set(
+        title=FAMILY_TITLES[family]
+        + (" (F(x): the block's layers, x: its input)" if family == 'plain' else ''),
+        xlabel='block, input to output',
+        yscale='log',
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   axes[0][0].set_ylabel('||F(x)|| / ||x||, end of training')
@@ -242,6 +311,7 @@ def save_figure(fig, path) -> None:
 
 # ---------------------------------------------------------------------------------------- all of it
 
+
 def write_results(root, out) -> dict[str, str]:
   """Writes every table and figure that the runs' metrics allow; returns {file name: path}."""
   runs = load_runs(root)
@@ -258,8 +328,10 @@ def write_results(root, out) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m experiments.results', description=__doc__.split('\n\n')[0])
-  parser.add_argument('--root', required=True, help='the sweep\'s root: one workdir per run')
+  parser = argparse.ArgumentParser(
+      prog='python -m experiments.results', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('--root', required=True, help="the sweep's root: one workdir per run")
   parser.add_argument('--out', help='where to write the table and figures (default: the root)')
   args = parser.parse_args(argv)
   if not pathlib.Path(args.root).is_dir():

@@ -15,21 +15,36 @@ import re
 import shlex
 import sys
 
-from experiments.launcher_cli import (ArgumentParser, add_override_argument, check_config_file,
-                                      check_overrides)
+from experiments.launcher_cli import (
+    ArgumentParser,
+    add_override_argument,
+    check_config_file,
+    check_overrides,
+)
 
 TEMPLATE = pathlib.Path(__file__).resolve().parent / 'slurm' / 'train.sbatch'
 
 
-def render(*, nodes: int, gpus_per_node: int, tasks_per: str, cpus_per_gpu: int, config: str, workdir: str,
-           overrides: list[str], template: str | None = None) -> str:
+def render(
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    tasks_per: str,
+    cpus_per_gpu: int,
+    config: str,
+    workdir: str,
+    overrides: list[str],
+    template: str | None = None,
+) -> str:
   # One task per GPU is what JAX's SLURM detection assumes; one per node the script handles itself.
   tasks_per_node = gpus_per_node if tasks_per == 'gpu' else 1
   values = {
       r'#SBATCH --nodes=.*': f'#SBATCH --nodes={nodes}',
       r'#SBATCH --ntasks-per-node=.*': f'#SBATCH --ntasks-per-node={tasks_per_node}',
       r'#SBATCH --gpus-per-node=.*': f'#SBATCH --gpus-per-node={gpus_per_node}',
-      r'#SBATCH --cpus-per-task=.*': f'#SBATCH --cpus-per-task={cpus_per_gpu * gpus_per_node // tasks_per_node}',
+      r'#SBATCH --cpus-per-task=.*': (
+          f'#SBATCH --cpus-per-task={cpus_per_gpu * gpus_per_node // tasks_per_node}'
+      ),
       r'CONFIG=.*': f'CONFIG={shlex.quote(config)}',
       r'WORKDIR=.*': f'WORKDIR={shlex.quote(workdir)}',
       r'EXTRA_ARGS=\(.*\)': f'EXTRA_ARGS=({shlex.join(overrides)})',
@@ -44,25 +59,47 @@ def render(*, nodes: int, gpus_per_node: int, tasks_per: str, cpus_per_gpu: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = ArgumentParser(prog='python -m experiments.slurm_job', description=__doc__.split('\n\n')[0])
+  parser = ArgumentParser(
+      prog='python -m experiments.slurm_job', description=__doc__.split('\n\n')[0]
+  )
   parser.add_argument('--nodes', type=int, required=True)
   parser.add_argument('--gpus_per_node', type=int, required=True)
-  parser.add_argument('--tasks_per', choices=('gpu', 'node'), default='gpu',
-                      help='gpu: one process per GPU (JAX\'s SLURM default); node: one process drives all its GPUs')
-  parser.add_argument('--cpus_per_gpu', type=int, default=8, help='CPU cores for the input pipeline, per GPU')
-  parser.add_argument('--config', required=True, help='config file and preset, relative to the repository root')
-  parser.add_argument('--workdir', required=True, help='a directory all nodes share, or gs://bucket/path')
-  add_override_argument(parser, 'the rest of the line goes to resnet_jax.main, e.g. '
-                        '--config.train.batch_size=1024')
+  parser.add_argument(
+      '--tasks_per',
+      choices=('gpu', 'node'),
+      default='gpu',
+      help="gpu: one process per GPU (JAX's SLURM default); node: one process drives all its GPUs",
+  )
+  parser.add_argument(
+      '--cpus_per_gpu', type=int, default=8, help='CPU cores for the input pipeline, per GPU'
+  )
+  parser.add_argument(
+      '--config', required=True, help='config file and preset, relative to the repository root'
+  )
+  parser.add_argument(
+      '--workdir', required=True, help='a directory all nodes share, or gs://bucket/path'
+  )
+  add_override_argument(
+      parser, 'the rest of the line goes to resnet_jax.main, e.g. --config.train.batch_size=1024'
+  )
   args = parser.parse_args(argv)
   for name in ('nodes', 'gpus_per_node', 'cpus_per_gpu'):
     if getattr(args, name) < 1:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
   check_config_file(parser, args.config, 'where the job runs')
   check_overrides(parser, args.override)
-  print(render(nodes=args.nodes, gpus_per_node=args.gpus_per_node, tasks_per=args.tasks_per,
-               cpus_per_gpu=args.cpus_per_gpu, config=args.config, workdir=args.workdir,
-               overrides=args.override), end='')
+  print(
+      render(
+          nodes=args.nodes,
+          gpus_per_node=args.gpus_per_node,
+          tasks_per=args.tasks_per,
+          cpus_per_gpu=args.cpus_per_gpu,
+          config=args.config,
+          workdir=args.workdir,
+          overrides=args.override,
+      ),
+      end='',
+  )
   return 0
 
 

@@ -73,31 +73,47 @@ def sweep_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   axes = sweep.axes.to_dict()
   unknown = set(axes) - {'family', 'depth', *AXIS_FIELDS}
   if unknown or not {'family', 'depth'} <= set(axes):
-    raise ValueError(f'a sweep\'s axes are family and depth, optionally {", ".join(AXIS_FIELDS)}; got '
-                     f'{", ".join(sorted(axes))}')
+    raise ValueError(
+        f'a sweep\'s axes are family and depth, optionally {", ".join(AXIS_FIELDS)}; got '
+        f'{", ".join(sorted(axes))}'
+    )
   bad_families = set(axes['family']) - set(FAMILIES)
   if bad_families:
-    raise ValueError(f'unknown famil{"ies" if len(bad_families) > 1 else "y"} {sorted(bad_families)}; '
-                     f'valid: {", ".join(FAMILIES)}')
+    raise ValueError(
+        f'unknown famil{"ies" if len(bad_families) > 1 else "y"} {sorted(bad_families)}; '
+        f'valid: {", ".join(FAMILIES)}'
+    )
   others = sorted(set(axes) - {'family', 'depth'})
   base = flatten_overrides(sweep.base_overrides.to_dict())
   exclude = set(sweep.get('exclude', ()))
   points = []
-  for family, depth, *values in itertools.product(axes['family'], axes['depth'], *(axes[a] for a in others)):
+  for family, depth, *values in itertools.product(
+      axes['family'], axes['depth'], *(axes[a] for a in others)
+  ):
     name = f'{family}{depth}' + ''.join(f'_{axis}-{value}' for axis, value in zip(others, values))
     if name not in exclude:
-      own = [f'--config.{AXIS_FIELDS[axis]}={_flag_value(value)}' for axis, value in zip(others, values)]
+      own = [
+          f'--config.{AXIS_FIELDS[axis]}={_flag_value(value)}'
+          for axis, value in zip(others, values)
+      ]
       points.append(Point(name, f'{family}{depth}', depth, tuple(base + own)))
   return points
 
 
 def point_args(point: Point, sweep, root: str, overrides: list[str]) -> list[str]:
   """resnet_jax.main's arguments for one point; the command line's --override comes last and wins."""
-  return ['--config', f'{sweep.config}:{point.preset}', '--workdir', f'{root}/{point.name}',
-          *point.overrides, *overrides]
+  return [
+      '--config',
+      f'{sweep.config}:{point.preset}',
+      '--workdir',
+      f'{root}/{point.name}',
+      *point.overrides,
+      *overrides,
+  ]
 
 
 # ---------------------------------------------------------------------------------------- local runs
+
 
 def cpu_shares(parallel: int) -> list[list[int] | None]:
   """Disjoint sets of this process's CPU cores, one per concurrent run (None: no pinning)."""
@@ -106,7 +122,9 @@ def cpu_shares(parallel: int) -> list[list[int] | None]:
   cpus = sorted(os.sched_getaffinity(0))
   if len(cpus) < parallel:
     return [[cpus[i % len(cpus)]] for i in range(parallel)]
-  return [cpus[i * len(cpus) // parallel:(i + 1) * len(cpus) // parallel] for i in range(parallel)]
+  return [
+      cpus[i * len(cpus) // parallel : (i + 1) * len(cpus) // parallel] for i in range(parallel)
+  ]
 
 
 def start(args: list[str], launcher: list[str], workdir: pathlib.Path, cpus: list[int] | None):
@@ -117,8 +135,9 @@ def start(args: list[str], launcher: list[str], workdir: pathlib.Path, cpus: lis
   pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
   # TF_CPP_MIN_LOG_LEVEL: TensorFlow's start-up chatter would bury the run's own log lines.
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
-  process = subprocess.Popen(launcher + args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             preexec_fn=pin)
+  process = subprocess.Popen(
+      launcher + args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin
+  )
   log.close()  # the child holds its own copy
   return process
 
@@ -128,8 +147,13 @@ def finished_args(workdir: pathlib.Path) -> list[str] | None:
   return json.loads(marker.read_text())['args'] if marker.exists() else None
 
 
-def run_locally(points: list[Point], args_of: dict[str, list[str]], root: pathlib.Path, launcher: list[str],
-                parallel: int) -> list[str]:
+def run_locally(
+    points: list[Point],
+    args_of: dict[str, list[str]],
+    root: pathlib.Path,
+    launcher: list[str],
+    parallel: int,
+) -> list[str]:
   """Runs the unfinished points, `parallel` at a time; returns the names of those that failed."""
   todo = []
   for point in points:
@@ -137,7 +161,9 @@ def run_locally(points: list[Point], args_of: dict[str, list[str]], root: pathli
     if done is None:
       todo.append(point)
       continue
-    note = '' if done == args_of[point.name] else ' (with other arguments; delete its marker to rerun)'
+    note = (
+        '' if done == args_of[point.name] else ' (with other arguments; delete its marker to rerun)'
+    )
     print(f'{point.name}: finished earlier, skipped{note}', flush=True)
   if parallel > 1:
     todo.sort(key=lambda p: -p.depth)  # deepest first, so that the longest runs do not start last
@@ -146,9 +172,16 @@ def run_locally(points: list[Point], args_of: dict[str, list[str]], root: pathli
     while todo or running:
       while todo and free:
         point, cpus = todo.pop(0), free.pop(0)
-        running[point.name] = (start(args_of[point.name], launcher, root / point.name, cpus), cpus, time.time())
-        print(f'{point.name}: running{f" on CPUs {cpus}" if cpus else ""}, log {root / point.name / "sweep.log"}',
-              flush=True)
+        running[point.name] = (
+            start(args_of[point.name], launcher, root / point.name, cpus),
+            cpus,
+            time.time(),
+        )
+        print(
+            f'{point.name}: running{f" on CPUs {cpus}" if cpus else ""}, log'
+            f' {root / point.name / "sweep.log"}',
+            flush=True,
+        )
       time.sleep(0.5)
       for name, (process, cpus, started) in list(running.items()):
         if process.poll() is None:
@@ -157,12 +190,17 @@ def run_locally(points: list[Point], args_of: dict[str, list[str]], root: pathli
         free.append(cpus)
         seconds = time.time() - started
         if process.returncode == 0:
-          (root / name / MARKER).write_text(json.dumps({'args': args_of[name], 'seconds': round(seconds, 1)}))
+          (root / name / MARKER).write_text(
+              json.dumps({'args': args_of[name], 'seconds': round(seconds, 1)})
+          )
           print(f'{name}: finished in {seconds:.0f} s', flush=True)
         else:
           failed.append(name)
-          print(f'{name}: failed with exit status {process.returncode}; see {root / name / "sweep.log"}',
-                flush=True)
+          print(
+              f'{name}: failed with exit status {process.returncode}; see'
+              f' {root / name / "sweep.log"}',
+              flush=True,
+          )
   except KeyboardInterrupt:
     for process, _, _ in running.values():
       process.terminate()
@@ -173,17 +211,37 @@ def run_locally(points: list[Point], args_of: dict[str, list[str]], root: pathli
 
 # ---------------------------------------------------------------------------------------- command line
 
+
 def parse_args(argv):
-  parser = ArgumentParser(prog='python -m experiments.sweep', description=__doc__.split('\n\n')[0],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--sweep', required=True, help='a sweep definition, e.g. experiments/sweeps/degradation_cifar10.py')
-  parser.add_argument('--root', help='directory of the points\' workdirs (default: the sweep\'s workdir_root)')
-  parser.add_argument('--parallel', type=int, default=1, help='points to run at once on this machine')
-  parser.add_argument('--print_commands', action='store_true', help='print one command per point; run nothing')
-  parser.add_argument('--launcher', help='the command that starts one run (default: this Python -m resnet_jax.main '
-                      'locally, `python -m resnet_jax.main` in printed commands)')
-  add_override_argument(parser, 'the rest of the line goes to every point\'s resnet_jax.main, e.g. '
-                        '--config.seed=1')
+  parser = ArgumentParser(
+      prog='python -m experiments.sweep',
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+      '--sweep',
+      required=True,
+      help='a sweep definition, e.g. experiments/sweeps/degradation_cifar10.py',
+  )
+  parser.add_argument(
+      '--root', help="directory of the points' workdirs (default: the sweep's workdir_root)"
+  )
+  parser.add_argument(
+      '--parallel', type=int, default=1, help='points to run at once on this machine'
+  )
+  parser.add_argument(
+      '--print_commands', action='store_true', help='print one command per point; run nothing'
+  )
+  parser.add_argument(
+      '--launcher',
+      help=(
+          'the command that starts one run (default: this Python -m resnet_jax.main '
+          'locally, `python -m resnet_jax.main` in printed commands)'
+      ),
+  )
+  add_override_argument(
+      parser, "the rest of the line goes to every point's resnet_jax.main, e.g. --config.seed=1"
+  )
   args = parser.parse_args(argv)
   if args.parallel < 1:
     parser.error(f'--parallel must be at least 1, got {args.parallel}')
@@ -217,22 +275,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
   if '://' in root:
-    print(f'error: local runs need a local --root, not {root}; use --print_commands to run elsewhere', file=sys.stderr)
+    print(
+        f'error: local runs need a local --root, not {root}; use --print_commands to run elsewhere',
+        file=sys.stderr,
+    )
     return 2
-  launcher = shlex.split(args.launcher) if args.launcher else [sys.executable, '-m', 'resnet_jax.main']
+  launcher = (
+      shlex.split(args.launcher) if args.launcher else [sys.executable, '-m', 'resnet_jax.main']
+  )
   print(f'{len(points)} points in {root}', flush=True)
-  signal.signal(signal.SIGTERM, _stop)  # a killed sweep stops its runs too, rather than orphaning them
+  signal.signal(
+      signal.SIGTERM, _stop
+  )  # a killed sweep stops its runs too, rather than orphaning them
   try:
     failed = run_locally(points, args_of, pathlib.Path(root), launcher, args.parallel)
   except KeyboardInterrupt:
     print('interrupted: run the same command again to resume', file=sys.stderr)
     return 130
   from experiments import results  # matplotlib and jax: loaded only now, so the runs start at once
+
   written = results.write_results(root, root)
   print(pathlib.Path(written['table.md']).read_text())
   print('wrote ' + ', '.join(sorted(written.values())))
   if failed:
-    print(f'error: {len(failed)} of {len(points)} points failed: {", ".join(failed)}', file=sys.stderr)
+    print(
+        f'error: {len(failed)} of {len(points)} points failed: {", ".join(failed)}', file=sys.stderr
+    )
     return 1
   return 0
 

@@ -17,7 +17,9 @@ class NoCheckpointError(UserError):
 
 
 def _describe(meta) -> str:
-  return f"{meta.get('model')} ({meta.get('num_classes')} classes, images {meta.get('image_shape')})"
+  return (
+      f"{meta.get('model')} ({meta.get('num_classes')} classes, images {meta.get('image_shape')})"
+  )
 
 
 class Checkpoints:
@@ -25,9 +27,15 @@ class Checkpoints:
 
   def __init__(self, workdir, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True):
     self.directory = epath.Path(workdir) / 'checkpoints'
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                           enable_async_checkpointing=asynchronous)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'meta'))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=asynchronous,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'meta')
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -40,12 +48,16 @@ class Checkpoints:
   def read_meta(self, step: int) -> dict:
     """The JSON record saved beside the state of `step` (model, classes, image shape, dataset)."""
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'] or {}
+      return (
+          self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+          or {}
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
-          f'checkpoint {self.directory / str(step)} cannot be read ({one_line(e, 200)}): it is truncated or was '
-          f'not written by resnet_jax; move it out of {self.directory} to resume from the one before, or use '
-          'another --workdir') from e
+          f'checkpoint {self.directory / str(step)} cannot be read ({one_line(e, 200)}): it is'
+          f' truncated or was not written by resnet_jax; move it out of {self.directory} to resume'
+          ' from the one before, or use another --workdir'
+      ) from e
 
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """The state at `step` (default: latest), placed as `abstract_state`'s shardings say."""
@@ -54,26 +66,36 @@ class Checkpoints:
     saved_meta = self.read_meta(step)
     if any(saved_meta.get(k) != meta.get(k) for k in ('model', 'num_classes', 'image_shape')):
       raise CheckpointMismatchError(
-          f'checkpoint {where} holds {_describe(saved_meta)} but this run builds {_describe(meta)}; '
-          'use another --workdir, or the config that wrote it')
+          f'checkpoint {where} holds {_describe(saved_meta)} but this run builds {_describe(meta)};'
+          ' use another --workdir, or the config that wrote it'
+      )
     try:
       restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
-          f'checkpoint {where} does not fit this run of {_describe(meta)} or is damaged ({one_line(e, 200)}); '
-          f'if the config changed use another --workdir, else move the checkpoint out of {self.directory} '
-          'to resume from the one before') from e
+          f'checkpoint {where} does not fit this run of {_describe(meta)} or is damaged'
+          f' ({one_line(e, 200)}); if the config changed use another --workdir, else move the'
+          f' checkpoint out of {self.directory} to resume from the one before'
+      ) from e
     return restored['state']
 
   def restore_as_saved(self, step: int, sharding: jax.sharding.Sharding):
     """Whatever state tree `step` holds, placed on `sharding`, without knowing its model: for
     fine-tuning and inspection. (A target is needed: a checkpoint written on other devices or by
     several processes cannot be restored onto its original devices.)"""
-    metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state').item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata,
-                          is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+    metadata = (
+        ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state').item_metadata
+    )
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        metadata,
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
+    )
+    return self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -112,7 +134,9 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
   checkpoints = Checkpoints(source, read_only=True)
   step = checkpoints.latest_step()
   if step is None:
-    raise NoCheckpointError(f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run')
+    raise NoCheckpointError(
+        f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run'
+    )
   saved = checkpoints.restore_as_saved(step, sharding)
 
   def take(path, ours, theirs_tree):
@@ -121,19 +145,28 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
     for k in keys:
       if not isinstance(theirs, dict) or k not in theirs:
         raise CheckpointMismatchError(
-            f'--config.init_from={source} has no {"/".join(keys)}; it holds a different architecture')
+            f'--config.init_from={source} has no {"/".join(keys)}; it holds a different'
+            ' architecture'
+        )
       theirs = theirs[k]
     if keys[0] == 'head' and theirs.shape != ours.shape:
       return ours  # a new classifier for a new number of classes
-    if keys == ['stem_conv', 'kernel'] and theirs.shape[2] != ours.shape[2] and (
-        theirs.shape[:2] + theirs.shape[3:] == ours.shape[:2] + ours.shape[3:]):
+    if (
+        keys == ['stem_conv', 'kernel']
+        and theirs.shape[2] != ours.shape[2]
+        and (theirs.shape[:2] + theirs.shape[3:] == ours.shape[:2] + ours.shape[3:])
+    ):
       return adapt_input_channels(theirs, ours.shape[2]).astype(ours.dtype)
     if theirs.shape != ours.shape:
       raise CheckpointMismatchError(
-          f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model needs {ours.shape}')
+          f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model'
+          f' needs {ours.shape}'
+      )
     return theirs.astype(ours.dtype)
 
   params = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['params']), params)
-  batch_stats = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['batch_stats']), batch_stats)
+  batch_stats = jax.tree_util.tree_map_with_path(
+      lambda p, x: take(p, x, saved['batch_stats']), batch_stats
+  )
   checkpoints.close()
   return params, batch_stats, step

@@ -40,23 +40,44 @@ def _conv_bwd(strides, pads, residuals, dy):
   padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   (sh, sw), (oh, ow) = strides, dy.shape[1:3]
   # Patches in (kh, kw, cin) order, the HWIO kernel's own, so dW = patches^T . dy needs no reshuffle.
-  patches = jnp.concatenate([padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-                             for i in range(kh) for j in range(kw)], axis=-1)
-  dw = lax.dot_general(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
+  patches = jnp.concatenate(
+      [
+          padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+          for i in range(kh)
+          for j in range(kw)
+      ],
+      axis=-1,
+  )
+  dw = lax.dot_general(
+      patches.reshape(-1, kh * kw * cin),
+      dy.reshape(-1, cout),
+      (((0,), (0,)), ((), ())),
+      preferred_element_type=jnp.float32,
+  )
   return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
 conv_2d.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_with_matmul_kernel_grad(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                 rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                                 precision=None, **unused):
+def conv_with_matmul_kernel_grad(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **unused
+):
   """Stands in for lax.conv_general_dilated in flax's nn.Conv (`nn.Conv(..., conv_general_dilated=this)`)."""
   del dimension_numbers, precision, unused  # flax's 2-D convolutions are NHWC x HWIO
   if any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())) or feature_group_count != 1:
-    raise NotImplementedError("conv_kernel_grad='matmul' supports undilated, ungrouped convolutions only")
+    raise NotImplementedError(
+        "conv_kernel_grad='matmul' supports undilated, ungrouped convolutions only"
+    )
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   return conv_2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))

@@ -33,18 +33,30 @@ from resnet_jax.train_step import create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    'config', None, 'import: the config the workdir is for (default: configs/imagenet.py:<model> for '
-    'torchvision weights, configs/cifar10.py:<model> for the CIFAR reference).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'import: the new workdir to write; export: the workdir to read.')
-flags.DEFINE_string('model', None, 'import: the preset to read the weights as (default: detected from '
-                    'the keys; option-A CIFAR nets read as resnet<d>, say plain<d> for a plain twin).')
+    'config',
+    None,
+    'import: the config the workdir is for (default: configs/imagenet.py:<model> for '
+    'torchvision weights, configs/cifar10.py:<model> for the CIFAR reference).',
+    lock_config=True,
+)
+flags.DEFINE_string(
+    'workdir', None, 'import: the new workdir to write; export: the workdir to read.'
+)
+flags.DEFINE_string(
+    'model',
+    None,
+    'import: the preset to read the weights as (default: detected from '
+    'the keys; option-A CIFAR nets read as resnet<d>, say plain<d> for a plain twin).',
+)
 flags.DEFINE_string('out', None, 'export: the .safetensors file to write (must not exist).')
 flags.DEFINE_integer('step', None, 'export: the checkpoint step (default: the latest).')
 flags.mark_flags_as_required(['workdir'])
 
 TORCH_FILES = ('.pth', '.pt', '.th', '.bin', '.ckpt')
-USAGE = ('usage: python -m resnet_jax.convert import WEIGHTS.safetensors --workdir NEW_DIR, or '
-         'python -m resnet_jax.convert export --workdir DIR --out FILE.safetensors')
+USAGE = (
+    'usage: python -m resnet_jax.convert import WEIGHTS.safetensors --workdir NEW_DIR, or '
+    'python -m resnet_jax.convert export --workdir DIR --out FILE.safetensors'
+)
 
 
 # ----------------------------------------------------------------------------- reading weights
@@ -55,11 +67,15 @@ def _numpy_state_dict(loaded, path) -> dict:
     if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
       loaded = loaded[wrapper]
   if not isinstance(loaded, dict) or not loaded:
-    raise UserError(f'{path} holds no state dict (a {type(loaded).__name__}); give a model\'s state_dict()')
+    raise UserError(
+        f"{path} holds no state dict (a {type(loaded).__name__}); give a model's state_dict()"
+    )
   state_dict = {}
   for key, value in loaded.items():
     if not hasattr(value, 'shape'):
-      raise UserError(f'{path} is not a state dict: {key!r} is a {type(value).__name__}, not a tensor')
+      raise UserError(
+          f'{path} is not a state dict: {key!r} is a {type(value).__name__}, not a tensor'
+      )
     # DataParallel's 'module.' prefix; one published CIFAR-reference version names its convolutions
     # and classifier 'compressible_*'.
     key = key.removeprefix('module.').replace('compressible_', '')
@@ -76,9 +92,12 @@ def read_state_dict(path: str) -> dict:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise UserError(
-          f'{path} is a PyTorch file and PyTorch is not installed here; convert it where it is: python -c '
-          f'"import torch, safetensors.torch as s; s.save_file(torch.load(\'{path}\', map_location=\'cpu\'), '
-          f'\'{os.path.splitext(path)[0]}.safetensors\')"') from None
+          f'{path} is a PyTorch file and PyTorch is not installed here; convert it where it is:'
+          ' python -c '
+          f"\"import torch, safetensors.torch as s; s.save_file(torch.load('{path}',"
+          " map_location='cpu'), "
+          f"'{os.path.splitext(path)[0]}.safetensors')\""
+      ) from None
     try:
       loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
@@ -89,8 +108,10 @@ def read_state_dict(path: str) -> dict:
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'{path} is not a .safetensors file ({one_line(e, 200)}); PyTorch files must end in '
-                    f'{", ".join(TORCH_FILES)}') from None
+    raise UserError(
+        f'{path} is not a .safetensors file ({one_line(e, 200)}); PyTorch files must end in '
+        f'{", ".join(TORCH_FILES)}'
+    ) from None
 
 
 # ----------------------------------------------------------------------------- import
@@ -99,8 +120,10 @@ def read_state_dict(path: str) -> dict:
 def _default_config(preset: str, layout: str):
   if layout == 'torchvision':
     from configs import imagenet  # pylint: disable=import-outside-toplevel
+
     return imagenet.get_config(preset)
   from configs import cifar10  # pylint: disable=import-outside-toplevel
+
   return cifar10.get_config(preset)
 
 
@@ -111,27 +134,38 @@ def _image_shape(config) -> tuple[int, int, int]:
     # Only here: the rest of the conversion needs no TensorFlow. `datasets` registers sklearn_digits.
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     import resnet_jax.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    native = tuple(tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features['image'].shape)
+
+    native = tuple(
+        tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+        .info.features['image']
+        .shape
+    )
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"cannot tell the image shape of dataset '{config.dataset.name}' ({one_line(e, 200)}); set "
-                    '--config.dataset.image_size') from None
+    raise UserError(
+        f"cannot tell the image shape of dataset '{config.dataset.name}' ({one_line(e, 200)}); set "
+        '--config.dataset.image_size'
+    ) from None
   channels = native[-1] if native and native[-1] else 3
   if config.dataset.image_size:
     return (config.dataset.image_size, config.dataset.image_size, channels)
   if len(native) != 3 or None in native:
-    raise UserError(f"the images of '{config.dataset.name}' have no fixed shape; set --config.dataset.image_size")
+    raise UserError(
+        f"the images of '{config.dataset.name}' have no fixed shape; set"
+        ' --config.dataset.image_size'
+    )
   return native
 
 
 def import_weights(path: str, workdir: str, *, model_name: str | None = None, config=None) -> str:
   """Writes `workdir` (new) from the state dict at `path`; returns the workdir's absolute path."""
 
-
   workdir = epath.Path(workdir)
   if '://' not in str(workdir):
     workdir = workdir.resolve()
   if workdir.exists() and any(workdir.iterdir()):
-    raise UserError(f'--workdir {workdir} already holds files; import writes a new workdir, give another')
+    raise UserError(
+        f'--workdir {workdir} already holds files; import writes a new workdir, give another'
+    )
   state_dict = read_state_dict(path)
   detected, num_classes = interop.detect(state_dict)
   model_name = model_name or (config.model.name if config is not None else detected)
@@ -139,34 +173,52 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
   layout = interop.LAYOUTS[models.model_spec(model_name)['stem']]
   config = config if config is not None else _default_config(model_name, layout)
   if config.model.name != model_name:
-    raise UserError(f'--config builds {config.model.name} but the weights are read as {model_name}; '
-                    f'use --config ...:{model_name} or --model {config.model.name}')
+    raise UserError(
+        f'--config builds {config.model.name} but the weights are read as {model_name}; '
+        f'use --config ...:{model_name} or --model {config.model.name}'
+    )
   model = models.create_model_from_config(config.model, num_classes=num_classes)
   image_shape = _image_shape(config)
   tx = optim.create_optimizer(config)
 
   def init(rng):
-    return create_train_state(rng, model=model, tx=tx, image_shape=image_shape,
-                              warmup=config.schedule.warmup_lr > 0)
+    return create_train_state(
+        rng, model=model, tx=tx, image_shape=image_shape, warmup=config.schedule.warmup_lr > 0
+    )
 
   abstract = jax.eval_shape(init, jax.random.key(0))
   try:
     variables = interop.from_state_dict(
-        model, state_dict, {'params': abstract.params, 'batch_stats': abstract.batch_stats})
+        model, state_dict, {'params': abstract.params, 'batch_stats': abstract.batch_stats}
+    )
   except interop.StateDictMismatchError as e:
-    raise interop.StateDictMismatchError(f'{e}; {path} looks like a {detected} with {num_classes} classes') from None
+    raise interop.StateDictMismatchError(
+        f'{e}; {path} looks like a {detected} with {num_classes} classes'
+    ) from None
   state = jax.jit(init)(jax.random.key(config.seed))
   variables = jax.tree.map(jax.numpy.asarray, variables)
-  state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
-                        opt_state=tx.init(variables['params']))
-  meta = {'model': model_name, 'num_classes': num_classes, 'image_shape': list(image_shape),
-          'dataset': config.dataset.name, 'imported_from': os.path.abspath(path)}
+  state = state.replace(
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(variables['params']),
+  )
+  meta = {
+      'model': model_name,
+      'num_classes': num_classes,
+      'image_shape': list(image_shape),
+      'dataset': config.dataset.name,
+      'imported_from': os.path.abspath(path),
+  }
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   except OSError as e:
-    raise UserError(f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory') from e
-  checkpoints = checkpointing.Checkpoints(workdir, keep=config.train.keep_checkpoints, asynchronous=False)
+    raise UserError(
+        f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory'
+    ) from e
+  checkpoints = checkpointing.Checkpoints(
+      workdir, keep=config.train.keep_checkpoints, asynchronous=False
+  )
   checkpoints.save(0, state, meta)
   checkpoints.close()
   return str(workdir)
@@ -179,7 +231,6 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
   """Writes the checkpoint at `step` (default latest) of `workdir` as a reference state dict to
   `out` (.safetensors); returns {'file', 'step', 'layout', 'tensors'}."""
 
-
   if not out or not out.endswith('.safetensors'):
     raise UserError(f'--out must name a .safetensors file, got {out!r}')
   if os.path.exists(out):
@@ -188,22 +239,30 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
   if '://' not in str(workdir):
     workdir = workdir.resolve()
   if not (workdir / 'config.json').exists() or not (workdir / 'checkpoints').exists():
-    raise UserError(f'--workdir {workdir} is not a resnet_jax workdir (it needs config.json and checkpoints/)')
+    raise UserError(
+        f'--workdir {workdir} is not a resnet_jax workdir (it needs config.json and checkpoints/)'
+    )
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
   try:
     steps = checkpoints.manager.all_steps()
     step = checkpoints.latest_step() if step is None else step
     if step not in steps:
-      raise UserError(f'--workdir {workdir} has no checkpoint at step {step}; it has {sorted(steps) or "none"}')
+      raise UserError(
+          f'--workdir {workdir} has no checkpoint at step {step}; it has {sorted(steps) or "none"}'
+      )
     meta = checkpoints.read_meta(step)
     state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   finally:
     checkpoints.close()
   model = models.create_model_from_config(config.model, num_classes=meta['num_classes'])
   state_dict = interop.to_state_dict(model, state, num_batches_tracked=int(state['step']))
-  metadata = {'format': 'pt', 'resnet_jax_model': meta['model'], 'resnet_jax_step': str(step),
-              'layout': interop.layout(model)}
+  metadata = {
+      'format': 'pt',
+      'resnet_jax_model': meta['model'],
+      'resnet_jax_step': str(step),
+      'layout': interop.layout(model),
+  }
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   safetensors.numpy.save_file(state_dict, out, metadata=metadata)
   return {'file': out, 'step': step, 'layout': interop.layout(model), 'tensors': len(state_dict)}
@@ -221,15 +280,24 @@ def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   try:
     if command == 'import' and len(args) == 1:
-      workdir = import_weights(args[0], FLAGS.workdir, model_name=FLAGS.model,
-                                config=errors.read_config_or_exit(lambda: FLAGS.config)
-                                if FLAGS['config'].present else None)
-      print(f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another run '
-            f'from it with --config.init_from={workdir}')
+      workdir = import_weights(
+          args[0],
+          FLAGS.workdir,
+          model_name=FLAGS.model,
+          config=errors.read_config_or_exit(lambda: FLAGS.config)
+          if FLAGS['config'].present
+          else None,
+      )
+      print(
+          f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another'
+          f' run from it with --config.init_from={workdir}'
+      )
     elif command == 'export' and not args:
       written = export_weights(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
-      print(f"wrote {written['file']}: step {written['step']}, {written['tensors']} tensors with "
-            f"{written['layout']} names")
+      print(
+          f"wrote {written['file']}: step {written['step']}, {written['tensors']} tensors with "
+          f"{written['layout']} names"
+      )
     else:
       raise UserError(USAGE)
   except UserError as e:

@@ -17,7 +17,7 @@ class UserError(ValueError):
 def one_line(text, limit: int = 300) -> str:
   """`text` (an exception's message, say) on one line of at most `limit` characters."""
   text = ' '.join(str(text).split()) or type(text).__name__
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def innermost_user_error(exception: BaseException | None) -> UserError | None:
@@ -49,24 +49,37 @@ def config_error(exception: BaseException) -> UserError | None:
   for error in chain:
     text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
     if isinstance(error, (KeyError, AttributeError)):
-      named = re.search(r'Key "(\w+)" does not exist', text) or re.match(r"""[\\'"\s]*(\w+)""", text)
+      named = re.search(r'Key "(\w+)" does not exist', text) or re.match(
+          r"""[\\'"\s]*(\w+)""", text
+      )
       field = named.group(1) if named else text
       said = re.search(r'Did you mean "([^"]+)"', text)
-      close = [said.group(1)] if said else difflib.get_close_matches(
-          field, re.findall(r"(\w+)\\?'?: ", text), n=1)
+      close = (
+          [said.group(1)]
+          if said
+          else difflib.get_close_matches(field, re.findall(r"(\w+)\\?'?: ", text), n=1)
+      )
       suggestion = f' (did you mean {close[0]!r}?)' if close else ''
-      return UserError(f'the config has no field {field!r}{suggestion}; configs/base.py lists every '
-                       'field, set by a config file or a --config.<section>.<field> flag')
+      return UserError(
+          f'the config has no field {field!r}{suggestion}; configs/base.py lists every '
+          'field, set by a config file or a --config.<section>.<field> flag'
+      )
     if isinstance(error, FileNotFoundError):
-      return UserError(f'config file {error.filename} does not exist; give an existing file, e.g. '
-                       '--config configs/cifar10.py:resnet56')
+      return UserError(
+          f'config file {error.filename} does not exist; give an existing file, e.g. '
+          '--config configs/cifar10.py:resnet56'
+      )
     missing = re.search(r"No such file or directory: '([^']+)'", text)
     if isinstance(error, OSError) and missing:
-      return UserError(f'config file {missing.group(1)} does not exist; give an existing file, e.g. '
-                       '--config configs/cifar10.py:resnet56')
+      return UserError(
+          f'config file {missing.group(1)} does not exist; give an existing file, e.g. '
+          '--config configs/cifar10.py:resnet56'
+      )
     if isinstance(error, OSError) and 'Failed loading config file' in text:
-      return UserError(f'cannot load the --config file ({one_line(text, 160)}); give an existing file, '
-                       'e.g. --config configs/cifar10.py:resnet56')
+      return UserError(
+          f'cannot load the --config file ({one_line(text, 160)}); give an existing file, '
+          'e.g. --config configs/cifar10.py:resnet56'
+      )
   return None
 
 
@@ -87,6 +100,7 @@ def read_config_or_exit(read: Callable[[], Any]):
 def parse_flags_or_exit(flag_values, argv):
   """absl's flag parsing (which also builds --config), with errors as one line and exit status 2."""
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   try:
     return flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except

@@ -48,7 +48,9 @@ KNOWN_STATS = {
     'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
 }
-STATS_NUM_EXAMPLES = 10_000  # computed statistics use the first (unshuffled) examples of train_split
+STATS_NUM_EXAMPLES = (
+    10_000  # computed statistics use the first (unshuffled) examples of train_split
+)
 # 'imagenet' eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224): shorter
 # side to round(size / 0.875) with PIL's antialiased bilinear, then the centre size x size crop.
 EVAL_CROP_FRACTION = 0.875
@@ -73,8 +75,11 @@ def _read_config(**kwargs) -> tfds.ReadConfig:
 
 
 def _image_decoders(builder) -> dict[str, Any]:
-  return {'image': tfds.decode.SkipDecoding()} if isinstance(
-      builder.info.features['image'], tfds.features.Image) else {}
+  return (
+      {'image': tfds.decode.SkipDecoding()}
+      if isinstance(builder.info.features['image'], tfds.features.Image)
+      else {}
+  )
 
 
 def _num_examples(builder, split) -> int:
@@ -85,9 +90,13 @@ def _num_examples(builder, split) -> int:
       return int(splits[split].num_examples)
     except (KeyError, ValueError, AssertionError) as e:
       known = ', '.join(f'{k} ({v.num_examples})' for k, v in splits.items())
-      raise UserError(f"bad split {split!r} for dataset '{builder.name}' ({one_line(e, 150)}); its splits: "
-                      f"{known}; slices look like 'train[:45000]' or 'train[90%:]'") from None
-  ds = builder.as_dataset(split=split, decoders=_image_decoders(builder), read_config=_read_config())
+      raise UserError(
+          f"bad split {split!r} for dataset '{builder.name}' ({one_line(e, 150)}); its splits: "
+          f"{known}; slices look like 'train[:45000]' or 'train[90%:]'"
+      ) from None
+  ds = builder.as_dataset(
+      split=split, decoders=_image_decoders(builder), read_config=_read_config()
+  )
   count = int(ds.cardinality())
   if count < 0:
     count = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
@@ -110,8 +119,10 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   if _augment(dataset_config) == 'imagenet':
     raise UserError("dataset.image_size must be set for augment='imagenet' (e.g. 224)")
   if len(native) != 3 or any(d is None for d in native):
-    raise UserError(f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
-                     "dataset.image_size")
+    raise UserError(
+        f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
+        'dataset.image_size'
+    )
   return tuple(int(d) for d in native)
 
 
@@ -143,18 +154,26 @@ def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
     def sums(ex):
       x = tf.cast(ex['image'], tf.float64) / 255.0
       x = tf.reshape(x, [-1, tf.shape(x)[-1]])
-      return tf.reduce_sum(x, 0), tf.reduce_sum(tf.square(x), 0), tf.cast(tf.shape(x)[0], tf.float64)
+      return (
+          tf.reduce_sum(x, 0),
+          tf.reduce_sum(tf.square(x), 0),
+          tf.cast(tf.shape(x)[0], tf.float64),
+      )
 
     total, total_sq, count = 0.0, 0.0, 0.0
-    for s, sq, c in ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator():
+    for s, sq, c in (
+        ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator()
+    ):
       total, total_sq, count = total + s.sum(0), total_sq + sq.sum(0), count + c.sum()
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     _COMPUTED_STATS[key] = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
   return _COMPUTED_STATS[key]
 
 
-def normalisation_stats(dataset_config, builder=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalisation_stats(
+    dataset_config, builder=None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """(mean, std) per channel of x / 255: the config's, known constants, or computed (deterministic)."""
   builder = builder or get_dataset_builder(dataset_config)
   channels = _image_shape(dataset_config, builder)[-1]
@@ -170,7 +189,9 @@ def normalisation_stats(dataset_config, builder=None) -> tuple[tuple[float, ...]
     std = known[1] if std is None else std
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
   if len(mean) != channels or len(std) != channels:
-    raise UserError(f'dataset.mean/std need {channels} values (one per channel), got {mean} and {std}')
+    raise UserError(
+        f'dataset.mean/std need {channels} values (one per channel), got {mean} and {std}'
+    )
   return mean, std
 
 
@@ -184,12 +205,14 @@ def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
     window = crop_window(tf.image.extract_jpeg_shape(data))
     # The accurate DCT, as PIL (torchvision's reader) and our eval decode: train and eval see the
     # same pixels. TF's default fast DCT is up to ~20 grey levels off it.
-    return tf.image.decode_and_crop_jpeg(data, window, channels=channels, dct_method='INTEGER_ACCURATE')
+    return tf.image.decode_and_crop_jpeg(
+        data, window, channels=channels, dct_method='INTEGER_ACCURATE'
+    )
 
   def other():  # PNG etc. (e.g. tfds mock data, or non-JPEG datasets)
     image = tf.io.decode_image(data, channels=channels, expand_animations=False)
     y, x, h, w = tf.unstack(crop_window(tf.shape(image)))
-    return image[y:y + h, x:x + w]
+    return image[y : y + h, x : x + w]
 
   return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
@@ -197,10 +220,17 @@ def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
 def _random_crop_window(seed: tf.Tensor):
   def window(shape):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]), seed=seed,
-        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     return tf.stack([begin[0], begin[1], size[0], size[1]])
+
   return window
 
 
@@ -221,8 +251,9 @@ def _shorter_side_shape(shape: tf.Tensor, size: int) -> tf.Tensor:
   int(size * long / short) (a float64 division, as Python's)."""
   h, w = shape[0], shape[1]
   short, long = tf.minimum(h, w), tf.maximum(h, w)
-  new_long = tf.cast(tf.math.floor(tf.cast(size * long, tf.float64) / tf.cast(short, tf.float64)),
-                     tf.int32)
+  new_long = tf.cast(
+      tf.math.floor(tf.cast(size * long, tf.float64) / tf.cast(short, tf.float64)), tf.int32
+  )
   return tf.where(w <= h, tf.stack([new_long, size]), tf.stack([size, new_long]))
 
 
@@ -253,7 +284,7 @@ def _center_crop(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
   shape = tf.shape(image)
   top = tf.cast(tf.round(tf.cast(shape[0] - out_h, tf.float64) / 2.0), tf.int32)
   left = tf.cast(tf.round(tf.cast(shape[1] - out_w, tf.float64) / 2.0), tf.int32)
-  return image[top:top + out_h, left:left + out_w]
+  return image[top : top + out_h, left : left + out_w]
 
 
 def imagenet_eval_image(data: tf.Tensor, image_size: int, channels: int = 3) -> tf.Tensor:
@@ -322,7 +353,9 @@ def _pipeline_options() -> tf.data.Options:
 
 def _seed(*values: int) -> int:
   """A 63-bit seed derived from integers (any sign/size), stable across machines and versions."""
-  state = np.random.SeedSequence([int(v) % 2 ** 64 for v in values]).generate_state(2, dtype=np.uint32)
+  state = np.random.SeedSequence([int(v) % 2**64 for v in values]).generate_state(
+      2, dtype=np.uint32
+  )
   return int((int(state[0]) << 31) ^ int(state[1]))
 
 
@@ -330,12 +363,23 @@ def _seed(*values: int) -> int:
 
 
 def train_split_for_process(dataset_config, process_index: int, process_count: int):
-  return tfds.split_for_jax_process(dataset_config.train_split, process_index=process_index,
-                                    process_count=process_count, drop_remainder=True)
+  return tfds.split_for_jax_process(
+      dataset_config.train_split,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=True,
+  )
 
 
-def create_train_iterator(dataset_config, *, local_batch_size: int, seed: int, start_step: int = 0,
-                          process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def create_train_iterator(
+    dataset_config,
+    *,
+    local_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]} (see module docstring).
 
   The training split is read as `dataset.num_shards` streams (default: one per process), each over its
@@ -345,22 +389,35 @@ def create_train_iterator(dataset_config, *, local_batch_size: int, seed: int, s
   """
   num_shards = int(dataset_config.get('num_shards', 0) or 0) or process_count
   if num_shards % process_count:
-    raise UserError(f'dataset.num_shards={num_shards} does not divide over {process_count} processes; '
-                    f'use a multiple of {process_count}')
+    raise UserError(
+        f'dataset.num_shards={num_shards} does not divide over {process_count} processes; '
+        f'use a multiple of {process_count}'
+    )
   per_process = num_shards // process_count
   if local_batch_size <= 0 or local_batch_size % per_process:
-    raise UserError(f'the per-process batch {local_batch_size} does not split into {per_process} data shards; '
-                    f'make the batch size a multiple of dataset.num_shards={num_shards}')
-  streams = [_shard_batches(dataset_config, shard=process_index * per_process + j, num_shards=num_shards,
-                            batch_size=local_batch_size // per_process, seed=seed, start_step=start_step)
-             for j in range(per_process)]
+    raise UserError(
+        f'the per-process batch {local_batch_size} does not split into {per_process} data shards; '
+        f'make the batch size a multiple of dataset.num_shards={num_shards}'
+    )
+  streams = [
+      _shard_batches(
+          dataset_config,
+          shard=process_index * per_process + j,
+          num_shards=num_shards,
+          batch_size=local_batch_size // per_process,
+          seed=seed,
+          start_step=start_step,
+      )
+      for j in range(per_process)
+  ]
   if per_process == 1:
     return streams[0]
   return ({k: np.concatenate([b[k] for b in parts]) for k in parts[0]} for parts in zip(*streams))
 
 
-def _shard_batches(dataset_config, *, shard: int, num_shards: int, batch_size: int, seed: int,
-                   start_step: int) -> Iterator[dict[str, np.ndarray]]:
+def _shard_batches(
+    dataset_config, *, shard: int, num_shards: int, batch_size: int, seed: int, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one data shard (its random choices are keyed by the shard, not the process)."""
   if batch_size <= 0 or start_step < 0:
     raise UserError(f'need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}')
@@ -369,8 +426,10 @@ def _shard_batches(dataset_config, *, shard: int, num_shards: int, batch_size: i
   num = _num_examples(builder, split)
   steps_per_epoch = num // batch_size
   if steps_per_epoch == 0:
-    raise UserError(f'data shard {shard} of {dataset_config.train_split} ({num} '
-                     f'examples) is smaller than its batch of {batch_size}')
+    raise UserError(
+        f'data shard {shard} of {dataset_config.train_split} ({num} '
+        f'examples) is smaller than its batch of {batch_size}'
+    )
   preprocess = _make_preprocess(dataset_config, builder, train=True)
   decoders = _decoders(dataset_config, builder)
   buffer = max(1, min(int(dataset_config.get('shuffle_buffer', num) or num), num))
@@ -381,23 +440,33 @@ def _shard_batches(dataset_config, *, shard: int, num_shards: int, batch_size: i
 
   cached = None
   if dataset_config.get('cache', False):
-    cached = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                                read_config=_read_config()).map(select).cache()
+    cached = (
+        builder.as_dataset(
+            split=split, shuffle_files=False, decoders=decoders, read_config=_read_config()
+        )
+        .map(select)
+        .cache()
+    )
 
   def epoch_dataset(epoch: int, skip: int) -> tf.data.Dataset:
     if cached is not None:
       ds = cached
     else:
       ds = builder.as_dataset(
-          split=split, shuffle_files=True, decoders=decoders,
-          read_config=_read_config(shuffle_seed=_seed(seed, shard, epoch, 2))).map(select)
+          split=split,
+          shuffle_files=True,
+          decoders=decoders,
+          read_config=_read_config(shuffle_seed=_seed(seed, shard, epoch, 2)),
+      ).map(select)
     ds = ds.shuffle(buffer, seed=_seed(seed, shard, epoch, 0), reshuffle_each_iteration=False)
     ds = ds.take(steps_per_epoch * batch_size).enumerate().skip(skip)
     aug_seed = tf.constant(_seed(seed, shard, epoch, 1), tf.int64)
 
     def process(i, ex):
-      return {'image': preprocess(ex['image'], tf.stack([aug_seed, i])),
-              'label': tf.cast(ex['label'], tf.int32)}
+      return {
+          'image': preprocess(ex['image'], tf.stack([aug_seed, i])),
+          'label': tf.cast(ex['label'], tf.int32),
+      }
 
     ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -431,7 +500,9 @@ def num_eval_batches(dataset_config, *, local_batch_size: int, process_count: in
 _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.OrderedDict()
 
 
-def _eval_examples(dataset_config, builder, process_index: int, process_count: int) -> tf.data.Dataset:
+def _eval_examples(
+    dataset_config, builder, process_index: int, process_count: int
+) -> tf.data.Dataset:
   cache = bool(dataset_config.get('cache', False))
   key = (str(builder.data_dir), repr(sorted(dataset_config.items())), process_index, process_count)
   if cache and key in _EVAL_DATASETS:
@@ -439,13 +510,21 @@ def _eval_examples(dataset_config, builder, process_index: int, process_count: i
     return _EVAL_DATASETS[key]
   split = _eval_splits(dataset_config, process_count)[process_index]
   preprocess = _make_preprocess(dataset_config, builder, train=False)
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_decoders(dataset_config, builder),
-                          read_config=_read_config())
+  ds = builder.as_dataset(
+      split=split,
+      shuffle_files=False,
+      decoders=_decoders(dataset_config, builder),
+      read_config=_read_config(),
+  )
   zero_seed = tf.zeros([2], tf.int64)
-  ds = ds.map(lambda ex: {'image': preprocess(ex['image'], zero_seed),
-                          'label': tf.cast(ex['label'], tf.int32),
-                          'mask': tf.constant(1.0, tf.float32)},
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(
+      lambda ex: {
+          'image': preprocess(ex['image'], zero_seed),
+          'label': tf.cast(ex['label'], tf.int32),
+          'mask': tf.constant(1.0, tf.float32),
+      },
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   if cache:
     ds = ds.cache()
     _EVAL_DATASETS[key] = ds
@@ -454,15 +533,20 @@ def _eval_examples(dataset_config, builder, process_index: int, process_count: i
   return ds
 
 
-def create_eval_iterator(dataset_config, *, local_batch_size: int, process_index: int = 0,
-                         process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def create_eval_iterator(
+    dataset_config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split.
 
   Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
   """
   builder = get_dataset_builder(dataset_config)
-  total = num_eval_batches(dataset_config, local_batch_size=local_batch_size,
-                           process_count=process_count) * local_batch_size
+  total = (
+      num_eval_batches(
+          dataset_config, local_batch_size=local_batch_size, process_count=process_count
+      )
+      * local_batch_size
+  )
   ds = _eval_examples(dataset_config, builder, process_index, process_count)
   padding = tf.data.Dataset.from_tensors({
       'image': tf.zeros(_image_shape(dataset_config, builder), tf.float32),
@@ -479,8 +563,9 @@ def create_eval_iterator(dataset_config, *, local_batch_size: int, process_index
 _END = object()
 
 
-def prefetch_to_devices(iterator: Iterable[dict[str, np.ndarray]], place: Callable[[Any], Any],
-                        size: int = 2) -> Iterator[dict[str, jax.Array]]:
+def prefetch_to_devices(
+    iterator: Iterable[dict[str, np.ndarray]], place: Callable[[Any], Any], size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
   """Iterates `iterator` in a daemon thread, keeping `size` batches already on the devices.
 
   `place` puts one host batch on the devices (parallel.DataParallel.place_batch).

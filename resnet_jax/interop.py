@@ -23,8 +23,13 @@ from resnet_jax import models
 from resnet_jax.errors import UserError
 
 LAYOUTS = {'imagenet': 'torchvision', 'cifar': 'cifar_reference'}
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
-               'var': 'running_var'}
+_LEAF_NAMES = {
+    'kernel': 'weight',
+    'scale': 'weight',
+    'bias': 'bias',
+    'mean': 'running_mean',
+    'var': 'running_var',
+}
 _BLOCK = re.compile(r'^stage(\d+)_block(\d+)$')
 
 
@@ -46,7 +51,8 @@ def unrolled(tree: Mapping[str, Any]) -> dict[str, Any]:
     stacked = tree.pop(name)['block']
     for index in range(jax.tree.leaves(stacked)[0].shape[0]):
       tree[f"{name.removesuffix('_scan')}_block{index + 2}"] = jax.tree.map(
-          lambda x, i=index: _index(x, i), stacked)
+          lambda x, i=index: _index(x, i), stacked
+      )
   return tree
 
 
@@ -81,10 +87,14 @@ def _stream_permutations(model: models.ResNet) -> dict[str, np.ndarray]:
     for index in range(1, count + 1):
       out = filters * expansion
       if option_a and width != out:
-        before = out // 4  # the reference: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
+        before = (
+            out // 4
+        )  # the reference: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
         if out != 2 * width:
-          raise UserError(f'the CIFAR reference layout pads option A by a quarter on each side; {width} -> '
-                          f'{out} channels cannot be written in it')
+          raise UserError(
+              f'the CIFAR reference layout pads option A by a quarter on each side; {width} -> '
+              f'{out} channels cannot be written in it'
+          )
         zero_slots = [c for c in range(out) if not before <= c < before + width]
         permutation = np.concatenate([before + permutation, zero_slots])
       elif width != out:
@@ -101,7 +111,9 @@ def _previous_block(name: str, stage_sizes) -> str:
   return 'stem' if stage == 1 else f'stage{stage - 1}_block{stage_sizes[stage - 2]}'
 
 
-def reference_names(model: models.ResNet, variables: Mapping[str, Any]) -> dict[tuple[str, ...], tuple]:
+def reference_names(
+    model: models.ResNet, variables: Mapping[str, Any]
+) -> dict[tuple[str, ...], tuple]:
   """{(collection, *path): (reference name, kind, out_permutation, in_permutation)} for every
   variable of `variables` (unrolled layout). kind: 'conv' (HWIO <-> OIHW), 'dense' (IO <-> OI),
   'vector'. A permutation gives the reference channel of each of ours (None: identity)."""
@@ -126,14 +138,21 @@ def reference_names(model: models.ResNet, variables: Mapping[str, Any]) -> dict[
     elif module and _BLOCK.match(module[0]):
       stage, index = map(int, _BLOCK.match(module[0]).groups())
       prefix = f'layer{stage}.{index - 1}'
-      block_in, block_out = streams[_previous_block(module[0], model.stage_sizes)], streams[module[0]]
+      block_in, block_out = (
+          streams[_previous_block(module[0], model.stage_sizes)],
+          streams[module[0]],
+      )
       layer, number = module[-1].rsplit('_', 1) if '_' in module[-1] else (module[-1], '')
       num_convs = 3 if model.block == 'bottleneck' else 2
       if module[1:] == ('Shortcut_0', 'projection'):
         name, kind = f"{prefix}.{'shortcut' if is_cifar else 'downsample'}.0", 'conv'
         out_perm, in_perm = block_out, block_in
       elif module[1:] == ('Shortcut_0', 'projection_bn'):
-        name, kind, out_perm = f"{prefix}.{'shortcut' if is_cifar else 'downsample'}.1", 'vector', block_out
+        name, kind, out_perm = (
+            f"{prefix}.{'shortcut' if is_cifar else 'downsample'}.1",
+            'vector',
+            block_out,
+        )
       elif layer == 'Conv' and len(module) == 2:
         i = int(number)
         name, kind = f'{prefix}.conv{i + 1}', 'conv'
@@ -155,8 +174,11 @@ def reference_names(model: models.ResNet, variables: Mapping[str, Any]) -> dict[
 
 
 def _bn_modules(table) -> list[str]:
-  return sorted({name.rsplit('.', 1)[0] for name, kind, _, _ in table.values()
-                 if name.endswith('.running_mean')})
+  return sorted({
+      name.rsplit('.', 1)[0]
+      for name, kind, _, _ in table.values()
+      if name.endswith('.running_mean')
+  })
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -194,8 +216,9 @@ def _set(tree: dict, keys, value) -> None:
   tree[keys[-1]] = value
 
 
-def to_state_dict(model: models.ResNet, variables: Mapping[str, Any], *,
-                  num_batches_tracked: int = 0) -> dict[str, np.ndarray]:
+def to_state_dict(
+    model: models.ResNet, variables: Mapping[str, Any], *, num_batches_tracked: int = 0
+) -> dict[str, np.ndarray]:
   """{'params', 'batch_stats'} (either layout) -> the reference's state dict, as numpy arrays.
 
   Every BatchNorm also gets `num_batches_tracked` (torch keeps it; set to the training step).
@@ -219,8 +242,9 @@ def _listing(names, limit: int = 4) -> str:
   return ', '.join(names[:limit]) + more
 
 
-def from_state_dict(model: models.ResNet, state_dict: Mapping[str, Any],
-                    like: Mapping[str, Any]) -> dict[str, Any]:
+def from_state_dict(
+    model: models.ResNet, state_dict: Mapping[str, Any], like: Mapping[str, Any]
+) -> dict[str, Any]:
   """The reference's state dict -> {'params', 'batch_stats'} shaped and laid out as `like` (this
   model's variables or their ShapeDtypeStructs). Every key must be used and every variable filled;
   else a StateDictMismatchError names what does not fit."""
@@ -231,8 +255,9 @@ def from_state_dict(model: models.ResNet, state_dict: Mapping[str, Any],
   what = f'{layout(model)} {_describe(model)}'
   if given - expected:
     raise StateDictMismatchError(
-        f'unexpected keys for a {what}: {_listing(given - expected)}; it holds another architecture or '
-        'depth (see --model)')
+        f'unexpected keys for a {what}: {_listing(given - expected)}; it holds another architecture'
+        ' or depth (see --model)'
+    )
   if expected - given:
     raise StateDictMismatchError(f'missing keys for a {what}: {_listing(expected - given)}')
   variables = {}
@@ -244,7 +269,9 @@ def from_state_dict(model: models.ResNet, state_dict: Mapping[str, Any],
     want = _to_reference_array(np.zeros(target.shape, np.int8), kind, None, None).shape
     if value.shape != want:
       raise StateDictMismatchError(f'{name} has shape {tuple(value.shape)}, a {what} needs {want}')
-    _set(variables, keys, _from_reference_array(value, kind, out_perm, in_perm).astype(target.dtype))
+    _set(
+        variables, keys, _from_reference_array(value, kind, out_perm, in_perm).astype(target.dtype)
+    )
   if model.scan_blocks:
     variables = {c: scanned(v, model.stage_sizes) for c, v in variables.items()}
   return variables
@@ -252,8 +279,10 @@ def from_state_dict(model: models.ResNet, state_dict: Mapping[str, Any],
 
 def _describe(model: models.ResNet) -> str:
   kind = 'pre-activation ' if model.preact else ''
-  return (f'{kind}{model.block} ResNet with stages {tuple(model.stage_sizes)}, '
-          f'{models.SHORTCUTS[model.shortcut]} shortcuts')
+  return (
+      f'{kind}{model.block} ResNet with stages {tuple(model.stage_sizes)}, '
+      f'{models.SHORTCUTS[model.shortcut]} shortcuts'
+  )
 
 
 # ----------------------------------------------------------------------------- which preset
@@ -270,8 +299,9 @@ def detect(state_dict: Mapping[str, Any]) -> tuple[str, int]:
   if head is None or 'conv1.weight' not in keys:
     found = _listing(keys) if keys else 'nothing'
     raise StateDictMismatchError(
-        f'not a ResNet state dict of torchvision/timm or the CIFAR reference (no conv1.weight and '
-        f'fc.weight or linear.weight; found {found})')
+        'not a ResNet state dict of torchvision/timm or the CIFAR reference (no conv1.weight and '
+        f'fc.weight or linear.weight; found {found})'
+    )
   num_classes = int(np.shape(state_dict[f'{head}.weight'])[0])
   blocks = {}
   for key in keys:
@@ -291,5 +321,6 @@ def detect(state_dict: Mapping[str, Any]) -> tuple[str, int]:
     return f'{family}{6 * stage_sizes[0] + 2}', num_classes
   kind = 'bottleneck' if bottleneck else 'basic'
   raise StateDictMismatchError(
-      f'no preset has {kind} blocks in stages {stage_sizes} with a {head!r} classifier; the presets are '
-      'ResNet-18/34/50/101/152 (torchvision layout) and CIFAR ResNets with 3 equal stages')
+      f'no preset has {kind} blocks in stages {stage_sizes} with a {head!r} classifier; the presets'
+      ' are ResNet-18/34/50/101/152 (torchvision layout) and CIFAR ResNets with 3 equal stages'
+  )

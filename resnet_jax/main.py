@@ -14,20 +14,40 @@ from ml_collections import config_flags
 from resnet_jax import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A config file and preset, e.g. configs/cifar10.py:resnet56.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard summaries.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                  'train: train (resuming from the workdir\'s latest checkpoint); eval: evaluate the latest '
-                  'checkpoint and print the metrics as JSON.')
-flags.DEFINE_enum('distributed', 'auto', ['auto', 'off'],
-                  'auto: join a multi-process job given by the flags below or detected by JAX (Cloud TPU, '
-                  'SLURM, Open MPI, Kubernetes), else run as one process; off: always one process.')
-flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for jobs JAX cannot detect.')
-flags.DEFINE_integer('num_processes', None, 'Number of processes in the job (with --coordinator_address).')
-flags.DEFINE_integer('process_id', None, 'This process\'s index, 0..num_processes-1 (with --coordinator_address).')
-flags.DEFINE_integer('heartbeat_timeout', 100,
-                     'Seconds without a heartbeat after which a process counts as dead and the job stops.')
+config_flags.DEFINE_config_file(
+    'config', None, 'A config file and preset, e.g. configs/cifar10.py:resnet56.', lock_config=True
+)
+flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard summaries.'
+)
+flags.DEFINE_enum(
+    'mode',
+    'train',
+    ['train', 'eval'],
+    "train: train (resuming from the workdir's latest checkpoint); eval: evaluate the latest "
+    'checkpoint and print the metrics as JSON.',
+)
+flags.DEFINE_enum(
+    'distributed',
+    'auto',
+    ['auto', 'off'],
+    'auto: join a multi-process job given by the flags below or detected by JAX (Cloud TPU, '
+    'SLURM, Open MPI, Kubernetes), else run as one process; off: always one process.',
+)
+flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for jobs JAX cannot detect.'
+)
+flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes in the job (with --coordinator_address).'
+)
+flags.DEFINE_integer(
+    'process_id', None, "This process's index, 0..num_processes-1 (with --coordinator_address)."
+)
+flags.DEFINE_integer(
+    'heartbeat_timeout',
+    100,
+    'Seconds without a heartbeat after which a process counts as dead and the job stops.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -55,11 +75,21 @@ def main(argv):
   config = errors.read_config_or_exit(lambda: FLAGS.config)
   try:
     parallel.split_cpu(config.parallelism.cpu_devices)  # before JAX starts its CPU backend
-    distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
-                           num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                           heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)  # before any device is used
-    logging.info('JAX process %d/%d, %d local devices of %d: %s', jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+    distributed.initialize(
+        FLAGS.distributed,
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+    )  # before any device is used
+    logging.info(
+        'JAX process %d/%d, %d local devices of %d: %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
     if FLAGS.mode == 'eval':
       print(train.dumps(train.evaluate_latest(config, FLAGS.workdir)))
     else:
@@ -79,9 +109,13 @@ def main(argv):
     if jax.process_count() == 1:
       raise
     cause = ' '.join(str(e).split())[:200]
-    print(f'error: process {jax.process_index()} lost contact with the rest of the job ({cause}); another '
-          f'process has died or was preempted. Restart the whole job: it resumes from the last complete '
-          f'checkpoint in {FLAGS.workdir}.', file=sys.stderr, flush=True)
+    print(
+        f'error: process {jax.process_index()} lost contact with the rest of the job ({cause});'
+        ' another process has died or was preempted. Restart the whole job: it resumes from the'
+        f' last complete checkpoint in {FLAGS.workdir}.',
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(3)  # skip the runtime's orderly shutdown, which would wait for the dead process
 
 

@@ -15,7 +15,8 @@ class MetricLogger:
   def __init__(self, workdir):
     self.is_writer = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=not self.is_writer, asynchronous=True)
+        str(workdir), just_logging=not self.is_writer, asynchronous=True
+    )
     self.jsonl_path = epath.Path(workdir) / 'metrics.jsonl'
 
   def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -57,6 +57,8 @@ def multiply_adds(model: nn.Module, image_shape) -> int:
 
 def model_stats(model: nn.Module, image_shape) -> ModelStats:
   variables = abstract_variables(model, image_shape)
-  return ModelStats(params=count(variables['params']),
-                    batch_stats=count(variables.get('batch_stats', {})),
-                    multiply_adds=multiply_adds(model, image_shape))
+  return ModelStats(
+      params=count(variables['params']),
+      batch_stats=count(variables.get('batch_stats', {})),
+      multiply_adds=multiply_adds(model, image_shape),
+  )

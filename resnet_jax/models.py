@@ -40,7 +40,9 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # How a convolution's kernel gradient is computed; the forward pass is the same either way.
 CONV_KERNEL_GRADS = {
     'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
-    'matmul': conv_with_matmul_kernel_grad,  # one matmul of patches: faster on CPUs, more memory (resnet_jax/conv.py)
+    'matmul': (
+        conv_with_matmul_kernel_grad
+    ),  # one matmul of patches: faster on CPUs, more memory (resnet_jax/conv.py)
 }
 
 
@@ -59,6 +61,7 @@ def reference_conv(features: int, kernel_size: Sequence[int], **kwargs) -> nn.Co
 
 class Shortcut(nn.Module):
   """The x of y = F(x) + x, reshaped to F(x)'s shape as the chosen option prescribes."""
+
   filters: int
   strides: int
   kind: str
@@ -72,7 +75,7 @@ class Shortcut(nn.Module):
       x = self.conv(self.filters, (1, 1), strides=self.strides, name='projection')(x)
       return self.norm(name='projection_bn')(x) if self.norm else x
     if shape_changes:  # option A: parameter-free.
-      x = x[:, ::self.strides, ::self.strides, :]
+      x = x[:, :: self.strides, :: self.strides, :]
       extra = self.filters - x.shape[-1]
       x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
     return x
@@ -84,6 +87,7 @@ def _squared_norm(x):
 
 class Block(nn.Module):
   """What every block is given; subclasses differ only in their layers."""
+
   filters: int
   strides: int
   shortcut: str  # see SHORTCUTS
@@ -99,7 +103,11 @@ class Block(nn.Module):
     identity = x if self.shortcut == 'none' else shortcut(x)
     if not self.is_initializing():  # variables are {'params', 'batch_stats'}, nothing else
       self.sow('intermediates', 'branch', branch)
-      self.sow('diagnostics', 'squared_norms', jnp.stack([_squared_norm(branch), _squared_norm(identity)]))
+      self.sow(
+          'diagnostics',
+          'squared_norms',
+          jnp.stack([_squared_norm(branch), _squared_norm(identity)]),
+      )
     return branch if self.shortcut == 'none' else branch + identity
 
 
@@ -166,6 +174,7 @@ class PreActBottleneckBlock(Block):
 
 class ScanStep(nn.Module):
   """One block as the body of nn.scan: (carry, unused) -> (block(carry), None)."""
+
   block: Callable[..., nn.Module]  # the block class with every field but the name bound
 
   @nn.compact
@@ -176,8 +185,12 @@ class ScanStep(nn.Module):
 def scanned_blocks(block: Callable[..., nn.Module], count: int, name: str) -> nn.Module:
   """`count` identical blocks as one jax.lax.scan: XLA compiles the block once, not `count` times.
   Their variables (and sown diagnostics) gain a leading axis of size `count`."""
-  scan = nn.scan(ScanStep, variable_axes={'params': 0, 'batch_stats': 0, 'diagnostics': 0, 'intermediates': 0},
-                 split_rngs={'params': True}, length=count)
+  scan = nn.scan(
+      ScanStep,
+      variable_axes={'params': 0, 'batch_stats': 0, 'diagnostics': 0, 'intermediates': 0},
+      split_rngs={'params': True},
+      length=count,
+  )
   return scan(block, name=name)
 
 
@@ -204,6 +217,7 @@ BLOCKS = {
 
 class ResNet(nn.Module):
   """A residual (or plain) network; `stem` chooses the CIFAR or the ImageNet layout."""
+
   stage_sizes: Sequence[int]
   stage_widths: Sequence[int]
   num_classes: int
@@ -227,12 +241,26 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    conv = functools.partial(reference_conv, use_bias=False, dtype=self.dtype, kernel_init=conv_kernel_init,
-                             conv_general_dilated=CONV_KERNEL_GRADS[self.conv_kernel_grad])
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, axis_name=self.bn_axis_name)
-    last_norm = functools.partial(norm, scale_init=nn.initializers.zeros) if self.zero_init_residual else norm
+    conv = functools.partial(
+        reference_conv,
+        use_bias=False,
+        dtype=self.dtype,
+        kernel_init=conv_kernel_init,
+        conv_general_dilated=CONV_KERNEL_GRADS[self.conv_kernel_grad],
+    )
+    norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        axis_name=self.bn_axis_name,
+    )
+    last_norm = (
+        functools.partial(norm, scale_init=nn.initializers.zeros)
+        if self.zero_init_residual
+        else norm
+    )
     shortcut = SHORTCUTS[self.shortcut]
     block_cls = BLOCKS[self.block, self.preact]
     if self.remat:
@@ -246,11 +274,20 @@ class ResNet(nn.Module):
     if not self.preact:  # pre-activation nets normalise at the start of every block instead.
       x = nn.relu(norm(name='stem_bn')(x))
     if self.stem == 'imagenet':
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=reference_padding((3, 3)))  # pads with -inf
+      x = nn.max_pool(
+          x, (3, 3), strides=(2, 2), padding=reference_padding((3, 3))
+      )  # pads with -inf
 
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-      stage_block = functools.partial(block_cls, filters=width, shortcut=shortcut, conv=conv, norm=norm,
-                                      last_norm=last_norm, stride_in_1x1=self.stride_in_1x1)
+      stage_block = functools.partial(
+          block_cls,
+          filters=width,
+          shortcut=shortcut,
+          conv=conv,
+          norm=norm,
+          last_norm=last_norm,
+          stride_in_1x1=self.stride_in_1x1,
+      )
       # The first block may change the shape (stride 2, more channels); the rest repeat one shape.
       x = stage_block(strides=2 if stage > 0 else 1, name=f'stage{stage + 1}_block1')(x)
       block = functools.partial(stage_block, strides=1)
@@ -292,7 +329,8 @@ def model_names() -> list[str]:
 def _unknown(name: str, why: str = '') -> UserError:
   return UserError(
       f"unknown model {name!r}{why}; valid names: {', '.join(model_names())}, and "
-      "resnet/plain/preact_resnet<6n+2> or cifar_resnet<6n+2> for any other CIFAR depth")
+      'resnet/plain/preact_resnet<6n+2> or cifar_resnet<6n+2> for any other CIFAR depth'
+  )
 
 
 def model_depth(name: str) -> int:
@@ -311,12 +349,22 @@ def model_spec(name: str) -> dict[str, Any]:
   spec = {'preact': kind == 'preact_resnet'}
   if depth in IMAGENET_STAGES and not force_cifar:
     block, stage_sizes = IMAGENET_STAGES[depth]
-    spec.update(stage_sizes=stage_sizes, stage_widths=(64, 128, 256, 512), block=block,
-                stem='imagenet', shortcut='projection')
+    spec.update(
+        stage_sizes=stage_sizes,
+        stage_widths=(64, 128, 256, 512),
+        block=block,
+        stem='imagenet',
+        shortcut='projection',
+    )
   elif depth >= 8 and (depth - 2) % 6 == 0:
     n = (depth - 2) // 6
-    spec.update(stage_sizes=(n, n, n), stage_widths=(16, 32, 64), block='basic', stem='cifar',
-                shortcut='identity')
+    spec.update(
+        stage_sizes=(n, n, n),
+        stage_widths=(16, 32, 64),
+        block='basic',
+        stem='cifar',
+        shortcut='identity',
+    )
   else:
     raise _unknown(name, f' (depth {depth} is neither 6n+2 nor one of 18/34/50/101/152)')
   if kind == 'plain':
@@ -333,18 +381,25 @@ def create_model(name: str, *, num_classes: int, **overrides) -> ResNet:
   spec = model_spec(name)
   unknown = set(overrides) - set(ResNet.__dataclass_fields__) - {'name', 'parent'}
   if unknown:
-    raise UserError(f'unknown override(s) {sorted(unknown)} for model {name!r}; '
-                     f'valid: {sorted(f for f in ResNet.__dataclass_fields__ if f not in ("name", "parent"))}')
+    raise UserError(
+        f'unknown override(s) {sorted(unknown)} for model {name!r}; '
+        f'valid: {sorted(f for f in ResNet.__dataclass_fields__ if f not in ("name", "parent"))}'
+    )
   if 'shortcut' in overrides and overrides['shortcut'] not in SHORTCUTS:
     raise UserError(f"unknown shortcut {overrides['shortcut']!r}; valid: {', '.join(SHORTCUTS)}")
   if overrides.get('conv_kernel_grad', 'xla') not in CONV_KERNEL_GRADS:
-    raise UserError(f"unknown conv_kernel_grad {overrides['conv_kernel_grad']!r}; valid: {', '.join(CONV_KERNEL_GRADS)}")
+    raise UserError(
+        f"unknown conv_kernel_grad {overrides['conv_kernel_grad']!r}; valid:"
+        f" {', '.join(CONV_KERNEL_GRADS)}"
+    )
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = jnp.dtype(overrides['dtype'])
   return ResNet(num_classes=num_classes, **{**spec, **overrides})
 
 
-def create_model_from_config(model_config: Mapping[str, Any], *, num_classes: int, **extra) -> ResNet:
+def create_model_from_config(
+    model_config: Mapping[str, Any], *, num_classes: int, **extra
+) -> ResNet:
   """The model a config's `model` section (a ConfigDict, or the dict of a workdir's config.json)
   describes; fields left '' keep the preset's own value."""
   overrides = {k: v for k, v in dict(model_config).items() if k != 'name' and v != ''}

@@ -8,8 +8,9 @@ import optax
 from resnet_jax.errors import UserError
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                           num_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int, num_steps: int
+) -> optax.Schedule:
   sched = config.schedule
   base_lr = sched.base_lr
   if sched.scale_lr_by_batch:
@@ -18,7 +19,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch
     boundaries = sched.boundaries
     if sched.boundaries_epochs is not None:
       boundaries = [round(e * steps_per_epoch) for e in sched.boundaries_epochs]
-    return optax.piecewise_constant_schedule(base_lr, {int(b): sched.decay_factor for b in boundaries})
+    return optax.piecewise_constant_schedule(
+        base_lr, {int(b): sched.decay_factor for b in boundaries}
+    )
   if sched.name == 'cosine':
     warmup = sched.warmup_steps or round(sched.warmup_epochs * steps_per_epoch)
     return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup, max(num_steps, warmup + 1))
@@ -26,7 +29,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch
 
 
 def _kernels_only(params):
-  return jax.tree.map(lambda p: p.ndim > 1, params)  # conv and dense kernels; not BN scales or biases
+  return jax.tree.map(
+      lambda p: p.ndim > 1, params
+  )  # conv and dense kernels; not BN scales or biases
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

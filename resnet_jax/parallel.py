@@ -56,8 +56,9 @@ def per_process_batch_size(batch_size: int, what: str) -> int:
   devices = jax.device_count()
   if batch_size <= 0 or batch_size % devices:
     raise BatchSizeError(
-        f'{what}={batch_size} does not divide over the {devices} devices; '
-        f'use a multiple of {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}')
+        f'{what}={batch_size} does not divide over the {devices} devices; use a multiple of'
+        f' {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}'
+    )
   return batch_size // jax.process_count()
 
 
@@ -66,15 +67,21 @@ class DataParallel:
 
   def __init__(self, mode: str = 'jit', batch_norm: str = 'global', mesh: Mesh | None = None):
     if mode not in MODES or batch_norm not in BATCH_NORMS:
-      raise UserError(f'parallelism.mode={mode!r}, parallelism.batch_norm={batch_norm!r}: '
-                      f'use a mode in {MODES} and a batch_norm in {BATCH_NORMS}')
+      raise UserError(
+          f'parallelism.mode={mode!r}, parallelism.batch_norm={batch_norm!r}: '
+          f'use a mode in {MODES} and a batch_norm in {BATCH_NORMS}'
+      )
     self.mode, self.batch_norm = mode, batch_norm
     self.mesh = make_mesh() if mesh is None else mesh
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharded = NamedSharding(self.mesh, P(DATA_AXIS))
-    self.local_devices = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
+    self.local_devices = [
+        d for d in self.mesh.devices.flat if d.process_index == jax.process_index()
+    ]
     # pmap's inputs: a leading axis of one slice per local device.
-    self.per_device = NamedSharding(Mesh(np.asarray(self.local_devices), ('devices',)), P('devices'))
+    self.per_device = NamedSharding(
+        Mesh(np.asarray(self.local_devices), ('devices',)), P('devices')
+    )
 
   @property
   def bn_axis_name(self) -> str | None:
@@ -87,7 +94,9 @@ class DataParallel:
     if self.mode == 'jit':
       return global_state
     n = len(self.local_devices)
-    copies = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x.addressable_data(0)), (n, *x.shape)), global_state)
+    copies = jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x.addressable_data(0)), (n, *x.shape)), global_state
+    )
     return jax.device_put(copies, self.per_device)
 
   def to_global(self, state):
@@ -96,7 +105,9 @@ class DataParallel:
       return state
     # Each device's slice of a pmapped array is (1, ...): one copy of the state.
     one_copy = lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, one_copy(x)), state)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.replicated, one_copy(x)), state
+    )
 
   # ------------------------------------------------------------------ batches
   def place_batch(self, local_batch: dict[str, np.ndarray]):
@@ -105,11 +116,15 @@ class DataParallel:
     if self.mode == 'jit':
       return self.place_global_batch(local_batch)
     n = len(self.local_devices)
-    return jax.device_put(jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), local_batch), self.per_device)
+    return jax.device_put(
+        jax.tree.map(lambda x: x.reshape(n, -1, *x.shape[1:]), local_batch), self.per_device
+    )
 
   def place_global_batch(self, local_batch: dict[str, np.ndarray]):
     """A batch for the steps that run on the global form (eval), whatever the mode."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharded, x), local_batch)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharded, x), local_batch
+    )
 
   def fetch(self, tree):
     """Device values -> host numpy (a pmapped result is the same on every device: take one)."""
@@ -123,17 +138,32 @@ class DataParallel:
     The old state is donated: its buffers are reused for the new one.
     """
     if self.mode == 'pmap':
-      return jax.pmap(functools.partial(step_fn, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
-                      devices=self.local_devices if jax.process_count() == 1 else None, donate_argnums=0)
+      return jax.pmap(
+          functools.partial(step_fn, axis_name=DATA_AXIS),
+          axis_name=DATA_AXIS,
+          devices=self.local_devices if jax.process_count() == 1 else None,
+          donate_argnums=0,
+      )
     if self.batch_norm == 'per_device':
       # Each device normalises its own slice: a per-device program with explicit reductions.
       # check_vma=False: gradients stay per device until the step's own pmean (with it, JAX would
       # already sum the gradients of the replicated parameters, and the pmean would scale them).
-      step_fn = jax.shard_map(functools.partial(step_fn, axis_name=DATA_AXIS), mesh=self.mesh,
-                              in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P()), check_vma=False)
-    return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharded),
-                   out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+      step_fn = jax.shard_map(
+          functools.partial(step_fn, axis_name=DATA_AXIS),
+          mesh=self.mesh,
+          in_specs=(P(), P(DATA_AXIS)),
+          out_specs=(P(), P()),
+          check_vma=False,
+      )
+    return jax.jit(
+        step_fn,
+        in_shardings=(self.replicated, self.batch_sharded),
+        out_shardings=(self.replicated, self.replicated),
+        donate_argnums=0,
+    )
 
   def compile_eval_step(self, step_fn):
     """Eval runs on the global state in every mode (running averages are replicated)."""
-    return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharded), out_shardings=self.replicated)
+    return jax.jit(
+        step_fn, in_shardings=(self.replicated, self.batch_sharded), out_shardings=self.replicated
+    )

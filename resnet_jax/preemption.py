@@ -23,7 +23,9 @@ class StopRequests:
     self.signal_name: str | None = None
     self.multi_process = jax.process_count() > 1
     self._previous = {}
-    if not self.multi_process:  # under jax.distributed, SIGTERM belongs to JAX's preemption notifier
+    if (
+        not self.multi_process
+    ):  # under jax.distributed, SIGTERM belongs to JAX's preemption notifier
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
 

@@ -23,8 +23,12 @@ class WorkdirError(UserError):
   pass
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None):
-  return models.create_model_from_config(config.model, num_classes=num_classes, bn_axis_name=bn_axis_name)
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None
+):
+  return models.create_model_from_config(
+      config.model, num_classes=num_classes, bn_axis_name=bn_axis_name
+  )
 
 
 def run_length(config, num_train_examples: int) -> tuple[int, int]:
@@ -45,13 +49,19 @@ def prepare_workdir(workdir, config) -> epath.Path:
     if jax.process_index() == 0:
       (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   except OSError as e:
-    raise WorkdirError(f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory') from e
+    raise WorkdirError(
+        f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory'
+    ) from e
   return workdir
 
 
 def checkpoint_meta(config, info: input_pipeline.DatasetInfo) -> dict:
-  return {'model': config.model.name, 'num_classes': info.num_classes,
-          'image_shape': list(info.image_shape), 'dataset': config.dataset.name}
+  return {
+      'model': config.model.name,
+      'num_classes': info.num_classes,
+      'image_shape': list(info.image_shape),
+      'dataset': config.dataset.name,
+  }
 
 
 class Setup:
@@ -61,32 +71,54 @@ class Setup:
     config_checks.validate(config)
     self.config = config
     self.workdir = prepare_workdir(workdir, config)
-    self.data_parallel = parallel.DataParallel(config.parallelism.mode, config.parallelism.batch_norm)
-    self.local_batch_size = parallel.per_process_batch_size(config.train.batch_size, 'train.batch_size')
-    self.local_eval_batch_size = parallel.per_process_batch_size(config.train.eval_batch_size, 'train.eval_batch_size')
+    self.data_parallel = parallel.DataParallel(
+        config.parallelism.mode, config.parallelism.batch_norm
+    )
+    self.local_batch_size = parallel.per_process_batch_size(
+        config.train.batch_size, 'train.batch_size'
+    )
+    self.local_eval_batch_size = parallel.per_process_batch_size(
+        config.train.eval_batch_size, 'train.eval_batch_size'
+    )
     self.info = input_pipeline.get_dataset_info(config.dataset)
     self.model = build_model(config, self.info.num_classes, self.data_parallel.bn_axis_name)
     self.steps_per_epoch, self.num_steps = run_length(config, self.info.num_train_examples)
-    self.schedule = optim.learning_rate_schedule(config, steps_per_epoch=self.steps_per_epoch,
-                                                 num_steps=self.num_steps)
+    self.schedule = optim.learning_rate_schedule(
+        config, steps_per_epoch=self.steps_per_epoch, num_steps=self.num_steps
+    )
     self.tx = optim.create_optimizer(config)
     self.meta = checkpoint_meta(config, self.info)
-    self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.train.keep_checkpoints,
-                                                 asynchronous=config.train.async_checkpoints)
-    self.eval_step = self.data_parallel.compile_eval_step(functools.partial(eval_step, model=self.model))
+    self.checkpoints = checkpointing.Checkpoints(
+        self.workdir,
+        keep=config.train.keep_checkpoints,
+        asynchronous=config.train.async_checkpoints,
+    )
+    self.eval_step = self.data_parallel.compile_eval_step(
+        functools.partial(eval_step, model=self.model)
+    )
 
   def initial_state(self):
     """A fresh state, the latest checkpoint of this workdir, or a fine-tuning start from init_from."""
-    init = functools.partial(create_train_state, model=self.model, tx=self.tx, image_shape=self.info.image_shape,
-                             warmup=self.config.schedule.warmup_lr > 0)
-    state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(self.config.seed))
+    init = functools.partial(
+        create_train_state,
+        model=self.model,
+        tx=self.tx,
+        image_shape=self.info.image_shape,
+        warmup=self.config.schedule.warmup_lr > 0,
+    )
+    state = jax.jit(init, out_shardings=self.data_parallel.replicated)(
+        jax.random.key(self.config.seed)
+    )
     if self.checkpoints.latest_step() is not None:
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+      abstract = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+      )
       state = self.checkpoints.restore(abstract, self.meta)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
     elif self.config.init_from:
       params, batch_stats, step = checkpointing.restore_for_fine_tuning(
-          self.config.init_from, state.params, state.batch_stats, self.data_parallel.replicated)
+          self.config.init_from, state.params, state.batch_stats, self.data_parallel.replicated
+      )
       state = state.replace(params=params, batch_stats=batch_stats)
       logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
     return state  # the global replicated form: parallel.to_devices gives the mode's own
@@ -97,16 +129,23 @@ class Setup:
     `state` is in the global replicated form (parallel.to_global).
     """
     batches = input_pipeline.create_eval_iterator(
-        self.config.dataset, local_batch_size=self.local_eval_batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        self.config.dataset,
+        local_batch_size=self.local_eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     totals = None
     for batch in batches:
       sums = self.eval_step(state, self.data_parallel.place_global_batch(batch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
-    return {'eval_loss': float(totals['loss']) / count, 'eval_top1_error': float(totals['top1_errors']) / count,
-            'eval_top5_error': float(totals['top5_errors']) / count, 'eval_examples': count}
+    return {
+        'eval_loss': float(totals['loss']) / count,
+        'eval_top1_error': float(totals['top1_errors']) / count,
+        'eval_top5_error': float(totals['top5_errors']) / count,
+        'eval_examples': count,
+    }
 
 
 class NonFiniteError(UserError):
@@ -120,10 +159,11 @@ def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpo
   index = next(i for i, m in enumerate(fetched) if m['nonfinite'])
   checkpoints.wait()
   raise NonFiniteError(
-      f'the loss or gradients became non-finite at step {first_step + index} '
-      f'(learning rate {float(fetched[index]["learning_rate"]):g}); the last good checkpoint is step '
-      f'{checkpoints.latest_step()} in {checkpoints.directory}. Lower --config.schedule.base_lr, or skip such '
-      f'steps with --config.train.max_skipped_steps=N')
+      f'the loss or gradients became non-finite at step {first_step + index} (learning rate'
+      f' {float(fetched[index]["learning_rate"]):g}); the last good checkpoint is step'
+      f' {checkpoints.latest_step()} in {checkpoints.directory}. Lower --config.schedule.base_lr,'
+      ' or skip such steps with --config.train.max_skipped_steps=N'
+  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
@@ -133,24 +173,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   state = setup.initial_state()
   start_step, num_steps = int(state.step), setup.num_steps
   state = data_parallel.to_devices(state)
-  logging.info('%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
-               config.model.name, config.dataset.name, num_steps, config.train.batch_size,
-               jax.device_count(), jax.process_count(), start_step)
+  logging.info(
+      '%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
+      config.model.name,
+      config.dataset.name,
+      num_steps,
+      config.train.batch_size,
+      jax.device_count(),
+      jax.process_count(),
+      start_step,
+  )
 
   # ---------------------------------------------------------------- data
   train_batches = input_pipeline.prefetch_to_devices(
       input_pipeline.create_train_iterator(
-          config.dataset, local_batch_size=setup.local_batch_size, seed=config.seed, start_step=start_step,
-          process_index=jax.process_index(), process_count=jax.process_count()),
-      data_parallel.place_batch)
+          config.dataset,
+          local_batch_size=setup.local_batch_size,
+          seed=config.seed,
+          start_step=start_step,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+      ),
+      data_parallel.place_batch,
+  )
 
   # ---------------------------------------------------------------- the compiled step
   step_fn = data_parallel.compile_train_step(
-      make_train_step(config, model=setup.model, tx=setup.tx, schedule=setup.schedule))
+      make_train_step(config, model=setup.model, tx=setup.tx, schedule=setup.schedule)
+  )
 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=logger.writer, every_secs=30)
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=logger.writer, every_secs=30
+  )
   stop_requests = StopRequests()
   pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
   last_log_time, last_log_step = time.perf_counter(), start_step
@@ -165,11 +221,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       scalars = {}
       if step % config.train.log_every_steps == 0 or is_last:
         fetched = data_parallel.fetch(pending_metrics)
-        check_finite(fetched, step - len(fetched) + 1, config.train.max_skipped_steps, setup.checkpoints)
+        check_finite(
+            fetched, step - len(fetched) + 1, config.train.max_skipped_steps, setup.checkpoints
+        )
         pending_metrics = []
         now = time.perf_counter()
         scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
-        scalars['images_per_second'] = (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+        scalars['images_per_second'] = (
+            (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+        )
         last_log_time, last_log_step = now, step
       if step % config.train.eval_every_steps == 0 or (is_last and not stopping):
         jax.block_until_ready(state)  # so the steps still in flight count as training time
@@ -183,8 +243,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
         setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta)
       if stopping:
         setup.checkpoints.wait()
-        raise Stopped(f'stopped by {stop_requests.signal_name} after step {step}; checkpoint saved in '
-                      f'{setup.checkpoints.directory}. Run the same command to resume.')
+        raise Stopped(
+            f'stopped by {stop_requests.signal_name} after step {step}; checkpoint saved in '
+            f'{setup.checkpoints.directory}. Run the same command to resume.'
+        )
     if start_step >= num_steps:
       logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
       eval_metrics = setup.evaluate(data_parallel.to_global(state))
@@ -201,7 +263,9 @@ def evaluate_latest(config: ml_collections.ConfigDict, workdir) -> dict[str, flo
   """Eval-only mode: the latest checkpoint of the workdir on the eval split."""
   setup = Setup(config, workdir)
   if setup.checkpoints.latest_step() is None:
-    raise checkpointing.NoCheckpointError(f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first')
+    raise checkpointing.NoCheckpointError(
+        f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first'
+    )
   state = setup.initial_state()
   metrics = {'step': int(state.step), **setup.evaluate(state)}
   setup.checkpoints.close()

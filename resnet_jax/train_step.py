@@ -25,12 +25,18 @@ class TrainState:
   skipped_steps: jax.Array
 
 
-def create_train_state(rng, *, model: nn.Module, tx: optax.GradientTransformation, image_shape,
-                       warmup: bool) -> TrainState:
+def create_train_state(
+    rng, *, model: nn.Module, tx: optax.GradientTransformation, image_shape, warmup: bool
+) -> TrainState:
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'], opt_state=tx.init(variables['params']),
-                    warmed_up=jnp.asarray(not warmup), skipped_steps=jnp.zeros((), jnp.int32))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(variables['params']),
+      warmed_up=jnp.asarray(not warmup),
+      skipped_steps=jnp.zeros((), jnp.int32),
+  )
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -43,28 +49,50 @@ def grad_norms_by_stage(grads) -> dict[str, jax.Array]:
   nets show in the first stage's."""
   groups = {}
   for name, subtree in grads.items():
-    group = 'stem' if name.startswith('stem') else name.split('_')[0] if name.startswith('stage') else 'head'
+    group = (
+        'stem'
+        if name.startswith('stem')
+        else name.split('_')[0]
+        if name.startswith('stage')
+        else 'head'
+    )
     groups.setdefault(group, []).append(subtree)
   return {f'grad_norm_{group}': optax.tree.norm(trees) for group, trees in groups.items()}
 
 
 def residual_ratios(squared_norms) -> dict[str, jax.Array]:
   """||F(x)|| / ||x|| of every block, as `residual_ratio_stage1_block1`, ..."""
-  return {f'residual_ratio_{block}': jnp.sqrt(norms[0] / (norms[1] + 1e-20))
-          for block, norms in squared_norms.items()}
+  return {
+      f'residual_ratio_{block}': jnp.sqrt(norms[0] / (norms[1] + 1e-20))
+      for block, norms in squared_norms.items()
+  }
 
 
-def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, warmup_lr: float = 0.0, warmup_until_error: float = 0.8,
-               label_smoothing: float = 0.0, diagnostics: bool = False, axis_name: str | None = None):
+def train_step(
+    state: TrainState,
+    batch,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    warmup_lr: float = 0.0,
+    warmup_until_error: float = 0.8,
+    label_smoothing: float = 0.0,
+    diagnostics: bool = False,
+    axis_name: str | None = None,
+):
   """One SGD step. Under pmap or shard_map, `axis_name` names the device axis that gradients,
   metrics and BatchNorm running averages are averaged over; under plain jit the batch is one global
   array and XLA inserts the reductions itself."""
   mutable = ['batch_stats', 'diagnostics'] if diagnostics else ['batch_stats']
 
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  batch['image'], train=True, mutable=mutable)
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats},
+        batch['image'],
+        train=True,
+        mutable=mutable,
+    )
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     return loss, (logits, updates)
 
@@ -74,7 +102,8 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   squared_norms = models.block_squared_norms(updates.get('diagnostics', {}))
   if axis_name is not None:
     grads, metrics, batch_stats, squared_norms = jax.lax.pmean(
-        (grads, metrics, batch_stats, squared_norms), axis_name)
+        (grads, metrics, batch_stats, squared_norms), axis_name
+    )
   metrics.update(residual_ratios(squared_norms))
 
   learning_rate = jnp.where(state.warmed_up, schedule(state.step), warmup_lr)
@@ -91,30 +120,47 @@ def train_step(state: TrainState, batch, *, model: nn.Module, tx: optax.Gradient
   # the loop decides (train.max_skipped_steps) whether to go on or stop.
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-  new_state = new_state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-  metrics.update(learning_rate=learning_rate, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32),
-                 skipped_steps=new_state.skipped_steps.astype(jnp.float32))
+  new_state = new_state.replace(
+      step=state.step + 1, skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32)
+  )
+  metrics.update(
+      learning_rate=learning_rate,
+      grad_norm=grad_norm,
+      nonfinite=(~finite).astype(jnp.float32),
+      skipped_steps=new_state.skipped_steps.astype(jnp.float32),
+  )
   if diagnostics:
     metrics.update(grad_norms_by_stage(grads))
   return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, *, model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[..., tuple[TrainState, dict]]:
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> Callable[..., tuple[TrainState, dict]]:
   """A run's step, `(state, batch, axis_name=None) -> (state, metrics)`: `train_step` with the
   config's warm-up, label smoothing and diagnostics. The trainer, the benchmarks and the tests all
   build their step here, so they run the same one."""
-  return functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                           warmup_lr=config.schedule.warmup_lr,
-                           warmup_until_error=config.schedule.warmup_until_error,
-                           label_smoothing=config.train.label_smoothing,
-                           diagnostics=config.train.log_diagnostics)
+  return functools.partial(
+      train_step,
+      model=model,
+      tx=tx,
+      schedule=schedule,
+      warmup_lr=config.schedule.warmup_lr,
+      warmup_until_error=config.schedule.warmup_until_error,
+      label_smoothing=config.train.label_smoothing,
+      diagnostics=config.train.log_diagnostics,
+  )
 
 
 def eval_step(state: TrainState, batch, *, model: nn.Module, axis_name: str | None = None):
   """Sums over the real (mask == 1) examples of the batch, so that padding counts for nothing."""
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                       batch['image'], train=False)
+  logits = model.apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
+  )
   mask = batch['mask']
   labels = batch['label']
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]

@@ -27,16 +27,34 @@ with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
 """
 
 
-def run_main(*args, devices: int = 8, mock_examples: int | None = None, timeout: float = 600,
-             env: dict | None = None) -> subprocess.CompletedProcess:
-  environment = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-                 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': str(REPO), **(env or {})}
+def run_main(
+    *args,
+    devices: int = 8,
+    mock_examples: int | None = None,
+    timeout: float = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+  environment = {
+      **os.environ,
+      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      'TF_CPP_MIN_LOG_LEVEL': '2',
+      'PYTHONPATH': str(REPO),
+      **(env or {}),
+  }
   if mock_examples is None:
     command = [sys.executable, '-m', 'resnet_jax.main', *args]
   else:
-    command = [sys.executable, '-c', _MOCKED_MAIN, str(mock_examples), *args,
-               '--config.train.async_checkpoints=False']
-  return subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
+    command = [
+        sys.executable,
+        '-c',
+        _MOCKED_MAIN,
+        str(mock_examples),
+        *args,
+        '--config.train.async_checkpoints=False',
+    ]
+  return subprocess.run(
+      command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -57,12 +75,32 @@ def free_port() -> int:
 def start_processes(*args, num_processes: int = 2, devices_each: int = 4, env: dict | None = None):
   """A multi-process job on this machine: `num_processes` CLIs joined through 127.0.0.1 (gloo)."""
   address = f'127.0.0.1:{free_port()}'
-  environment = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}',
-                 'TF_CPP_MIN_LOG_LEVEL': '2', 'PYTHONPATH': str(REPO), **(env or {})}
-  return [subprocess.Popen([sys.executable, '-m', 'resnet_jax.main', *args, f'--coordinator_address={address}',
-                            f'--num_processes={num_processes}', f'--process_id={i}'],
-                           cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(num_processes)]
+  environment = {
+      **os.environ,
+      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}',
+      'TF_CPP_MIN_LOG_LEVEL': '2',
+      'PYTHONPATH': str(REPO),
+      **(env or {}),
+  }
+  return [
+      subprocess.Popen(
+          [
+              sys.executable,
+              '-m',
+              'resnet_jax.main',
+              *args,
+              f'--coordinator_address={address}',
+              f'--num_processes={num_processes}',
+              f'--process_id={i}',
+          ],
+          cwd=REPO,
+          env=environment,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for i in range(num_processes)
+  ]
 
 
 def wait_all(processes, timeout: float = 600) -> list[subprocess.CompletedProcess]:
@@ -85,4 +123,6 @@ def assert_trees_equal(a, b):
   flat_a, flat_b = ocp.tree.to_flat_dict(a), ocp.tree.to_flat_dict(b)
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
-    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key))
+    np.testing.assert_array_equal(
+        np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=str(key)
+    )

@@ -8,7 +8,8 @@ import functools
 import os
 
 os.environ['XLA_FLAGS'] = ' '.join(
-    f for f in (os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8') if f)
+    f for f in (os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8') if f
+)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
@@ -22,7 +23,9 @@ from resnet_jax.train_step import create_train_state, make_train_step  # noqa: E
 
 
 def pytest_configure(config):
-  config.addinivalue_line('markers', 'slow: an end-to-end run through the CLI (few; they run in CI too)')
+  config.addinivalue_line(
+      'markers', 'slow: an end-to-end run through the CLI (few; they run in CI too)'
+  )
 
 
 def _small_setup(**config_overrides):
@@ -40,8 +43,13 @@ def _small_setup(**config_overrides):
 def _batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
   """`num` host batches of random images and labels."""
   rng = np.random.default_rng(seed)
-  return [{'image': rng.normal(size=(batch_size, *shape)).astype(np.float32),
-           'label': rng.integers(0, 10, size=batch_size).astype(np.int32)} for _ in range(num)]
+  return [
+      {
+          'image': rng.normal(size=(batch_size, *shape)).astype(np.float32),
+          'label': rng.integers(0, 10, size=batch_size).astype(np.int32),
+      }
+      for _ in range(num)
+  ]
 
 
 def _run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
@@ -49,10 +57,19 @@ def _run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
   config, _, tx, schedule = _small_setup(**overrides)
   data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
   model = models.create_model('resnet8', num_classes=10, bn_axis_name=data_parallel.bn_axis_name)
-  init = functools.partial(create_train_state, model=model, tx=tx, image_shape=(8, 8, 3),
-                           warmup=config.schedule.warmup_lr > 0)
-  state = data_parallel.to_devices(jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(0)))
-  step = data_parallel.compile_train_step(make_train_step(config, model=model, tx=tx, schedule=schedule))
+  init = functools.partial(
+      create_train_state,
+      model=model,
+      tx=tx,
+      image_shape=(8, 8, 3),
+      warmup=config.schedule.warmup_lr > 0,
+  )
+  state = data_parallel.to_devices(
+      jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(0))
+  )
+  step = data_parallel.compile_train_step(
+      make_train_step(config, model=model, tx=tx, schedule=schedule)
+  )
   history = []
   for batch in data:
     state, metrics = step(state, data_parallel.place_batch(batch))

@@ -59,7 +59,7 @@ def _center_crop(pixels: np.ndarray) -> np.ndarray:
   """torchvision's CenterCrop(224)."""
   h, w = pixels.shape[:2]
   top, left = int(round((h - SIZE) / 2.0)), int(round((w - SIZE) / 2.0))
-  return pixels[top:top + SIZE, left:left + SIZE]
+  return pixels[top : top + SIZE, left : left + SIZE]
 
 
 def _reference_uint8(data: bytes) -> np.ndarray:
@@ -108,12 +108,24 @@ def eval_images() -> dict[str, np.ndarray]:
   def as_dataset(self, *args, **kwargs):  # replaces the builder's reader
     del self, args, kwargs
     return tf.data.Dataset.from_tensor_slices(
-        {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)})
+        {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)}
+    )
 
-  config = ml_collections.ConfigDict(dict(
-      name='imagenet2012', data_dir=None, manual_dir=None, train_split='train',
-      eval_split='validation', augment='imagenet', flip=True, image_size=SIZE, mean=None, std=None,
-      cache=False))
+  config = ml_collections.ConfigDict(
+      dict(
+          name='imagenet2012',
+          data_dir=None,
+          manual_dir=None,
+          train_split='train',
+          eval_split='validation',
+          augment='imagenet',
+          flip=True,
+          image_size=SIZE,
+          mean=None,
+          std=None,
+          cache=False,
+      )
+  )
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     (batch,) = list(ip.create_eval_iterator(config, local_batch_size=len(names)))
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()

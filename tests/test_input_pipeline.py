@@ -26,9 +26,21 @@ MOCK_EXAMPLES = 24
 
 
 def make_config(**overrides):
-  config = dict(name='cifar10', data_dir=None, manual_dir=None, train_split='train', eval_split='test',
-                augment='cifar', pad=4, flip=True, image_size=None, mean=None, std=None,
-                shuffle_buffer=1_000, cache=True)
+  config = dict(
+      name='cifar10',
+      data_dir=None,
+      manual_dir=None,
+      train_split='train',
+      eval_split='test',
+      augment='cifar',
+      pad=4,
+      flip=True,
+      image_size=None,
+      mean=None,
+      std=None,
+      shuffle_buffer=1_000,
+      cache=True,
+  )
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 
@@ -42,8 +54,14 @@ def digits_dir(tmp_path_factory):
 
 
 def digits_config(data_dir, **overrides):
-  return make_config(**{'name': 'sklearn_digits', 'data_dir': data_dir, 'pad': 1, 'flip': False,
-                        'shuffle_buffer': 2_000, **overrides})
+  return make_config(**{
+      'name': 'sklearn_digits',
+      'data_dir': data_dir,
+      'pad': 1,
+      'flip': False,
+      'shuffle_buffer': 2_000,
+      **overrides,
+  })
 
 
 def take(iterator, n):
@@ -65,26 +83,44 @@ def to_uint8(images, stats):
 
 def raw_examples(data_dir, split):
   builder = tfds.builder('sklearn_digits', data_dir=data_dir)
-  return collections.Counter((e['image'].tobytes(), int(e['label']))
-                             for e in tfds.as_numpy(builder.as_dataset(split=split)))
+  return collections.Counter(
+      (e['image'].tobytes(), int(e['label']))
+      for e in tfds.as_numpy(builder.as_dataset(split=split))
+  )
 
 
 # ------------------------------------------------------------------------------- shapes and dtypes
 
 
-@pytest.mark.parametrize('config, shape, num_classes', [
-    (make_config(name='cifar10'), (32, 32, 3), 10),
-    (make_config(name='mnist', pad=2, flip=False), (28, 28, 1), 10),
-    (make_config(name='imagenet2012', augment='imagenet', image_size=64, eval_split='validation',
-                 shuffle_buffer=10, cache=False), (64, 64, 3), 1000),
-    # 'imagenet' augment on PNG-encoded images (the non-JPEG decode path).
-    (make_config(name='cifar10', augment='imagenet', image_size=24), (24, 24, 3), 10),
-], ids=['cifar10', 'mnist', 'imagenet2012', 'cifar10-imagenet-augment'])
+@pytest.mark.parametrize(
+    'config, shape, num_classes',
+    [
+        (make_config(name='cifar10'), (32, 32, 3), 10),
+        (make_config(name='mnist', pad=2, flip=False), (28, 28, 1), 10),
+        (
+            make_config(
+                name='imagenet2012',
+                augment='imagenet',
+                image_size=64,
+                eval_split='validation',
+                shuffle_buffer=10,
+                cache=False,
+            ),
+            (64, 64, 3),
+            1000,
+        ),
+        # 'imagenet' augment on PNG-encoded images (the non-JPEG decode path).
+        (make_config(name='cifar10', augment='imagenet', image_size=24), (24, 24, 3), 10),
+    ],
+    ids=['cifar10', 'mnist', 'imagenet2012', 'cifar10-imagenet-augment'],
+)
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     info = ip.get_dataset_info(config)
     assert info == ip.DatasetInfo(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
-    batches = take(ip.create_train_iterator(config, local_batch_size=8, seed=0), 4)  # crosses an epoch
+    batches = take(
+        ip.create_train_iterator(config, local_batch_size=8, seed=0), 4
+    )  # crosses an epoch
     for batch in batches:
       assert batch.keys() == {'image', 'label'}
       assert batch['image'].shape == (8, *shape) and batch['image'].dtype == np.float32
@@ -97,7 +133,10 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
     evals = list(ip.create_eval_iterator(config, local_batch_size=10))
     assert len(evals) == 3
     assert evals[0]['image'].shape == (10, *shape) and evals[0]['image'].dtype == np.float32
-    assert evals[0]['mask'].dtype == np.float32 and sum(b['mask'].sum() for b in evals) == MOCK_EXAMPLES
+    assert (
+        evals[0]['mask'].dtype == np.float32
+        and sum(b['mask'].sum() for b in evals) == MOCK_EXAMPLES
+    )
 
 
 def test_normalisation_constants_and_computed_stats(digits_dir):
@@ -105,15 +144,24 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
   mean, std = ip.normalisation_stats(config)
   assert len(mean) == len(std) == 1 and 0.2 < mean[0] < 0.4 and 0.3 < std[0] < 0.5
   # Training images (augment='none') are normalised with them: about zero mean, unit std.
-  batch = next(ip.create_train_iterator(digits_config(digits_dir, augment='none', train_split='train'),
-                                        local_batch_size=1_000, seed=0))
+  batch = next(
+      ip.create_train_iterator(
+          digits_config(digits_dir, augment='none', train_split='train'),
+          local_batch_size=1_000,
+          seed=0,
+      )
+  )
   assert abs(float(batch['image'].mean())) < 0.1 and abs(float(batch['image'].std()) - 1) < 0.1
   # Explicit values win.
-  assert ip.normalisation_stats(digits_config(digits_dir, mean=(0.5,), std=(0.25,))) == ((0.5,), (0.25,))
+  assert ip.normalisation_stats(digits_config(digits_dir, mean=(0.5,), std=(0.25,))) == (
+      (0.5,),
+      (0.25,),
+  )
   with tfds.testing.mock_data(num_examples=2):
     assert ip.normalisation_stats(make_config(name='cifar10')) == ip.KNOWN_STATS['cifar10']
-    assert ip.normalisation_stats(make_config(name='imagenet2012', augment='imagenet', image_size=32)) == (
-        ip.IMAGENET_MEAN, ip.IMAGENET_STD)
+    assert ip.normalisation_stats(
+        make_config(name='imagenet2012', augment='imagenet', image_size=32)
+    ) == (ip.IMAGENET_MEAN, ip.IMAGENET_STD)
 
 
 # ------------------------------------------------------------------------------- determinism / resume
@@ -138,14 +186,23 @@ def test_digits_shapes_and_determinism(digits_dir):
 def test_resume_reproduces_the_stream_exactly(digits_dir, start_step):
   config = digits_config(digits_dir, flip=True)  # cifar augment: random crops and flips
   fresh = take(ip.create_train_iterator(config, local_batch_size=128, seed=3), start_step + 2)
-  resumed = take(ip.create_train_iterator(config, local_batch_size=128, seed=3, start_step=start_step), 2)
+  resumed = take(
+      ip.create_train_iterator(config, local_batch_size=128, seed=3, start_step=start_step), 2
+  )
   assert_same_batches(resumed, fresh[start_step:])
 
 
 def test_augmentation_changes_images_but_keeps_labels(digits_dir):
-  plain = next(ip.create_train_iterator(digits_config(digits_dir, augment='none'), local_batch_size=64, seed=1))
-  augmented = next(ip.create_train_iterator(digits_config(digits_dir, augment='cifar', flip=True),
-                                            local_batch_size=64, seed=1))
+  plain = next(
+      ip.create_train_iterator(
+          digits_config(digits_dir, augment='none'), local_batch_size=64, seed=1
+      )
+  )
+  augmented = next(
+      ip.create_train_iterator(
+          digits_config(digits_dir, augment='cifar', flip=True), local_batch_size=64, seed=1
+      )
+  )
   np.testing.assert_array_equal(plain['label'], augmented['label'])  # same shuffle, same examples
   assert not np.array_equal(plain['image'], augmented['image'])
 
@@ -156,13 +213,21 @@ def test_processes_split_the_training_set_without_overlap(digits_dir):
   stats = ip.normalisation_stats(config)
   seen = collections.Counter()
   for process in range(2):
-    batches = take(ip.create_train_iterator(config, local_batch_size=100, seed=0, process_index=process,
-                                            process_count=2), 14)
+    batches = take(
+        ip.create_train_iterator(
+            config, local_batch_size=100, seed=0, process_index=process, process_count=2
+        ),
+        14,
+    )
     epochs = [[], []]
     for step, batch in enumerate(batches):
       images = to_uint8(batch['image'], stats)
-      epochs[step // 7].extend((img.tobytes(), int(lbl)) for img, lbl in zip(images, batch['label']))
-    assert collections.Counter(epochs[0]) == collections.Counter(epochs[1])  # the same share every epoch
+      epochs[step // 7].extend(
+          (img.tobytes(), int(lbl)) for img, lbl in zip(images, batch['label'])
+      )
+    assert collections.Counter(epochs[0]) == collections.Counter(
+        epochs[1]
+    )  # the same share every epoch
     assert epochs[0] != epochs[1]  # in a new order
     seen.update(epochs[0])
   assert seen == raw_examples(digits_dir, 'train[:1400]')  # together: every example exactly once
@@ -171,19 +236,31 @@ def test_processes_split_the_training_set_without_overlap(digits_dir):
 # ------------------------------------------------------------------------------- eval
 
 
-@pytest.mark.parametrize('eval_split, batch, expected_batches', [
-    ('test', 50, 4),  # 359 -> 180 + 179 per process: 4 batches each, the last ones partly padded
-    ('test[:101]', 50, 2),  # 51 + 50: process 1's second batch is padding only
-])
-def test_eval_covers_the_split_once_with_equal_batch_counts(digits_dir, eval_split, batch, expected_batches):
+@pytest.mark.parametrize(
+    'eval_split, batch, expected_batches',
+    [
+        (
+            'test',
+            50,
+            4,
+        ),  # 359 -> 180 + 179 per process: 4 batches each, the last ones partly padded
+        ('test[:101]', 50, 2),  # 51 + 50: process 1's second batch is padding only
+    ],
+)
+def test_eval_covers_the_split_once_with_equal_batch_counts(
+    digits_dir, eval_split, batch, expected_batches
+):
   config = digits_config(digits_dir, eval_split=eval_split)
   stats = ip.normalisation_stats(config)
   assert ip.num_eval_batches(config, local_batch_size=batch, process_count=2) == expected_batches
   seen = collections.Counter()
   total_mask = 0.0
   for process in range(2):
-    batches = list(ip.create_eval_iterator(config, local_batch_size=batch, process_index=process,
-                                           process_count=2))
+    batches = list(
+        ip.create_eval_iterator(
+            config, local_batch_size=batch, process_index=process, process_count=2
+        )
+    )
     assert len(batches) == expected_batches
     for b in batches:
       assert b.keys() == {'image', 'label', 'mask'}
@@ -222,14 +299,20 @@ def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
   elapsed = time.perf_counter() - start
   message = str(error.value)
   assert '\n' not in message
-  assert "'cifar10'" in message and 'tfds build cifar10' in message and str(tmp_path / 'empty') in message
+  assert (
+      "'cifar10'" in message
+      and 'tfds build cifar10' in message
+      and str(tmp_path / 'empty') in message
+  )
   assert elapsed < 30, elapsed
 
 
 def test_missing_manual_files_fail_with_one_line(tmp_path):
   manual = tmp_path / 'manual'
   with pytest.raises(prepare.DatasetNotReadyError) as error:
-    prepare.get_dataset_builder(make_config(name='imagenet2012', data_dir=str(tmp_path), manual_dir=str(manual)))
+    prepare.get_dataset_builder(
+        make_config(name='imagenet2012', data_dir=str(tmp_path), manual_dir=str(manual))
+    )
   message = str(error.value)
   assert '\n' not in message and 'ILSVRC2012_img_train.tar' in message and str(manual) in message
 
@@ -238,7 +321,11 @@ def test_bad_split_is_a_one_line_user_error(digits_dir):
   with pytest.raises(ValueError) as error:
     ip.get_dataset_info(digits_config(digits_dir, eval_split='validation'))
   assert isinstance(error.value, UserError)
-  assert '\n' not in str(error.value) and "'validation'" in str(error.value) and 'test (359)' in str(error.value)
+  assert (
+      '\n' not in str(error.value)
+      and "'validation'" in str(error.value)
+      and 'test (359)' in str(error.value)
+  )
 
 
 def test_unknown_dataset_name():
@@ -257,8 +344,13 @@ def _place():
 
 def _host_batches(n, batch):
   rng = np.random.default_rng(0)
-  return [{'image': rng.normal(size=(batch, 4, 4, 1)).astype(np.float32),
-           'label': rng.integers(0, 10, size=(batch,)).astype(np.int32)} for _ in range(n)]
+  return [
+      {
+          'image': rng.normal(size=(batch, 4, 4, 1)).astype(np.float32),
+          'label': rng.integers(0, 10, size=(batch,)).astype(np.int32),
+      }
+      for _ in range(n)
+  ]
 
 
 def test_prefetch_to_devices_delivers_sharded_batches_and_ends():
@@ -277,8 +369,9 @@ def _started_producer(make_iterator):
   """Calls `make_iterator()`; returns its result and the prefetch thread that the call started."""
   before = set(threading.enumerate())
   iterator = make_iterator()
-  (producer,) = [t for t in threading.enumerate()
-                 if t not in before and t.name == 'prefetch_to_devices']
+  (producer,) = [
+      t for t in threading.enumerate() if t not in before and t.name == 'prefetch_to_devices'
+  ]
   return iterator, producer
 
 
@@ -311,7 +404,8 @@ def test_prefetch_to_devices_propagates_errors_and_stops():
 
   size = 1
   endless_iterator, producer = _started_producer(
-      lambda: ip.prefetch_to_devices(endless(), _place(), size=size))
+      lambda: ip.prefetch_to_devices(endless(), _place(), size=size)
+  )
   next(endless_iterator)
   # close() joins the producer; from another thread, so that a producer that never stops fails
   # the test instead of hanging it.
@@ -330,8 +424,17 @@ def test_fixed_num_shards_gives_the_same_global_batches_on_any_process_count(dig
   """1 process reading 2 data shards = 2 processes reading one each, batch rows in the same order."""
   config = digits_config(digits_dir, num_shards=2)
   single = take(ip.create_train_iterator(config, local_batch_size=32, seed=5, start_step=3), 2)
-  per_process = [take(ip.create_train_iterator(config, local_batch_size=16, seed=5, start_step=3,
-                                               process_index=p, process_count=2), 2) for p in (0, 1)]
+  per_process = [
+      take(
+          ip.create_train_iterator(
+              config, local_batch_size=16, seed=5, start_step=3, process_index=p, process_count=2
+          ),
+          2,
+      )
+      for p in (0, 1)
+  ]
   for step, batch in enumerate(single):
     for key in batch:
-      np.testing.assert_array_equal(batch[key], np.concatenate([per_process[0][step][key], per_process[1][step][key]]))
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([per_process[0][step][key], per_process[1][step][key]])
+      )

@@ -22,7 +22,9 @@ from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_stat
 
 # state_dict() key -> shape of torchvision's resnet18/resnet50 and the CIFAR reference's resnet20,
 # recorded from those libraries (see the file's "source").
-REFERENCE = json.loads((REPO / 'tests' / 'data' / 'reference_state_dicts.json').read_text())['models']
+REFERENCE = json.loads((REPO / 'tests' / 'data' / 'reference_state_dicts.json').read_text())[
+    'models'
+]
 
 
 def image_shape(name):
@@ -43,37 +45,48 @@ def test_the_name_table_covers_every_variable_of_every_preset_exactly_once(name)
     abstract = model_stats.abstract_variables(model, image_shape(name))
     variables = {c: interop.unrolled(abstract[c]) for c in ('params', 'batch_stats')}
     table = interop.reference_names(model, variables)
-    assert sorted(table) == sorted(tuple(k.key for k in path)
-                                   for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0])
+    assert sorted(table) == sorted(
+        tuple(k.key for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]
+    )
     names = [name for name, _, _, _ in table.values()]
     assert len(names) == len(set(names))  # no reference name is used twice
 
 
-@pytest.mark.parametrize('reference,name,num_classes,shape', [
-    ('torchvision.models.resnet18', 'resnet18', 1000, (224, 224, 3)),
-    ('torchvision.models.resnet50', 'resnet50', 1000, (224, 224, 3)),
-    ('CIFAR reference resnet20 (option A)', 'resnet20', 10, (32, 32, 3)),
-])
+@pytest.mark.parametrize(
+    'reference,name,num_classes,shape',
+    [
+        ('torchvision.models.resnet18', 'resnet18', 1000, (224, 224, 3)),
+        ('torchvision.models.resnet50', 'resnet50', 1000, (224, 224, 3)),
+        ('CIFAR reference resnet20 (option A)', 'resnet20', 10, (32, 32, 3)),
+    ],
+)
 def test_exports_have_exactly_the_references_keys_and_shapes(reference, name, num_classes, shape):
   model = models.create_model(name, num_classes=num_classes)
   abstract = model_stats.abstract_variables(model, shape)
-  state_dict = interop.to_state_dict(model, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract))
+  state_dict = interop.to_state_dict(
+      model, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+  )
   assert {k: list(v.shape) for k, v in state_dict.items()} == REFERENCE[reference]
   assert interop.detect(state_dict) == (name, num_classes)
 
 
-@pytest.mark.parametrize('name,overrides', [
-    ('resnet20', {}),  # option A: the CIFAR reference's channel order is a permutation of ours
-    ('preact_resnet20', {'scan_blocks': True}),
-    ('resnet50', {'stride_in_1x1': True}),
-    ('plain18', {}),
-])
+@pytest.mark.parametrize(
+    'name,overrides',
+    [
+        ('resnet20', {}),  # option A: the CIFAR reference's channel order is a permutation of ours
+        ('preact_resnet20', {'scan_blocks': True}),
+        ('resnet50', {'stride_in_1x1': True}),
+        ('plain18', {}),
+    ],
+)
 def test_state_dict_round_trip_is_exact(name, overrides):
   model = models.create_model(name, num_classes=10, **overrides)
   variables = random_variables(model, image_shape(name))
   state_dict = interop.to_state_dict(model, variables)
   assert_trees_equal(interop.from_state_dict(model, state_dict, variables), variables)
-  if name == 'resnet20':  # the relabelling is not the identity: stage 2's stream moved by 8 channels
+  if (
+      name == 'resnet20'
+  ):  # the relabelling is not the identity: stage 2's stream moved by 8 channels
     ours = variables['params']['stage2_block1']['BatchNorm_1']['scale']
     np.testing.assert_array_equal(state_dict['layer2.0.bn2.weight'][8:24], ours[:16])
 
@@ -88,14 +101,21 @@ def resnet18_file(tmp_path_factory):
   """A torchvision-layout ResNet-18 state dict with random weights, as torchvision writes it."""
   model = models.create_model('resnet18', num_classes=1000)
   state_dict = interop.to_state_dict(model, random_variables(model, (32, 32, 3)))
-  assert {k: list(v.shape) for k, v in state_dict.items()} == REFERENCE['torchvision.models.resnet18']
+  assert {k: list(v.shape) for k, v in state_dict.items()} == REFERENCE[
+      'torchvision.models.resnet18'
+  ]
   return save(state_dict, tmp_path_factory.mktemp('weights') / 'resnet18.safetensors')
 
 
 def convert_cli(*args):
-  return subprocess.run([sys.executable, '-m', 'resnet_jax.convert', *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=300,
-                        env={**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  return subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.convert', *args],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, 'PYTHONPATH': str(REPO), 'TF_CPP_MIN_LOG_LEVEL': '2'},
+  )
 
 
 SMALL_IMAGENET = ['--config=configs/imagenet.py:resnet18', '--config.dataset.image_size=32']
@@ -107,32 +127,55 @@ def test_import_evaluate_and_export_round_trip_bit_exact(tmp_path, resnet18_file
   result = check(convert_cli('import', resnet18_file, f'--workdir={workdir}', *SMALL_IMAGENET))
   assert result.stdout.startswith(f'wrote {workdir}') and not result.stderr.strip()
   # --mode=eval accepts the imported workdir (mock ImageNet: 1000 classes, images resized to 32).
-  result = check(run_main(*SMALL_IMAGENET, f'--workdir={workdir}', '--mode=eval', '--config.train.eval_batch_size=16',
-                          mock_examples=16))
+  result = check(
+      run_main(
+          *SMALL_IMAGENET,
+          f'--workdir={workdir}',
+          '--mode=eval',
+          '--config.train.eval_batch_size=16',
+          mock_examples=16,
+      )
+  )
   metrics = json.loads(result.stdout.strip().splitlines()[-1])
   assert metrics['step'] == 0 and metrics['eval_examples'] == 16
   check(convert_cli('export', f'--workdir={workdir}', f'--out={exported}'))
-  original, back = safetensors.numpy.load_file(resnet18_file), safetensors.numpy.load_file(str(exported))
+  original, back = safetensors.numpy.load_file(resnet18_file), safetensors.numpy.load_file(
+      str(exported)
+  )
   assert original.keys() == back.keys()
   for key in original:
     np.testing.assert_array_equal(original[key], back[key], err_msg=key)
 
 
 @pytest.mark.slow
-def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head(tmp_path, resnet18_file):
+def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head(
+    tmp_path, resnet18_file
+):
   source, target = tmp_path / 'imported', tmp_path / 'digits'
   check(convert_cli('import', resnet18_file, f'--workdir={source}', *SMALL_IMAGENET))
   # 8x8 grey digits, 10 classes, lr 0: one step keeps every imported weight.
-  check(run_main('--config=configs/digits.py:resnet18', f'--workdir={target}',
-                 f'--config.init_from={os.path.relpath(source, REPO)}',  # relative to the working directory
-                 f'--config.dataset.data_dir={tmp_path / "tfds"}', '--config.schedule.base_lr=0',
-                 '--config.train.num_steps=1', '--config.train.batch_size=16', '--config.train.eval_batch_size=16',
-                 devices=1))
+  check(
+      run_main(
+          '--config=configs/digits.py:resnet18',
+          f'--workdir={target}',
+          f'--config.init_from={os.path.relpath(source, REPO)}',  # relative to the working directory
+          f'--config.dataset.data_dir={tmp_path / "tfds"}',
+          '--config.schedule.base_lr=0',
+          '--config.train.num_steps=1',
+          '--config.train.batch_size=16',
+          '--config.train.eval_batch_size=16',
+          devices=1,
+      )
+  )
   before, after = restored_state(source, 0)['params'], restored_state(target, 1)['params']
-  assert after['head']['kernel'].shape == (512, 10) and before['head']['kernel'].shape == (512, 1000)
+  assert after['head']['kernel'].shape == (512, 10) and before['head']['kernel'].shape == (
+      512,
+      1000,
+  )
   # A grey image x through the summed kernel gives what the RGB image (x, x, x) gave before.
-  np.testing.assert_allclose(after['stem_conv']['kernel'], before['stem_conv']['kernel'].sum(2, keepdims=True),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      after['stem_conv']['kernel'], before['stem_conv']['kernel'].sum(2, keepdims=True), rtol=1e-6
+  )
   for tree in (before, after):
     del tree['head'], tree['stem_conv']
   assert_trees_equal(before, after)
@@ -145,7 +188,9 @@ def test_adapting_the_stem_to_more_channels_keeps_its_scale():
   assert adapted.shape == (7, 7, 4, 4)
   # RGB's kernels repeated (R again for the 4th channel), each scaled by 3/4: the same response
   # to an image whose channels are equal, whatever their number.
-  np.testing.assert_allclose(adapted, np.concatenate([kernel, kernel[:, :, :1]], axis=2) * 0.75, rtol=1e-6)
+  np.testing.assert_allclose(
+      adapted, np.concatenate([kernel, kernel[:, :, :1]], axis=2) * 0.75, rtol=1e-6
+  )
 
 
 def mutated(state_dict, drop=(), add=None, reshape=None):
@@ -156,16 +201,35 @@ def mutated(state_dict, drop=(), add=None, reshape=None):
   return state_dict
 
 
-@pytest.mark.parametrize('change,args,message', [
-    ({'drop': ['layer3.1.bn2.running_var']}, [], 'missing keys for a torchvision basic ResNet'),
-    ({'add': {'layer1.0.se.fc1.weight': np.zeros((4, 64, 1, 1), np.float32)}}, [], 'unexpected keys'),  # SE-ResNet
-    ({'reshape': {'layer2.0.conv2.weight': (128, 128, 5, 5)}}, [], 'layer2.0.conv2.weight has shape (128, 128, 5, 5)'),
-    ({}, ['--model=resnet34'], 'missing keys for a torchvision basic ResNet with stages (3, 4, 6, 3)'),
-    ({}, ['--model=resnet50'], 'looks like a resnet18 with 1000 classes'),
-    ({'drop': ['fc.weight', 'fc.bias']}, [], 'not a ResNet state dict'),
-])
-def test_a_state_dict_that_does_not_fit_is_refused_in_one_line(tmp_path, resnet18_file, change, args, message):
-  path = save(mutated(safetensors.numpy.load_file(resnet18_file), **change), tmp_path / 'bad.safetensors')
+@pytest.mark.parametrize(
+    'change,args,message',
+    [
+        ({'drop': ['layer3.1.bn2.running_var']}, [], 'missing keys for a torchvision basic ResNet'),
+        (
+            {'add': {'layer1.0.se.fc1.weight': np.zeros((4, 64, 1, 1), np.float32)}},
+            [],
+            'unexpected keys',
+        ),  # SE-ResNet
+        (
+            {'reshape': {'layer2.0.conv2.weight': (128, 128, 5, 5)}},
+            [],
+            'layer2.0.conv2.weight has shape (128, 128, 5, 5)',
+        ),
+        (
+            {},
+            ['--model=resnet34'],
+            'missing keys for a torchvision basic ResNet with stages (3, 4, 6, 3)',
+        ),
+        ({}, ['--model=resnet50'], 'looks like a resnet18 with 1000 classes'),
+        ({'drop': ['fc.weight', 'fc.bias']}, [], 'not a ResNet state dict'),
+    ],
+)
+def test_a_state_dict_that_does_not_fit_is_refused_in_one_line(
+    tmp_path, resnet18_file, change, args, message
+):
+  path = save(
+      mutated(safetensors.numpy.load_file(resnet18_file), **change), tmp_path / 'bad.safetensors'
+  )
   model = next((a.split('=')[1] for a in args), None)
   with pytest.raises(UserError) as raised:
     convert.import_weights(path, str(tmp_path / 'workdir'), model_name=model)
@@ -184,7 +248,10 @@ def test_convert_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, resn
       (['import', str(not_weights), f'--workdir={tmp_path / "a"}'], 'is not a .safetensors file'),
       (['import', str(tmp_path / 'model.pth'), f'--workdir={tmp_path / "a"}'], 'does not exist'),
       (['import', resnet18_file, f'--workdir={existing}'], 'already holds files'),
-      (['export', f'--workdir={existing}', f'--out={tmp_path / "x.safetensors"}'], 'is not a resnet_jax workdir'),
+      (
+          ['export', f'--workdir={existing}', f'--out={tmp_path / "x.safetensors"}'],
+          'is not a resnet_jax workdir',
+      ),
       (['frobnicate', f'--workdir={existing}'], 'usage: python -m resnet_jax.convert import'),
   ]
   for args, message in cases:

@@ -9,7 +9,14 @@ import pytest
 from configs import cifar10
 from resnet_jax import interop, model_stats, models, train
 
-CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+CIFAR_PARAMS = {
+    20: 269_722,
+    32: 464_154,
+    44: 658_586,
+    56: 853_018,
+    110: 1_727_962,
+    1202: 19_421_274,
+}
 IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 IMAGENET_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}  # paper Table 1
 
@@ -45,8 +52,11 @@ def test_seeds_arithmetic_basic_pair_and_bottleneck():
 
   def weights(block):
     variables = jax.eval_shape(lambda: block.init(jax.random.key(0), x))
-    return sum(np.prod(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(variables['params'])
-               if 'kernel' in jax.tree_util.keystr(p))
+    return sum(
+        np.prod(v.shape)
+        for p, v in jax.tree_util.tree_leaves_with_path(variables['params'])
+        if 'kernel' in jax.tree_util.keystr(p)
+    )
 
   basic = models.BasicBlock(256, 1, 'identity', conv, norm, norm)
   bottleneck = models.BottleneckBlock(64, 1, 'identity', conv, norm, norm)
@@ -62,20 +72,35 @@ def test_option_a_adds_no_parameters_and_options_b_c_add_projections():
   # B: two 1x1 projections (16->32, 32->64) with BN; C: a projection on each of the 9 blocks.
   projection = lambda c_in, c_out: c_in * c_out + 2 * c_out  # 1x1 kernel + BN scale/offset
   assert b - a == projection(16, 32) + projection(32, 64)
-  assert c - a == (3 * projection(16, 16) + projection(16, 32) + 2 * projection(32, 32)
-                   + projection(32, 64) + 2 * projection(64, 64))
+  assert c - a == (
+      3 * projection(16, 16)
+      + projection(16, 32)
+      + 2 * projection(32, 32)
+      + projection(32, 64)
+      + 2 * projection(64, 64)
+  )
   assert params_of('resnet20', 10, (32, 32, 3), shortcut='A') == a
 
 
-@pytest.mark.parametrize('name,image_shape', [
-    ('resnet20', (32, 32, 3)), ('plain20', (28, 28, 1)), ('preact_resnet20', (8, 8, 1)),
-    ('resnet18', (64, 64, 3)), ('plain18', (32, 32, 3)), ('resnet50', (224, 224, 3)),
-    ('preact_resnet50', (96, 96, 3)), ('cifar_resnet50', (16, 16, 3)),
-])
+@pytest.mark.parametrize(
+    'name,image_shape',
+    [
+        ('resnet20', (32, 32, 3)),
+        ('plain20', (28, 28, 1)),
+        ('preact_resnet20', (8, 8, 1)),
+        ('resnet18', (64, 64, 3)),
+        ('plain18', (32, 32, 3)),
+        ('resnet50', (224, 224, 3)),
+        ('preact_resnet50', (96, 96, 3)),
+        ('cifar_resnet50', (16, 16, 3)),
+    ],
+)
 def test_output_shapes_at_several_input_sizes(name, image_shape):
   model = models.create_model(name, num_classes=7)
   variables = model_stats.abstract_variables(model, image_shape)
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *image_shape)), train=False), variables)
+  out = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((2, *image_shape)), train=False), variables
+  )
   assert out.shape == (2, 7) and out.dtype == jnp.float32
   assert set(variables) == {'params', 'batch_stats'}
 
@@ -92,8 +117,9 @@ def test_train_updates_batch_stats_and_eval_uses_each_image_alone(name):
   eval_apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['batch_stats']))
 
   logits, updates = train_apply(variables, images)
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'],
-                         updates['batch_stats'])
+  changed = jax.tree.map(
+      lambda a, b: bool(jnp.any(a != b)), variables['batch_stats'], updates['batch_stats']
+  )
   assert jax.tree.leaves(changed) and all(jax.tree.leaves(changed))
   assert not np.allclose(train_apply(variables, mixed)[0][0], logits[0], rtol=1e-3, atol=1e-3)
 
@@ -110,7 +136,9 @@ def test_bfloat16_compute_keeps_float32_parameters():
   model = models.create_model('resnet20', num_classes=10, dtype='bfloat16')
   variables = model_stats.init_variables(model, (32, 32, 3))
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
-  _, state = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates'])
+  _, state = model.apply(
+      variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates']
+  )
   branches = jax.tree.leaves(state['intermediates'])
   assert branches and all(b.dtype == jnp.bfloat16 for b in branches)
 
@@ -118,7 +146,9 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_zero_init_residual_makes_blocks_start_as_identity():
   model = models.create_model('resnet20', num_classes=10, zero_init_residual=True)
   variables = model_stats.init_variables(model, (32, 32, 3))
-  _, state = model.apply(variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates'])
+  _, state = model.apply(
+      variables, jnp.ones((2, 32, 32, 3)), train=False, mutable=['intermediates']
+  )
   assert all(float(jnp.abs(b).max()) == 0.0 for b in jax.tree.leaves(state['intermediates']))
 
 
@@ -150,7 +180,11 @@ def test_matmul_kernel_gradients_equal_xla_ones(name):
   (loss_xla, grads_xla), (loss_matmul, grads_matmul) = results
   assert float(loss_matmul) == float(loss_xla)  # the forward pass is XLA's own either way
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads_xla))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), grads_xla, grads_matmul)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
+      grads_xla,
+      grads_matmul,
+  )
 
 
 @pytest.mark.parametrize('name,remat', [('resnet20', False), ('preact_resnet20', True)])
@@ -160,13 +194,17 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   scanned = models.create_model(name, num_classes=10, remat=remat, scan_blocks=True)
   variables = model_stats.init_variables(unrolled, (32, 32, 3))
   stacked = {k: interop.scanned(v, scanned.stage_sizes) for k, v in variables.items()}
-  assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, model_stats.init_variables(scanned, (32, 32, 3)))
+  assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(
+      jnp.shape, model_stats.init_variables(scanned, (32, 32, 3))
+  )
 
   def run(model, variables):
     def loss(params):
-      logits, updates = model.apply({**variables, 'params': params}, images,
-                                    mutable=['batch_stats', 'diagnostics'])
+      logits, updates = model.apply(
+          {**variables, 'params': params}, images, mutable=['batch_stats', 'diagnostics']
+      )
       return jnp.sum(logits * jnp.arange(10.0)), updates
+
     (value, updates), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
     return value, grads, updates['batch_stats'], models.block_squared_norms(updates['diagnostics'])
 
@@ -176,8 +214,11 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
   close(value_s, value)
   # Float32 sums in another order: gradients agree to 1e-4 of their largest.
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * scale),
-               grads_s, interop.scanned(grads, scanned.stage_sizes))
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-4 * scale),
+      grads_s,
+      interop.scanned(grads, scanned.stage_sizes),
+  )
   jax.tree.map(close, stats_s, interop.scanned(stats, scanned.stage_sizes))
   assert norms_s.keys() == norms.keys()  # the per-block diagnostics keep their names
   jax.tree.map(close, norms_s, norms)
@@ -196,6 +237,7 @@ def test_resnet1202_preset_compiles_and_takes_a_gradient_step():
     def loss(params):
       logits, _ = model.apply({**variables, 'params': params}, images, mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     return jax.value_and_grad(loss)(params)
 
   images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

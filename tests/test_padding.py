@@ -15,6 +15,7 @@ import pytest
 
 from resnet_jax import model_stats, models
 
+
 def hot_pixel(shape) -> int:
   """An even row (and column) inside a (N, H, W, C) map: x[::2, ::2] keeps it as pixel hot_pixel / 2."""
   return 2 * (shape[1] // 4)
@@ -28,7 +29,8 @@ def one_hot_image(shape):
 
 def expected_response(k: int, input_shape, output_shape):
   """What a stride-2 k x k window padded (k-1)//2 on each side reads from the one-hot image: output
-  pixel (i, j) sees input (2i - p + dy, 2j - p + dx), so the tap (dy, dx) that lands on the hot pixel."""
+  pixel (i, j) sees input (2i - p + dy, 2j - p + dx), so the tap (dy, dx) that lands on the hot pixel.
+  """
   pad, hot = (k - 1) // 2, hot_pixel(input_shape)
   response = np.zeros(output_shape[1:3], np.float32)
   for i in range(output_shape[1]):
@@ -51,13 +53,19 @@ def strided_conv_outputs(name, image_shape, **overrides):
   """{module path: (kernel size, output)} of every strided conv of `name`, each fed a one-hot image."""
   model = models.create_model(name, num_classes=10, **overrides)
   variables = model_stats.init_variables(model, image_shape)
-  variables = {**variables, 'params': jax.tree.map(
-      lambda x: tap_kernel(x) if x.ndim == 4 else x, variables['params'])}
+  variables = {
+      **variables,
+      'params': jax.tree.map(lambda x: tap_kernel(x) if x.ndim == 4 else x, variables['params']),
+  }
   seen = {}
 
   def feed_one_hot(next_fun, args, kwargs, context):
     module = context.module
-    if isinstance(module, nn.Conv) and context.method_name == '__call__' and 2 in np.atleast_1d(module.strides or 1):
+    if (
+        isinstance(module, nn.Conv)
+        and context.method_name == '__call__'
+        and 2 in np.atleast_1d(module.strides or 1)
+    ):
       output = next_fun(one_hot_image(args[0].shape), **kwargs)
       seen['/'.join(module.scope.path)] = (module.kernel_size[0], args[0].shape, output)
       return output
@@ -68,23 +76,32 @@ def strided_conv_outputs(name, image_shape, **overrides):
   return seen
 
 
-@pytest.mark.parametrize('name,image_shape,overrides,expected', [
-    ('resnet20', (32, 32, 3), {}, 2),  # stage 2 and 3: 3x3/2
-    ('plain20', (32, 32, 3), {}, 2),
-    ('resnet20', (32, 32, 3), {'shortcut': 'projection'}, 4),  # + the 1x1/2 projections
-    ('preact_resnet20', (32, 32, 3), {}, 2),
-    ('resnet18', (32, 32, 3), {}, 7),  # 7x7/2 stem, 3x3/2 and 1x1/2 in stages 2-4
-    ('resnet50', (32, 32, 3), {}, 7),  # v1.5: the stride on the bottleneck's 3x3
-    ('resnet50', (32, 32, 3), {'stride_in_1x1': True}, 7),  # v1: on the first 1x1
-])
-def test_strided_convolutions_centre_their_window_on_the_sampled_pixel(name, image_shape, overrides, expected):
+@pytest.mark.parametrize(
+    'name,image_shape,overrides,expected',
+    [
+        ('resnet20', (32, 32, 3), {}, 2),  # stage 2 and 3: 3x3/2
+        ('plain20', (32, 32, 3), {}, 2),
+        ('resnet20', (32, 32, 3), {'shortcut': 'projection'}, 4),  # + the 1x1/2 projections
+        ('preact_resnet20', (32, 32, 3), {}, 2),
+        ('resnet18', (32, 32, 3), {}, 7),  # 7x7/2 stem, 3x3/2 and 1x1/2 in stages 2-4
+        ('resnet50', (32, 32, 3), {}, 7),  # v1.5: the stride on the bottleneck's 3x3
+        ('resnet50', (32, 32, 3), {'stride_in_1x1': True}, 7),  # v1: on the first 1x1
+    ],
+)
+def test_strided_convolutions_centre_their_window_on_the_sampled_pixel(
+    name, image_shape, overrides, expected
+):
   outputs = strided_conv_outputs(name, image_shape, **overrides)
   assert len(outputs) == expected
   for path, (k, input_shape, output) in outputs.items():
     response = np.asarray(output[0, :, :, 0])
     # The sampled pixel's own output reads it through the kernel's centre tap.
-    assert response[hot_pixel(input_shape) // 2, hot_pixel(input_shape) // 2] == 1 + (k // 2) * (k + 1), path
-    np.testing.assert_array_equal(response, expected_response(k, input_shape, output.shape), err_msg=path)
+    assert response[hot_pixel(input_shape) // 2, hot_pixel(input_shape) // 2] == 1 + (k // 2) * (
+        k + 1
+    ), path
+    np.testing.assert_array_equal(
+        response, expected_response(k, input_shape, output.shape), err_msg=path
+    )
 
 
 def test_the_stem_max_pool_centres_its_window_on_the_sampled_pixel():

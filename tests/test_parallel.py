@@ -46,10 +46,21 @@ def test_unknown_mode_is_a_clear_error():
     parallel.DataParallel('pjit')
 
 
-@pytest.mark.parametrize('xla_flags,expected', [('', 4), ('--xla_force_host_platform_device_count=2', 2)])
+@pytest.mark.parametrize(
+    'xla_flags,expected', [('', 4), ('--xla_force_host_platform_device_count=2', 2)]
+)
 def test_cpu_devices_splits_the_cpu_unless_the_launch_sets_a_count(xla_flags, expected):
   # parallelism.cpu_devices=4, as main.py applies it before JAX starts; XLA_FLAGS' count wins.
-  code = 'from resnet_jax import parallel; parallel.split_cpu(4); import jax; print(jax.device_count())'
-  result = subprocess.run([sys.executable, '-c', code], env={**os.environ, 'XLA_FLAGS': xla_flags},
-                          cwd=pathlib.Path(__file__).parents[1], capture_output=True, text=True, check=True)
+  code = (
+      'from resnet_jax import parallel; parallel.split_cpu(4); import jax;'
+      ' print(jax.device_count())'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', code],
+      env={**os.environ, 'XLA_FLAGS': xla_flags},
+      cwd=pathlib.Path(__file__).parents[1],
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   assert result.stdout.split()[-1] == str(expected)

@@ -65,7 +65,9 @@ def test_split_is_the_documented_stratified_split(builder):
   # The prepared dataset holds exactly these examples.
   for split in ('train', 'test'):
     expected = collections.Counter((images[i].tobytes(), int(labels[i])) for i in idx[split])
-    got = collections.Counter((e['image'].tobytes(), int(e['label'])) for e in _read(builder, split))
+    got = collections.Counter(
+        (e['image'].tobytes(), int(e['label'])) for e in _read(builder, split)
+    )
     assert got == expected
 
 
@@ -89,5 +91,6 @@ def test_a_second_preparation_holds_the_same_records_in_the_same_order(builder, 
   for split in ('train', 'test'):
     first, second = _read(builder, split), _read(again, split)
     assert [int(e['label']) for e in first] == [int(e['label']) for e in second]
-    np.testing.assert_array_equal(np.stack([e['image'] for e in first]),
-                                  np.stack([e['image'] for e in second]))
+    np.testing.assert_array_equal(
+        np.stack([e['image'] for e in first]), np.stack([e['image'] for e in second])
+    )

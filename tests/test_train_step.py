@@ -19,8 +19,11 @@ def test_eight_device_step_equals_one_device_step(trained):
   one, one_metrics = trained(1)
   eight, eight_metrics = trained(8)
   for tree in ('params', 'batch_stats'):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 getattr(one, tree), getattr(eight, tree))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+        getattr(one, tree),
+        getattr(eight, tree),
+    )
   for a, b in zip(one_metrics, eight_metrics):
     assert a['loss'] == pytest.approx(b['loss'], rel=1e-5)
   assert int(eight.step) == 3
@@ -45,10 +48,14 @@ def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold(batc
   data = batches(3)
   # Random labels keep the error above 80% => the lr stays at warmup_lr.
   one_device = parallel.make_mesh(jax.devices()[:1])
-  _, history = run_steps(one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 0.0})
+  _, history = run_steps(
+      one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 0.0}
+  )
   assert [h['learning_rate'] for h in history] == pytest.approx([0.01] * 3)
   # A threshold every batch meets ends the warm-up after the first step.
-  _, history = run_steps(one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 1.01})
+  _, history = run_steps(
+      one_device, data, **{'schedule.warmup_lr': 0.01, 'schedule.warmup_until_error': 1.01}
+  )
   assert [h['learning_rate'] for h in history] == pytest.approx([0.01, 0.1, 0.1])
   assert cifar10.get_config('resnet110').schedule.warmup_lr == 0.01
   assert cifar10.get_config('resnet56').schedule.warmup_lr == 0.0
@@ -58,13 +65,18 @@ def test_paper_schedule_divides_by_ten_at_32k_and_48k():
   config = cifar10.get_config('resnet20')
   schedule = optim.learning_rate_schedule(config, steps_per_epoch=390, num_steps=64_000)
   assert [float(schedule(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
-      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+  )
 
 
 def sgd_update(decoupled, all_params=False):
   config = cifar10.get_config('resnet20')
-  config.optimizer.update(decoupled_weight_decay=decoupled, weight_decay=0.5, momentum=0.9,
-                          weight_decay_on_all_params=all_params)
+  config.optimizer.update(
+      decoupled_weight_decay=decoupled,
+      weight_decay=0.5,
+      momentum=0.9,
+      weight_decay_on_all_params=all_params,
+  )
   tx = optim.create_optimizer(config)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
   grads = jax.tree.map(jnp.ones_like, params)
@@ -81,14 +93,20 @@ def test_weight_decay_coupled_on_kernels_only_and_decoupled():
   coupled = sgd_update(decoupled=False)
   np.testing.assert_allclose(coupled['kernel'], np.full((2, 2), -0.2775), rtol=1e-6)
   np.testing.assert_allclose(coupled['bias'], np.full((2,), -0.19), rtol=1e-6)  # no decay on biases
-  np.testing.assert_allclose(sgd_update(False, all_params=True)['bias'], np.full((2,), -0.2775), rtol=1e-6)
+  np.testing.assert_allclose(
+      sgd_update(False, all_params=True)['bias'], np.full((2,), -0.2775), rtol=1e-6
+  )
   # Decoupled (SGDW): m2 = 1.9, plus wd * w1 = 0.425 after momentum.
-  np.testing.assert_allclose(sgd_update(decoupled=True)['kernel'], np.full((2, 2), -0.2325), rtol=1e-6)
+  np.testing.assert_allclose(
+      sgd_update(decoupled=True)['kernel'], np.full((2, 2), -0.2325), rtol=1e-6
+  )
 
 
 def test_eval_step_counts_only_unmasked_examples(small_setup, batches):
   config, model, tx, _ = small_setup()
-  state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
+  state = create_train_state(
+      jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False
+  )
   batch = batches(1, batch_size=8)[0]
   mask = np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)
   padded = {**batch, 'mask': mask}
@@ -101,11 +119,17 @@ def test_eval_step_counts_only_unmasked_examples(small_setup, batches):
 
 def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios(small_setup, batches):
   config, model, tx, schedule = small_setup()
-  state = create_train_state(jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False)
-  _, metrics = train_step(state, batches(1)[0], model=model, tx=tx, schedule=schedule, diagnostics=True)
+  state = create_train_state(
+      jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False
+  )
+  _, metrics = train_step(
+      state, batches(1)[0], model=model, tx=tx, schedule=schedule, diagnostics=True
+  )
   stage_norms = [metrics[f'grad_norm_{g}'] for g in ('stem', 'stage1', 'stage2', 'stage3', 'head')]
   total = np.sqrt(sum(float(n) ** 2 for n in stage_norms))
   assert total == pytest.approx(float(metrics['grad_norm']), rel=1e-5)
   ratios = {k: float(v) for k, v in metrics.items() if k.startswith('residual_ratio_')}
-  assert sorted(ratios) == [f'residual_ratio_stage{s}_block1' for s in (1, 2, 3)]  # resnet8: one block a stage
+  assert sorted(ratios) == [
+      f'residual_ratio_stage{s}_block1' for s in (1, 2, 3)
+  ]  # resnet8: one block a stage
   assert all(0 < r < 10 for r in ratios.values())

@@ -12,7 +12,9 @@ import ml_collections
 def get_config():
   sweep = ml_collections.ConfigDict()
   sweep.config = 'configs/cifar10.py'
-  sweep.axes = ml_collections.ConfigDict(dict(family=('plain', 'resnet'), depth=(20, 32, 44, 56, 110, 1202)))
+  sweep.axes = ml_collections.ConfigDict(
+      dict(family=('plain', 'resnet'), depth=(20, 32, 44, 56, 110, 1202))
+  )
   sweep.base_overrides = ml_collections.ConfigDict()  # the paper's recipe is the config's default
   sweep.exclude = ('plain1202',)
   sweep.workdir_root = 'runs/sweeps/degradation_cifar10'

@@ -16,8 +16,13 @@ def get_config():
   sweep = ml_collections.ConfigDict()
   sweep.config = 'configs/digits.py'
   sweep.axes = ml_collections.ConfigDict(dict(family=('plain', 'resnet'), depth=(8, 20, 56)))
-  sweep.base_overrides = ml_collections.ConfigDict(dict(
-      train=dict(num_steps=1_000, log_every_steps=20, eval_every_steps=100, checkpoint_every_steps=500),
-      schedule=dict(boundaries=(500, 750), warmup_lr=0.01, warmup_until_error=0.8)))
+  sweep.base_overrides = ml_collections.ConfigDict(
+      dict(
+          train=dict(
+              num_steps=1_000, log_every_steps=20, eval_every_steps=100, checkpoint_every_steps=500
+          ),
+          schedule=dict(boundaries=(500, 750), warmup_lr=0.01, warmup_until_error=0.8),
+      )
+  )
   sweep.workdir_root = 'runs/sweeps/degradation_digits_cpu'
   return sweep

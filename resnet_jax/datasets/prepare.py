@@ -25,7 +25,6 @@ class UnknownDatasetError(DatasetNotReadyError):
   """TFDS has no dataset of that name (a DatasetNotReadyError, so one `except` catches both)."""
 
 
-
 def _unreachable_hosts_reason(builder, timeout: float = 5.0) -> str | None:
   """None if the hosts of the builder's download URLs answer (or are unknown), else why not."""
   try:
@@ -70,19 +69,30 @@ def _probe_hosts(hosts, timeout: float) -> str | None:
   return result[0] if result else f'no answer from {hosts[0][0]} within {timeout:.0f} s'
 
 
-def _not_ready_message(builder, name: str, data_dir: str, manual_dir: str | None, reason: str) -> str:
+def _not_ready_message(
+    builder, name: str, data_dir: str, manual_dir: str | None, reason: str
+) -> str:
   instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if instructions:
     where = manual_dir or f'{data_dir}/downloads/manual'
-    files = ('ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar' if name.startswith('imagenet2012')
-             else f'see: {one_line(instructions, 160)}')
+    files = (
+        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
+        if name.startswith('imagenet2012')
+        else f'see: {one_line(instructions, 160)}'
+    )
     reason = one_line(reason, 400).split('. ')[0]  # tfds appends the instructions to the reason
-    return (f"dataset '{name}' is not prepared in {data_dir} and its manually downloaded files are missing "
-            f"({one_line(reason, 200)}); place the files listed in tfds' docs for '{name}' ({files}) in "
-            f"{where} and set dataset.manual_dir to it, or copy a prepared {data_dir}/{name} here")
-  return (f"dataset '{name}' is not prepared in {data_dir} and could not be downloaded "
-          f"({one_line(reason, 200)}); run `tfds build {name} --data_dir {data_dir}` on a machine with "
-          f"internet and copy {data_dir}/{name} here (or set dataset.data_dir to a directory holding it)")
+    return (
+        f"dataset '{name}' is not prepared in {data_dir} and its manually downloaded files are"
+        f" missing ({one_line(reason, 200)}); place the files listed in tfds' docs for '{name}'"
+        f' ({files}) in {where} and set dataset.manual_dir to it, or copy a prepared'
+        f' {data_dir}/{name} here'
+    )
+  return (
+      f"dataset '{name}' is not prepared in {data_dir} and could not be downloaded"
+      f' ({one_line(reason, 200)}); run `tfds build {name} --data_dir {data_dir}` on a machine with'
+      f' internet and copy {data_dir}/{name} here (or set dataset.data_dir to a directory'
+      ' holding it)'
+  )
 
 
 def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
@@ -94,8 +104,10 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise UnknownDatasetError(
-        f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the project's "
-        "own datasets such as 'sklearn_digits' are registered by importing resnet_jax.datasets)") from None
+        f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the"
+        " project's own datasets such as 'sklearn_digits' are registered by importing"
+        ' resnet_jax.datasets)'
+    ) from None
   if builder.is_prepared():
     return builder
 
@@ -110,8 +122,12 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
       # The download hosts do not answer: let tfds try exactly once instead of retrying with
       # back-off for ~200 s (tfds' own downloader retries 10 times).
       from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
-      patch = (mock.patch.object(downloader, 'MAX_RETRIES', 0) if hasattr(downloader, 'MAX_RETRIES')
-               else contextlib.nullcontext())
+
+      patch = (
+          mock.patch.object(downloader, 'MAX_RETRIES', 0)
+          if hasattr(downloader, 'MAX_RETRIES')
+          else contextlib.nullcontext()
+      )
       with patch:
         builder.download_and_prepare(download_config=download_config)
   except Exception as e:  # pylint: disable=broad-except
@@ -121,5 +137,7 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
     if builder.is_prepared():
       return builder
     reason = offline_reason or f'{type(e).__name__}: {e}'
-    raise DatasetNotReadyError(_not_ready_message(builder, name, shown_dir, manual_dir, reason)) from e
+    raise DatasetNotReadyError(
+        _not_ready_message(builder, name, shown_dir, manual_dir, reason)
+    ) from e
   return builder

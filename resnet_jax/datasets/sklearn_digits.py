@@ -75,9 +75,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download: the data ships with scikit-learn.
     images, labels = _load_digits()
     splits = split_indices(labels)
-    return {
-        name: self._generate_examples(images, labels, idx) for name, idx in splits.items()
-    }
+    return {name: self._generate_examples(images, labels, idx) for name, idx in splits.items()}
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:
