@@ -91,7 +91,10 @@ def random_batch(batch_size: int, image_shape=(32, 32, 3), num_classes: int = 10
 
 
 class Runner:
-  """Calling it runs one baseline step and waits for it; `compile_seconds` and `flops` describe it."""
+  """Calling it runs one baseline step and waits for it.
+
+  `compile_seconds` and `flops` describe it.
+  """
 
   def __init__(self, batch_size: int, image_shape=(32, 32, 3)):
     self.state = create_state(jax.random.key(0), image_shape)

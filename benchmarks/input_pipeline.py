@@ -1,6 +1,7 @@
 """Input pipeline throughput against what the train step consumes, in the same process.
 
-    python -m benchmarks.input_pipeline [--style cifar|imagenet|both] [--windows 3] [--json out.json]
+    python -m benchmarks.input_pipeline [--style cifar|imagenet|both] [--windows 3]
+        [--json out.json]
 
 The pipeline is `resnet_jax.input_pipeline.create_train_iterator`, unchanged, on generated data
 served through `tfds.testing.mock_data` (no download):
@@ -24,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from benchmarks import common, train_step
 from resnet_jax import input_pipeline
+from resnet_jax import run as run_lib
 
 JPEG_SHAPE = (375, 500, 3)  # ImageNet's most common size; a typical train JPEG is ~110 kB
 
@@ -67,9 +69,10 @@ def pipeline_config(style: str, batch: int):
 
 def time_pipeline(config, *, batch: int, warmup: int, batches: int, window: int) -> float:
   """Seconds per batch of a fresh iterator after `warmup` batches."""
-  iterator = input_pipeline.create_train_iterator(
-      config.dataset, local_batch_size=batch, seed=window
-  )
+  assert config.train.batch_size == batch
+  facts = input_pipeline.dataset_facts(config.dataset)
+  run = run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)  # one host's stream
+  iterator = input_pipeline.create_train_iterator(config.dataset, run.batch, seed=window)
   for _ in range(warmup):
     next(iterator)
   start = time.perf_counter()

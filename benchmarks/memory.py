@@ -1,13 +1,15 @@
 """Peak host memory of a train step, and of deep nets with and without rematerialisation.
 
-    python -m benchmarks.memory [--cases resnet20:128,resnet1202:16,resnet1202:16:remat] [--json out.json]
+    python -m benchmarks.memory [--cases resnet20:128,resnet1202:16,resnet1202:16:remat]
+        [--json out.json]
 
 Each case runs in a fresh process (peak resident memory is per process and never goes down): it
 builds the project's step (benchmarks.train_step.ProductStep), compiles it, runs two steps, and
 reports the process's peak resident set (VmHWM, as getrusage's ru_maxrss), the same before the
 state was built (interpreter, jax, TensorFlow), and XLA's own plan for the step
-(`compiled.memory_analysis()`: temporaries, arguments, outputs). Case syntax: model:batch[:remat][:scan]
-(scan: model.scan_blocks=True). A case whose process dies (out of memory) is reported as such.
+(`compiled.memory_analysis()`: temporaries, arguments, outputs). Case syntax:
+model:batch[:remat][:scan] (scan: model.scan_blocks=True). A case whose process dies (out of memory)
+is reported as such.
 """
 
 import argparse
@@ -19,8 +21,9 @@ import subprocess
 import sys
 import time
 
-# ResNet-1202 with its blocks scanned: unrolled, XLA CPU compiled its initialisation for 6 min and was
-# killed for lack of memory (24 GiB) while compiling the remat step (`--cases resnet1202:32:remat`).
+# ResNet-1202 with its blocks scanned: unrolled, XLA CPU compiled its initialisation for 6 min and
+# was killed for lack of memory (24 GiB) while compiling the remat step
+# (`--cases resnet1202:32:remat`).
 DEFAULT_CASES = (
     'resnet20:128',
     'resnet20:128:remat',

@@ -1,9 +1,9 @@
 """Memory soak: thousands of small training steps through the real loop; does host memory grow?
 
-`python -m benchmarks.memory_soak --steps 3000 [--json out.json]` trains ResNet-8 on the offline digits
-(evaluating and checkpointing every 500 steps), samples the process's resident memory every 0.5 s,
-and reports it at the start, middle and end of training, with the growth per 1,000 steps over the
-second half (after warm-up, caches and compilation): a leak shows as steady growth there.
+`python -m benchmarks.memory_soak --steps 3000 [--json out.json]` trains ResNet-8 on the offline
+digits (evaluating and checkpointing every 500 steps), samples the process's resident memory every
+0.5 s, and reports it at the start, middle and end of training, with the growth per 1,000 steps over
+the second half (after warm-up, caches and compilation): a leak shows as steady growth there.
 """
 
 import argparse
@@ -78,7 +78,8 @@ def main():
       'rss_mib_at_10_50_100_percent': [round(at(f), 1) for f in (0.1, 0.5, 1.0)],
       'rss_mib_peak': round(max(m for _, m in samples), 1),
       'rss_growth_mib_per_1000_steps_second_half': round(growth_per_1000_steps, 2),
-      # Throughput of each logging window: windows with an eval or a checkpoint write should not be slower.
+      # Throughput of each logging window: windows with an eval or a checkpoint write should not be
+      # slower.
       'images_per_second_min_median_max': [
           round(min(throughput)),
           round(sorted(throughput)[len(throughput) // 2]),

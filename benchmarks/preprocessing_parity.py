@@ -100,9 +100,9 @@ def torchvision_images(torch_python: str, jpegs: dict[str, bytes]) -> tuple[np.n
 
 def our_images(jpegs: dict[str, bytes]) -> np.ndarray:
   """The eval iterator's normalised [N, 224, 224, 3] on an imagenet2012 split of these bytes."""
-  import ml_collections  # pylint: disable=import-outside-toplevel  (TensorFlow: after the check)
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from configs import base  # pylint: disable=import-outside-toplevel
   from resnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
 
   def as_dataset(self, *args, **kwargs):  # replaces the builder's reader
@@ -111,20 +111,9 @@ def our_images(jpegs: dict[str, bytes]) -> np.ndarray:
         {'image': list(jpegs.values()), 'label': np.arange(len(jpegs), dtype=np.int64)}
     )
 
-  config = ml_collections.ConfigDict(
-      dict(
-          name='imagenet2012',
-          data_dir=None,
-          manual_dir=None,
-          train_split='train',
-          eval_split='validation',
-          augment='imagenet',
-          image_size=SIZE,
-          mean=None,
-          std=None,
-          cache=False,
-      )
-  )
+  config = base.base_config('resnet50').dataset
+  config.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=SIZE)
+  config.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     (batch,) = list(input_pipeline.create_eval_iterator(config, local_batch_size=len(jpegs)))
   assert batch['mask'].all() and batch['label'].tolist() == list(range(len(jpegs)))

@@ -1,4 +1,4 @@
-"""Our networks against implementations nobody here wrote: torchvision's ResNets and the CIFAR reference.
+"""Our networks vs implementations nobody here wrote: torchvision's ResNets and the CIFAR reference.
 
     make parity        # creates .venv-torch (PyTorch, torchvision, jax, flax) once, then runs this
     .venv-torch/bin/python -m benchmarks.reference_parity [--models resnet18,resnet20] [--out FILE]

@@ -1,6 +1,7 @@
 """The standard set: every benchmark in its own process, one JSON, and the table in BENCHMARKS.md.
 
-    python -m benchmarks.run_all [--only train_step,sharding] [--json benchmarks/results.json] [--no_markdown]
+    python -m benchmarks.run_all [--only train_step,sharding] [--json benchmarks/results.json]
+        [--no_markdown]
 
 About an hour on the idle 2-core machine, longer when it is shared. The table between the
 `results` markers of BENCHMARKS.md is rewritten from the JSON (`--markdown_only` rewrites it from
@@ -25,7 +26,8 @@ STANDARD = {
         'benchmarks.train_step',
         ['--model', 'resnet20', '--batch', '128', '--variants', LEVERS, '--rounds', '6'],
     ),
-    # The CPU settings: the batch split over 8 CPU devices (parallelism.cpu_devices=8), on top of each lever.
+    # The CPU settings: the batch split over 8 CPU devices (parallelism.cpu_devices=8), on top of
+    # each lever.
     'resnet20_cpu8': (
         'benchmarks.train_step',
         [
@@ -116,7 +118,8 @@ STANDARD = {
             '--baseline',
         ],
     ),
-    # Needs PyTorch on PYTHONPATH (not a dependency; see benchmarks/pytorch_reference.py); skipped without it.
+    # Needs PyTorch on PYTHONPATH (not a dependency; see benchmarks/pytorch_reference.py); skipped
+    # without it.
     'pytorch_reference': ('benchmarks.pytorch_reference', ['--devices', '8']),
     'input_pipeline': ('benchmarks.input_pipeline', ['--style', 'both']),
     'train_loop': (
@@ -158,9 +161,14 @@ def step_rows(result: dict, name: str) -> list[str]:
         else 'plain Flax ResNet-20 (baseline)'
     )
     batch = result['batch'] if v['variant'] != 'baseline' else 128
+    size = (
+        ', ' + str(result['image_size']) + 'px'
+        if result['image_size'] != 32 and v['variant'] != 'baseline'
+        else ''
+    )
     rows.append(
         f'| {label}, batch'
-        f" {batch}{', ' + str(result['image_size']) + 'px' if result['image_size'] != 32 and v['variant'] != 'baseline' else ''}"
+        f' {batch}{size}'
         f" | {v['step_seconds'] * 1e3:.0f} | {v['images_per_second']:.1f} |"
         f" {v.get('achieved_gflops', 0):.1f} | {100 * v.get('fraction_of_peak', 0):.1f}% |"
         f" {fmt_ratio(v.get('ratio_to_baseline'))} |"

@@ -1,4 +1,4 @@
-"""The whole training loop against the pure train step: the cost of data, metrics, logging, checkpoints.
+"""The whole training loop against the pure train step: cost of data, metrics, logging, checkpoints.
 
     python -m benchmarks.train_loop [--model resnet20 --batch 128 --steps 40] [--json out.json]
 

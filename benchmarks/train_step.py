@@ -1,4 +1,4 @@
-"""Train-step throughput of the project's step, side by side with the plain baseline and the matmul peak.
+"""Throughput of the project's train step, side by side with the plain baseline and the matmul peak.
 
     python -m benchmarks.train_step --model resnet20 --batch 128 [--dtype bfloat16] [--devices 8]
         [--variants product,no_diagnostics,bfloat16] [--rounds 8 --steps 1] [--json out.json]
@@ -13,12 +13,14 @@ Variants are levers switched without editing the product, joined with '+':
   product          the step `resnet_jax.train` runs (donated state, diagnostics as configured: on)
   no_diagnostics   train.log_diagnostics=False (no per-block norms, no per-stage gradient norms)
   no_donation      the same step jitted without donating the old state
-  scanK            K steps per dispatch (jax.lax.scan over K batches), e.g. scan2 (very slow on XLA CPU)
+  scanK            K steps per dispatch (jax.lax.scan over K batches), e.g. scan2
+                   (very slow on XLA CPU)
   asyncN           N steps dispatched back to back, one host synchronisation (as between log steps)
   bfloat16         model.dtype=bfloat16 (float32 parameters)
   remat            model.remat=True
   scan_blocks      model.scan_blocks=True (each stage's repeated blocks as one scan: compile time)
-  matmul_grad      model.conv_kernel_grad='matmul' (conv kernel gradients as one matmul, resnet_jax/conv.py)
+  matmul_grad      model.conv_kernel_grad='matmul'
+                   (conv kernel gradients as one matmul, resnet_jax/conv.py)
   fused_bn         candidate product change: BatchNorm with a hand-written backward pass
 """
 
@@ -33,7 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import baseline_resnet20, candidates, common
 from configs import cifar10, imagenet
-from resnet_jax import models, optim, parallel, train
+from resnet_jax import models, optim, parallel
+from resnet_jax import run as run_lib
 from resnet_jax.train_step import create_train_state, make_train_step
 
 
@@ -125,21 +128,26 @@ class ProductStep:
     self.config = config
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
-    model = train.build_model(config, num_classes, self.data_parallel.bn_axis_name)
-    tx = optim.create_optimizer(config)
-    schedule = optim.learning_rate_schedule(
-        config, steps_per_epoch=390, num_steps=config.train.num_steps or 64_000
+    # CIFAR-10's 50,000 training images: the schedule of a real run (390 steps an epoch at 128).
+    dataset = run_lib.DatasetFacts(num_classes, image_shape, 50_000, 10_000)
+    run = run_lib.resolve(
+        config,
+        dataset=dataset,
+        device_count=self.data_parallel.mesh.size,
+        process_count=jax.process_count(),
     )
+    model = run.model.build(num_classes, bn_axis_name=self.data_parallel.bn_axis_name)
+    tx = optim.create_optimizer(run.optimizer)
     init = functools.partial(
         create_train_state,
         model=model,
         tx=tx,
         image_shape=image_shape,
-        warmup=config.schedule.warmup_lr > 0,
+        warmup=run.schedule.warmup_lr > 0,
     )
     state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(seed))
     self.state = self.data_parallel.to_devices(state)
-    step_fn = make_train_step(config, model=model, tx=tx, schedule=schedule)
+    step_fn = make_train_step(run, model=model, tx=tx)
     host_batch = baseline_resnet20.random_batch(
         config.train.batch_size, image_shape, num_classes, seed
     )
@@ -178,7 +186,8 @@ class ProductStep:
     self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
-    # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded program.
+    # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded
+    # program.
     self.flops_per_step = (
         flops * self.data_parallel.mesh.size if per_dispatch == 1 and flops else None
     )
@@ -344,7 +353,10 @@ def describe(result: dict) -> str:
 
 
 def ensure_devices(count: int | None, module: str) -> None:
-  """Re-executes `python -m module` with `count` simulated CPU devices: the flag must precede jax's start."""
+  """Re-executes `python -m module` with `count` simulated CPU devices.
+
+  The flag must precede jax's start.
+  """
   flag = f'--xla_force_host_platform_device_count={count}'
   if count and flag not in os.environ.get('XLA_FLAGS', ''):
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()

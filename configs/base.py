@@ -1,6 +1,7 @@
-"""Every knob of a run, as plain data. Dataset files (cifar10.py, imagenet.py, digits.py) start here.
+"""Every knob of a run, as plain data.
 
-Override any field on the command line: `--config.train.batch_size=256 --config.model.dtype=bfloat16`.
+Dataset files (cifar10.py, imagenet.py, digits.py) start here. Override any field on the command
+line: `--config.train.batch_size=256 --config.model.dtype=bfloat16`.
 """
 
 import ml_collections
@@ -12,22 +13,26 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   models.model_spec(preset)  # an unknown preset fails here, before anything runs
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.init_from = (  # a workdir or checkpoint dir to fine-tune from; the head is re-initialised if classes differ
-      ''
-  )
+  # a workdir or checkpoint dir to fine-tune from; the head is re-initialised if classes differ
+  config.init_from = ''
 
   config.model = ml_collections.ConfigDict(
       dict(
           name=preset,
-          shortcut='',  # '' = the preset's own: identity (A) for CIFAR, projection (B) for ImageNet, none for plain
+          # '' = the preset's own: identity (A) for CIFAR, projection (B) for ImageNet,
+          # none for plain
+          shortcut='',
           dtype='float32',  # compute dtype; 'bfloat16' keeps float32 parameters
           zero_init_residual=False,  # zero each block's last BN scale (off in the paper)
           stride_in_1x1=False,  # True = the paper's original (v1) bottleneck stride placement
           remat=False,  # recompute activations in the backward pass: less memory for very deep nets
-          # 'xla' (GPU/TPU) | 'matmul': kernel gradients as one matmul, skipping XLA CPU's layout copy:
-          # faster on one CPU device, slower on several (BENCHMARKS.md, "What each lever changed")
+          # 'xla' (GPU/TPU) | 'matmul': kernel gradients as one matmul, skipping XLA CPU's layout
+          # copy: faster on one CPU device, slower on several (BENCHMARKS.md,
+          # "What each lever changed")
           conv_kernel_grad='xla',
-          scan_blocks=False,  # each stage's repeated blocks as one scan: compiles ResNet-1202 in bounded time and memory
+          # each stage's repeated blocks as one scan: compiles ResNet-1202 in bounded
+          # time and memory
+          scan_blocks=False,
       )
   )
 
@@ -46,8 +51,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           std=ml_collections.FieldReference(None, field_type=tuple),
           shuffle_buffer=50_000,
           cache=True,
-          # Streams the training split is read as (0 = one per process). Fix it to get the same global
-          # batches on any number of hosts, e.g. to compare or resume runs across topologies.
+          # Streams the training split is read as (0 = one per process). Fix it to get the same
+          # global batches on any number of hosts, e.g. to compare or resume runs across topologies.
           num_shards=0,
       )
   )
@@ -65,7 +70,8 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           async_checkpoints=True,  # write checkpoints in the background while training goes on
           label_smoothing=0.0,
           max_skipped_steps=0,  # steps with a non-finite loss or gradient to skip before stopping
-          log_diagnostics=True,  # per-stage gradient norms and per-block ||F(x)||/||x|| in metrics.jsonl
+          # per-stage gradient norms and per-block ||F(x)||/||x|| in metrics.jsonl
+          log_diagnostics=True,
       )
   )
 
@@ -83,15 +89,16 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
       dict(
           name='piecewise',  # 'piecewise' (the paper) | 'cosine' (warm-up then cosine)
           base_lr=0.1,
-          scale_lr_by_batch=0,  # > 0: lr = base_lr * batch_size / this (the linear scaling rule, 256 for ImageNet)
+          # > 0: lr = base_lr * batch_size / this (the linear scaling rule, 256 for ImageNet)
+          scale_lr_by_batch=0,
           boundaries=(32_000, 48_000),  # steps where the lr is multiplied by decay_factor
-          boundaries_epochs=ml_collections.FieldReference(
-              None, field_type=tuple
-          ),  # replaces boundaries
+          # replaces boundaries
+          boundaries_epochs=ml_collections.FieldReference(None, field_type=tuple),
           decay_factor=0.1,
           warmup_steps=0,  # cosine: linear warm-up steps
           warmup_epochs=0.0,
-          # The paper's ResNet-110 warm-up: lr = warmup_lr until the training error falls under the threshold.
+          # The paper's ResNet-110 warm-up: lr = warmup_lr until the training error falls under the
+          # threshold.
           warmup_lr=0.0,  # 0 = off
           warmup_until_error=0.8,
       )
@@ -100,11 +107,13 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   config.parallelism = ml_collections.ConfigDict(
       dict(
           mode='jit',  # 'jit' (sharded jax.jit over a mesh) | 'pmap'
-          batch_norm='global',  # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
-          # CPU hosts only: split each process's CPU into this many devices (0 = one; XLA_FLAGS' count wins).
-          # 8 speeds up a CIFAR ResNet-20 step with the same results, as smaller programs side by side
-          # keep the cores busy and activations in cache; not on 8x8 digits, too little work per device
-          # (BENCHMARKS.md, "What each lever changed"). GPUs and TPUs ignore it.
+          # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
+          batch_norm='global',
+          # CPU hosts only: split each process's CPU into this many devices (0 = one; XLA_FLAGS'
+          # count wins). 8 speeds up a CIFAR ResNet-20 step with the same results, as smaller
+          # programs side by side keep the cores busy and activations in cache; not on 8x8 digits,
+          # too little work per device (BENCHMARKS.md, "What each lever changed"). GPUs and TPUs
+          # ignore it.
           cpu_devices=0,
       )
   )

@@ -1,9 +1,10 @@
 """CIFAR-10 with the paper's recipe (section 4.2): `--config configs/cifar10.py:resnet110`.
 
-batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations, stop at
-64k; depth 110 and up warm up at lr 0.01 until the training error is under 80% (about 400 iterations).
-Set `--config.dataset.train_split='train[:45000]' --config.dataset.eval_split='train[45000:]'` for the
-paper's 45k/5k validation split.
+batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k iterations,
+stop at 64k; depth 110 and up warm up at lr 0.01 until the training error is under 80% (about 400
+iterations). Set
+`--config.dataset.train_split='train[:45000]' --config.dataset.eval_split='train[45000:]'`
+for the paper's 45k/5k validation split.
 """
 
 from configs import base

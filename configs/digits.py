@@ -1,7 +1,8 @@
 """The offline default: scikit-learn's bundled 8x8 digits as a TFDS dataset (resnet_jax/datasets).
 
-Real images that need no network, through the same tfds path as CIFAR: `make run` trains ResNet-20 on
-them in a few minutes on 2 CPU cores. Digits are not mirror-symmetric, so no flip; 1-pixel pad-and-crop.
+Real images that need no network, through the same tfds path as CIFAR: `make run` trains ResNet-20
+on them in a few minutes on 2 CPU cores. Digits are not mirror-symmetric, so no flip; 1-pixel
+pad-and-crop.
 """
 
 from configs import base

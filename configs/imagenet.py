@@ -1,9 +1,10 @@
 """ImageNet (imagenet2012 in TFDS; manual download): `--config configs/imagenet.py:resnet50`.
 
-Default: the paper's recipe (section 3.4): batch 256, lr 0.1 divided by 10 every 30 epochs, 90 epochs,
-weight decay 1e-4, momentum 0.9, random-resized-crop 224 + flip. Append `,modern` to the preset
-(`configs/imagenet.py:resnet50,modern`) for the common modern recipe: lr 0.1 x batch/256, 5 warm-up
-epochs then cosine, label smoothing 0.1, no weight decay on BN and biases (the default already).
+Default: the paper's recipe (section 3.4): batch 256, lr 0.1 divided by 10 every 30 epochs, 90
+epochs, weight decay 1e-4, momentum 0.9, random-resized-crop 224 + flip. Append `,modern` to the
+preset (`configs/imagenet.py:resnet50,modern`) for the common modern recipe: lr 0.1 x batch/256,
+5 warm-up epochs then cosine, label smoothing 0.1, no weight decay on BN and biases (the default
+already).
 """
 
 from configs import base

@@ -1,15 +1,15 @@
 """The paper's Figure 7: the standard deviation of every layer's response, from trained checkpoints.
 
-  python -m experiments.figure7 --root runs/sweeps/degradation_digits_cpu [--runs plain20,resnet20,...] \
-      [--out DIR/figure7.png] [--num_images 512]
+  python -m experiments.figure7 --root runs/sweeps/degradation_digits_cpu \
+      [--runs plain20,resnet20,...] [--out DIR/figure7.png] [--num_images 512]
 
-A response is the output of a 3x3 layer after BN, before the addition and the ReLU (paper section 4.2).
-In the post-activation basic blocks of the CIFAR nets those are the outputs of every BatchNorm but a
-projection shortcut's, plus the stem's. They are measured in inference mode (BN running averages) on
-the first --num_images images of each run's eval split; the std is over all of a layer's outputs.
-Top panel: layers in network order; bottom: sorted by magnitude. The paper's finding: residual nets
-respond less than plain ones, and deeper ResNets less still. Pre-activation and bottleneck nets are
-skipped, as their BatchNorms sit before the convolutions.
+A response is the output of a 3x3 layer after BN, before the addition and the ReLU (paper
+section 4.2). In the post-activation basic blocks of the CIFAR nets those are the outputs of every
+BatchNorm but a projection shortcut's, plus the stem's. They are measured in inference mode (BN
+running averages) on the first --num_images images of each run's eval split; the std is over all of
+a layer's outputs. Top panel: layers in network order; bottom: sorted by magnitude. The paper's
+finding: residual nets respond less than plain ones, and deeper ResNets less still. Pre-activation
+and bottleneck nets are skipped, as their BatchNorms sit before the convolutions.
 """
 
 import argparse

@@ -1,11 +1,11 @@
-"""A sweep's results from its runs' metrics.jsonl: the paper's Table 6 and Figure 6, and diagnostics plots.
+"""A sweep's results from its runs' metrics.jsonl: the paper's Table 6, Figure 6, diagnostics plots.
 
   python -m experiments.results --root runs/sweeps/degradation_digits_cpu [--out DIR]
 
 Writes to --out (default: the root)
   table.md, table.csv     depth, parameters, final training and test error of every run, by family
-  figure6.png             training error (dashed) and test error (solid) against iterations, one panel
-                          per family (plain left, residual right), one colour per depth
+  figure6.png             training error (dashed) and test error (solid) against iterations, one
+                          panel per family (plain left, residual right), one colour per depth
   grad_norms.png          gradient norm of the stem, each stage and the head against iterations
   residual_ratios.png     ||F(x)|| / ||x|| of every block at the end of training
 Every subdirectory of the root holding a config.json counts as a run.
@@ -30,7 +30,8 @@ from resnet_jax.metric_logging import read_metrics
 
 FAMILY_ORDER = ('plain', 'resnet', 'preact_resnet')
 FAMILY_TITLES = {'plain': 'plain', 'resnet': 'ResNet', 'preact_resnet': 'pre-activation ResNet'}
-# Table 6 of the paper: CIFAR-10 test error (%) of ResNets with option A, for comparison on cifar10 runs.
+# Table 6 of the paper: CIFAR-10 test error (%) of ResNets with option A, for comparison on
+# cifar10 runs.
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 
 
@@ -82,7 +83,7 @@ def build_model(run: Run, num_classes: int):
 
 
 def parameter_count(run: Run, root) -> int | None:
-  """Parameters of the model the run built, from its checkpoint's record of classes and image shape."""
+  """Parameters of the run's model, from its checkpoint's record of classes and image shape."""
   from resnet_jax import checkpointing  # orbax: only needed here
 
   checkpoints = checkpointing.Checkpoints(pathlib.Path(root).resolve() / run.name, read_only=True)
@@ -209,7 +210,10 @@ def figure6(runs: list[Run], path) -> None:
 
 
 def grad_norm_figure(runs: list[Run], path) -> None:
-  """Rows: stem, stage 1.., head; the first stage's gradient is where a vanishing gradient would show."""
+  """Rows: stem, stage 1.., head.
+
+  The first stage's gradient is where a vanishing gradient would show.
+  """
   groups = sorted(
       {
           k.removeprefix('train_grad_norm_')
@@ -247,7 +251,10 @@ def grad_norm_figure(runs: list[Run], path) -> None:
 
 
 def residual_ratio_figure(runs: list[Run], path) -> None:
-  """||F(x)||/||x|| per block over the last logged interval: small means the block stays near identity."""
+  """||F(x)||/||x|| per block over the last logged interval.
+
+  Small means the block stays near identity.
+  """
   colours = depth_colours(runs)
   fig, families, axes = family_panels(runs)
   plotted = False

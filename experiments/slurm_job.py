@@ -4,10 +4,10 @@
       --config configs/imagenet.py:resnet50,modern --workdir /shared/runs/r50 \
       [--tasks_per gpu|node] [--cpus_per_gpu 8] [--override --config.x=y ...] | sbatch
 
-experiments/slurm/train.sbatch is the one source of the script: this renders that file, replacing only
-the values of its #SBATCH lines and its CONFIG=, WORKDIR= and EXTRA_ARGS= lines. The checked-in file
-stays a script you can submit directly (CONFIG=... WORKDIR=... sbatch experiments/slurm/train.sbatch),
-and the two cannot drift apart.
+experiments/slurm/train.sbatch is the one source of the script: this renders that file, replacing
+only the values of its #SBATCH lines and its CONFIG=, WORKDIR= and EXTRA_ARGS= lines. The checked-in
+file stays a script you can submit directly
+(CONFIG=... WORKDIR=... sbatch experiments/slurm/train.sbatch), and the two cannot drift apart.
 """
 
 import pathlib

@@ -4,14 +4,14 @@
       [--root runs/sweeps/NAME] [--parallel N] [--print_commands] [--launcher CMD] \
       [--override --config.x=y ...]     # --override takes the rest of the line, for every point
 
-Each point trains in `<root>/<point>` and logs to `<root>/<point>/sweep.log`. A point whose run exited
-0 gets a marker file and is skipped when the sweep runs again; an interrupted point simply resumes,
-because resnet_jax.main continues from its workdir's latest checkpoint. Afterwards the table and
-figures are written to the root (experiments/results.py).
+Each point trains in `<root>/<point>` and logs to `<root>/<point>/sweep.log`. A point whose run
+exited 0 gets a marker file and is skipped when the sweep runs again; an interrupted point simply
+resumes, because resnet_jax.main continues from its workdir's latest checkpoint. Afterwards the
+table and figures are written to the root (experiments/results.py).
 
---parallel N runs N points at once, each pinned to its own share of the CPU cores (so that N single-
-device XLA processes do not fight over the same cores). --print_commands prints one command per point
-instead of running anything: for a TPU pod, a job array or another machine.
+--parallel N runs N points at once, each pinned to its own share of the CPU cores (so that N
+single-device XLA processes do not fight over the same cores). --print_commands prints one command
+per point instead of running anything: for a TPU pod, a job array or another machine.
 """
 
 import argparse
@@ -101,7 +101,10 @@ def sweep_points(sweep: ml_collections.ConfigDict) -> list[Point]:
 
 
 def point_args(point: Point, sweep, root: str, overrides: list[str]) -> list[str]:
-  """resnet_jax.main's arguments for one point; the command line's --override comes last and wins."""
+  """resnet_jax.main's arguments for one point.
+
+  The command line's --override comes last and wins.
+  """
   return [
       '--config',
       f'{sweep.config}:{point.preset}',
@@ -112,7 +115,7 @@ def point_args(point: Point, sweep, root: str, overrides: list[str]) -> list[str
   ]
 
 
-# ---------------------------------------------------------------------------------------- local runs
+# --------------------------------------------------------------------------------------- local runs
 
 
 def cpu_shares(parallel: int) -> list[list[int] | None]:
@@ -209,7 +212,7 @@ def run_locally(
   return failed
 
 
-# ---------------------------------------------------------------------------------------- command line
+# ------------------------------------------------------------------------------------- command line
 
 
 def parse_args(argv):

@@ -2,7 +2,8 @@
 
   python -m experiments.tpu_pod --tpu my-pod --zone us-central2-b [--project P] \
       --config configs/imagenet.py:resnet50,modern --workdir gs://bucket/runs/r50 \
-      [--tpu_create --accelerator_type v4-32 --runtime_version tpu-ubuntu2204-base] [--setup] [--run] \
+      [--tpu_create --accelerator_type v4-32 --runtime_version tpu-ubuntu2204-base] \
+      [--setup] [--run] \
       [--override --config.train.batch_size=1024 ...]     # --override takes the rest of the line
 
 Steps, in order: create the TPU VM (--tpu_create); ship and install the code on every worker
@@ -10,16 +11,16 @@ Steps, in order: create the TPU VM (--tpu_create); ship and install the code on 
 command each, for reading or pasting; --run executes them one after another, stopping at the first
 that fails.
 
-The code travels as a `git archive` of one commit (--git_ref, default HEAD) copied with `tpu-vm scp`,
-not as a `git clone` on the workers: that needs no repository credentials on the TPU and trains
-exactly the commit named. Uncommitted edits are not shipped; commit them first.
+The code travels as a `git archive` of one commit (--git_ref, default HEAD) copied with
+`tpu-vm scp`, not as a `git clone` on the workers: that needs no repository credentials on the TPU
+and trains exactly the commit named. Uncommitted edits are not shipped; commit them first.
 
 Training starts under nohup with its output appended to ~/resnet_jax.log on each worker, so the ssh
 returns at once and the run survives a dropped connection. --foreground keeps it attached instead:
 every worker's output streams to this terminal, and the run ends with the ssh session.
 
-No process flags are passed: on a TPU VM `jax.distributed.initialize()` (--distributed=auto) reads the
-pod's workers from the TPU metadata itself.
+No process flags are passed: on a TPU VM `jax.distributed.initialize()` (--distributed=auto) reads
+the pod's workers from the TPU metadata itself.
 """
 
 import argparse
@@ -55,7 +56,7 @@ class Step:
 
 
 def pinned_jax_version() -> str:
-  """The jax version requirements.txt pins, so the TPU build installed matches the CPU one tested."""
+  """The jax version requirements.txt pins, so the TPU build matches the CPU one tested."""
   requirements = REPO / 'requirements.txt'
   match = re.search(r'^jax==([\w.+-]+)\s*$', requirements.read_text(), re.MULTILINE)
   if match is None:
@@ -66,7 +67,8 @@ def pinned_jax_version() -> str:
 def install_command(python: str, jax_version: str) -> str:
   """Unpack the shipped code into a fresh REMOTE_DIR with its own venv and the TPU build of jax."""
   python = shlex.quote(python)
-  # The pinned requirements (numpy 2.3+, recent jax) need Python 3.11; Ubuntu 22.04 runtimes ship 3.10.
+  # The pinned requirements (numpy 2.3+, recent jax) need Python 3.11; Ubuntu 22.04 runtimes
+  # ship 3.10.
   version_check = (
       f'{python} -c "import sys; sys.exit(sys.version_info < (3, 11))" || '
       '{ echo "$(hostname): resnet_jax needs Python >= 3.11: install it (apt-get install '

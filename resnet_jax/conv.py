@@ -39,7 +39,8 @@ def _conv_bwd(strides, pads, residuals, dy):
   kh, kw, cin, cout = w.shape
   padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   (sh, sw), (oh, ow) = strides, dy.shape[1:3]
-  # Patches in (kh, kw, cin) order, the HWIO kernel's own, so dW = patches^T . dy needs no reshuffle.
+  # Patches in (kh, kw, cin) order, the HWIO kernel's own, so dW = patches^T . dy needs no
+  # reshuffle.
   patches = jnp.concatenate(
       [
           padded[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
@@ -72,7 +73,10 @@ def conv_with_matmul_kernel_grad(
     precision=None,
     **unused
 ):
-  """Stands in for lax.conv_general_dilated in flax's nn.Conv (`nn.Conv(..., conv_general_dilated=this)`)."""
+  """Stands in for lax.conv_general_dilated in flax's nn.Conv.
+
+  Used as `nn.Conv(..., conv_general_dilated=this)`.
+  """
   del dimension_numbers, precision, unused  # flax's 2-D convolutions are NHWC x HWIO
   if any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())) or feature_group_count != 1:
     raise NotImplementedError(

@@ -4,9 +4,9 @@
         [--model resnet50] [--config configs/imagenet.py:resnet50 --config.x=y ...]
     python -m resnet_jax.convert export --workdir runs/r56 --out r56.safetensors [--step N]
 
-import reads a torchvision or timm ImageNet ResNet (18/34/50/101/152), or a CIFAR ResNet of the CIFAR
-reference (akamaster/pytorch_resnet_cifar10), from `.safetensors` (numpy only) or from `.pth` when
-PyTorch is importable, and writes a new workdir: config.json and a step-0 checkpoint that
+import reads a torchvision or timm ImageNet ResNet (18/34/50/101/152), or a CIFAR ResNet of the
+CIFAR reference (akamaster/pytorch_resnet_cifar10), from `.safetensors` (numpy only) or from `.pth`
+when PyTorch is importable, and writes a new workdir: config.json and a step-0 checkpoint that
 `--mode=eval`, training (it continues from the imported weights) and `--config.init_from=` accept.
 export writes a workdir's checkpoint with the reference's names, so that
 `model.load_state_dict(safetensors.torch.load_file(path), strict=True)` loads it into torchvision's
@@ -28,6 +28,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import checkpointing, errors, interop, models, optim
+from resnet_jax import run as run_lib
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.train_step import create_train_state
 
@@ -131,7 +132,8 @@ def _image_shape(config) -> tuple[int, int, int]:
   """The shape a run of `config` feeds the model, as the input pipeline computes it, from the
   dataset's description alone (no data needed)."""
   try:
-    # Only here: the rest of the conversion needs no TensorFlow. `datasets` registers sklearn_digits.
+    # Only here: the rest of the conversion needs no TensorFlow.
+    # `datasets` registers sklearn_digits.
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     import resnet_jax.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
@@ -177,9 +179,9 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
         f'--config builds {config.model.name} but the weights are read as {model_name}; '
         f'use --config ...:{model_name} or --model {config.model.name}'
     )
-  model = models.create_model_from_config(config.model, num_classes=num_classes)
+  model = run_lib.resolve_model(config).build(num_classes)
   image_shape = _image_shape(config)
-  tx = optim.create_optimizer(config)
+  tx = optim.create_optimizer(run_lib.resolve_optimizer(config))
 
   def init(rng):
     return create_train_state(

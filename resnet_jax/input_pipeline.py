@@ -1,27 +1,28 @@
-"""Input pipeline: any TFDS image-classification dataset through tf.data, deterministic and resumable.
+"""Input pipeline: any TFDS image-classification dataset via tf.data, deterministic and resumable.
 
 Training stream (per process). The process reads only its share of `train_split`
-(`tfds.split_for_jax_process(..., drop_remainder=True)`, so every process has the same share size n).
-The stream is a sequence of epochs; epoch e is
+(`tfds.split_for_jax_process(..., drop_remainder=True)`, so every process has the same share size
+n). The stream is a sequence of epochs; epoch e is
 
     read (cached in memory, or files shuffled with a seed of (seed, process, e))
     -> shuffle(shuffle_buffer, seed of (seed, process, e))
-    -> the first steps_per_epoch * batch examples   (steps_per_epoch = n // batch; the rest is dropped)
+    -> the first steps_per_epoch * batch examples
+       (steps_per_epoch = n // batch; the rest is dropped)
     -> enumerate -> skip (resume) -> decode + augment keyed by (seed, process, e, position) -> batch
 
-Every random choice is a pure function of (seed, process_index, epoch, position in epoch): shuffles use
-fixed op seeds and augmentation uses `tf.random.stateless_*` ops. So batch k is the same whenever it is
-produced, and `create_train_iterator(..., start_step=k)` starts directly in epoch k // steps_per_epoch,
-skipping the first (k % steps_per_epoch) * batch examples *before* decoding and augmentation.
+Every random choice is a pure function of (seed, process_index, epoch, position in epoch): shuffles
+use fixed op seeds and augmentation uses `tf.random.stateless_*` ops. So batch k is the same
+whenever it is produced, and `create_train_iterator(..., start_step=k)` starts directly in epoch
+k // steps_per_epoch, skipping the first (k % steps_per_epoch) * batch examples *before* decoding
+and augmentation.
 
-Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so every
-example is in exactly one process), pads to a common number of batches with mask 0 examples.
+Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so
+every example is in exactly one process), pads to a common number of batches with mask 0 examples.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 import queue
 import threading
@@ -34,6 +35,7 @@ import tensorflow_datasets as tfds
 
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
+from resnet_jax.run import BatchSpec, DatasetFacts
 
 try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -54,15 +56,6 @@ STATS_NUM_EXAMPLES = (
 # 'imagenet' eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224): shorter
 # side to round(size / 0.875) with PIL's antialiased bilinear, then the centre size x size crop.
 EVAL_CROP_FRACTION = 0.875
-AUGMENTS = ('cifar', 'imagenet', 'none')
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  image_shape: tuple[int, int, int]  # (H, W, C) of the images the model sees (after crop/resize)
-  num_train_examples: int  # of train_split
-  num_eval_examples: int  # of eval_split
 
 
 # ------------------------------------------------------------------------------------ dataset facts
@@ -104,16 +97,13 @@ def _num_examples(builder, split) -> int:
 
 
 def _augment(dataset_config) -> str:
-  augment = dataset_config.get('augment', 'none') or 'none'
-  if augment not in AUGMENTS:
-    raise UserError(f"dataset.augment must be one of {AUGMENTS}, got '{augment}'")
-  return augment
+  return dataset_config.augment  # checked by run.check_dataset_fields
 
 
 def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   native = tuple(builder.info.features['image'].shape)
   channels = native[-1] if native and native[-1] is not None else 3
-  size = dataset_config.get('image_size')
+  size = dataset_config.image_size
   if size:
     return (int(size), int(size), int(channels))
   if _augment(dataset_config) == 'imagenet':
@@ -126,9 +116,10 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   return tuple(int(d) for d in native)
 
 
-def get_dataset_info(dataset_config) -> DatasetInfo:
+def dataset_facts(dataset_config) -> DatasetFacts:
+  """What the dataset holds (classes, image shape the model sees, examples per split)."""
   builder = get_dataset_builder(dataset_config)
-  return DatasetInfo(
+  return DatasetFacts(
       num_classes=int(builder.info.features['label'].num_classes),
       image_shape=_image_shape(dataset_config, builder),
       num_train_examples=_num_examples(builder, dataset_config.train_split),
@@ -174,10 +165,13 @@ def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
 def normalisation_stats(
     dataset_config, builder=None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) per channel of x / 255: the config's, known constants, or computed (deterministic)."""
+  """(mean, std) per channel of x / 255: the config's, known constants, or computed.
+
+  Computed statistics are deterministic.
+  """
   builder = builder or get_dataset_builder(dataset_config)
   channels = _image_shape(dataset_config, builder)[-1]
-  mean, std = dataset_config.get('mean'), dataset_config.get('std')
+  mean, std = dataset_config.mean, dataset_config.std
   if mean is None or std is None:
     if _augment(dataset_config) == 'imagenet' and channels == 3:
       known = (IMAGENET_MEAN, IMAGENET_STD)
@@ -199,7 +193,10 @@ def normalisation_stats(
 
 
 def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
-  """Decodes an encoded image, cropped to crop_window(shape) -> [y, x, h, w]; JPEGs decode only the crop."""
+  """Decodes an encoded image, cropped to crop_window(shape) -> [y, x, h, w].
+
+  JPEGs decode only the crop.
+  """
 
   def jpeg():
     window = crop_window(tf.image.extract_jpeg_shape(data))
@@ -305,8 +302,8 @@ def _make_preprocess(dataset_config, builder, *, train: bool):
   mean, std = normalisation_stats(dataset_config, builder)
   mean = tf.constant(mean, tf.float32)
   std = tf.constant(std, tf.float32)
-  flip = bool(dataset_config.get('flip', False)) and train
-  pad = int(dataset_config.get('pad', 0) or 0)
+  flip = dataset_config.flip and train
+  pad = dataset_config.pad
 
   def normalise(x):  # x: float32 in [0, 255]
     return (x / 255.0 - mean) / std
@@ -329,7 +326,8 @@ def _make_preprocess(dataset_config, builder, *, train: bool):
         x = resize(x)
       x = normalise(x)
       if augment == 'cifar' and train and pad > 0:
-        # As the paper: pad the mean-subtracted image with zeros, take a random crop of the original size.
+        # As the paper: pad the mean-subtracted image with zeros, take a random crop of the
+        # original size.
         x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
         x = tf.image.stateless_random_crop(x, [out_h, out_w, channels], seed=seeds[0])
     if flip:
@@ -373,38 +371,25 @@ def train_split_for_process(dataset_config, process_index: int, process_count: i
 
 def create_train_iterator(
     dataset_config,
+    batch: BatchSpec,
     *,
-    local_batch_size: int,
     seed: int,
     start_step: int = 0,
     process_index: int = 0,
-    process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]} (see module docstring).
+  """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]}; see module docstring.
 
-  The training split is read as `dataset.num_shards` streams (default: one per process), each over its
-  own part of the split; a process reads only its own streams and concatenates their batches. With
-  num_shards fixed, the global batches are the same whatever the number of processes: a run on 2 hosts
-  and one on 1 host see the same data, and a job can resume on another number of hosts.
+  The training split is read as `batch.num_shards` streams, each over its own share of the split; a
+  process reads only its own streams and concatenates their batches. With num_shards fixed, the
+  global batches are the same whatever the number of processes: a run on 2 hosts and one on 1 host
+  see the same data, and a job can resume on another number of hosts.
   """
-  num_shards = int(dataset_config.get('num_shards', 0) or 0) or process_count
-  if num_shards % process_count:
-    raise UserError(
-        f'dataset.num_shards={num_shards} does not divide over {process_count} processes; '
-        f'use a multiple of {process_count}'
-    )
-  per_process = num_shards // process_count
-  if local_batch_size <= 0 or local_batch_size % per_process:
-    raise UserError(
-        f'the per-process batch {local_batch_size} does not split into {per_process} data shards; '
-        f'make the batch size a multiple of dataset.num_shards={num_shards}'
-    )
+  per_process = batch.per_process // batch.per_shard
   streams = [
       _shard_batches(
           dataset_config,
           shard=process_index * per_process + j,
-          num_shards=num_shards,
-          batch_size=local_batch_size // per_process,
+          batch=batch,
           seed=seed,
           start_step=start_step,
       )
@@ -416,30 +401,23 @@ def create_train_iterator(
 
 
 def _shard_batches(
-    dataset_config, *, shard: int, num_shards: int, batch_size: int, seed: int, start_step: int
+    dataset_config, *, shard: int, batch: BatchSpec, seed: int, start_step: int
 ) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one data shard (its random choices are keyed by the shard, not the process)."""
-  if batch_size <= 0 or start_step < 0:
-    raise UserError(f'need batch_size > 0 and start_step >= 0, got {batch_size}, {start_step}')
   builder = get_dataset_builder(dataset_config)
-  split = train_split_for_process(dataset_config, shard, num_shards)
+  split = train_split_for_process(dataset_config, shard, batch.num_shards)
   num = _num_examples(builder, split)
-  steps_per_epoch = num // batch_size
-  if steps_per_epoch == 0:
-    raise UserError(
-        f'data shard {shard} of {dataset_config.train_split} ({num} '
-        f'examples) is smaller than its batch of {batch_size}'
-    )
+  batch_size, steps_per_epoch = batch.per_shard, batch.steps_per_epoch
   preprocess = _make_preprocess(dataset_config, builder, train=True)
   decoders = _decoders(dataset_config, builder)
-  buffer = max(1, min(int(dataset_config.get('shuffle_buffer', num) or num), num))
+  buffer = max(1, min(dataset_config.shuffle_buffer or num, num))
   options = _pipeline_options()
 
   def select(ex):
     return {'image': ex['image'], 'label': ex['label']}
 
   cached = None
-  if dataset_config.get('cache', False):
+  if dataset_config.cache:
     cached = (
         builder.as_dataset(
             split=split, shuffle_files=False, decoders=decoders, read_config=_read_config()
@@ -503,7 +481,7 @@ _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.Or
 def _eval_examples(
     dataset_config, builder, process_index: int, process_count: int
 ) -> tf.data.Dataset:
-  cache = bool(dataset_config.get('cache', False))
+  cache = bool(dataset_config.cache)
   key = (str(builder.data_dir), repr(sorted(dataset_config.items())), process_index, process_count)
   if cache and key in _EVAL_DATASETS:
     _EVAL_DATASETS.move_to_end(key)

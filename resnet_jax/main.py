@@ -1,7 +1,8 @@
-"""`python -m resnet_jax.main --config configs/cifar10.py:resnet56 --workdir runs/r56 [--config.x=y ...]`.
+"""`python -m resnet_jax.main --config configs/cifar10.py:resnet56 --workdir runs/r56`.
 
-Parses flags and hands over to train.py. Errors a user can fix end the run with one line on stderr
-and exit status 2; nothing already saved is touched.
+Optional `[--config.x=y ...]` flags override config fields. Parses flags and hands over to train.py.
+Errors a user can fix end the run with one line on stderr and exit status 2; nothing already saved
+is touched.
 """
 
 import logging as logging_std

@@ -1,4 +1,7 @@
-"""Prints the model zoo as a Markdown table (README's table is this output): `python -m resnet_jax.model_table`."""
+"""Prints the model zoo as a Markdown table: `python -m resnet_jax.model_table`.
+
+README's table is this output.
+"""
 
 from resnet_jax import model_stats, models
 

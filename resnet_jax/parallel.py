@@ -2,8 +2,9 @@
 
 Two modes, the same results (tests/test_parallel.py):
   * 'jit' (default, the pjit path): one program over global arrays. The batch is split along the
-    mesh's 'data' axis, the state is replicated, and XLA inserts the all-reduces; BatchNorm statistics
-    then cover the whole global batch. Runs unchanged on one CPU, a GPU node or a TPU pod.
+    mesh's 'data' axis, the state is replicated, and XLA inserts the all-reduces; BatchNorm
+    statistics then cover the whole global batch. Runs unchanged on one CPU, a GPU node
+    or a TPU pod.
   * 'pmap': the classic replicated step; each device holds a copy of the state and gradients are
     averaged over the named axis.
 BatchNorm statistics are 'global' (synchronised over the global batch) or 'per_device' (each device
@@ -17,15 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax.errors import UserError
-
 DATA_AXIS = 'data'
 MODES = ('jit', 'pmap')
 BATCH_NORMS = ('global', 'per_device')
-
-
-class BatchSizeError(UserError):
-  pass
 
 
 def split_cpu(devices: int) -> None:
@@ -50,27 +45,11 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
-def per_process_batch_size(batch_size: int, what: str) -> int:
-  """The part of the global `batch_size` each process reads; a BatchSizeError unless the batch
-  splits evenly over all devices (and so over the processes)."""
-  devices = jax.device_count()
-  if batch_size <= 0 or batch_size % devices:
-    raise BatchSizeError(
-        f'{what}={batch_size} does not divide over the {devices} devices; use a multiple of'
-        f' {devices}, e.g. --config.{what}={max(devices, batch_size // devices * devices)}'
-    )
-  return batch_size // jax.process_count()
-
-
 class DataParallel:
-  """Places state and batches on the devices and compiles the steps, for one mode."""
+  """Places state and batches on the devices and compiles the steps, for one mode (MODES) and
+  BatchNorm scope (BATCH_NORMS), as run.resolve checked them."""
 
   def __init__(self, mode: str = 'jit', batch_norm: str = 'global', mesh: Mesh | None = None):
-    if mode not in MODES or batch_norm not in BATCH_NORMS:
-      raise UserError(
-          f'parallelism.mode={mode!r}, parallelism.batch_norm={batch_norm!r}: '
-          f'use a mode in {MODES} and a batch_norm in {BATCH_NORMS}'
-      )
     self.mode, self.batch_norm = mode, batch_norm
     self.mesh = make_mesh() if mesh is None else mesh
     self.replicated = NamedSharding(self.mesh, P())

@@ -1,8 +1,9 @@
-"""Stop requests: SIGTERM (preemption) or SIGINT ends training after the current step, with a checkpoint.
+"""Stop requests: SIGTERM (preemption) or SIGINT ends training after the current step.
 
-One process: Python signal handlers set a flag that the loop reads after every step. Several
-processes: JAX's preemption service (enabled by jax.distributed) catches SIGTERM on any host and all
-hosts agree on the step to stop at (`reached_preemption_sync_point`), so their checkpoint is one.
+Training ends with a checkpoint. One process: Python signal handlers set a flag that the loop reads
+after every step. Several processes: JAX's preemption service (enabled by jax.distributed) catches
+SIGTERM on any host and all hosts agree on the step to stop at (`reached_preemption_sync_point`), so
+their checkpoint is one.
 """
 
 import signal

@@ -1,4 +1,7 @@
-"""train_and_evaluate: setup, data, model, optimizer, checkpoint, then the loop. Reads top to bottom."""
+"""train_and_evaluate: setup, data, model, optimizer, checkpoint, then the loop.
+
+Reads top to bottom.
+"""
 
 import functools
 import json
@@ -12,7 +15,8 @@ from absl import logging
 from clu import periodic_actions
 from etils import epath
 
-from resnet_jax import checkpointing, config_checks, input_pipeline, models, optim, parallel
+from resnet_jax import checkpointing, input_pipeline, optim, parallel
+from resnet_jax import run as run_lib
 from resnet_jax.errors import UserError
 from resnet_jax.metric_logging import MetricLogger
 from resnet_jax.preemption import Stopped, StopRequests
@@ -21,22 +25,6 @@ from resnet_jax.train_step import create_train_state, eval_step, make_train_step
 
 class WorkdirError(UserError):
   pass
-
-
-def build_model(
-    config: ml_collections.ConfigDict, num_classes: int, bn_axis_name: str | None = None
-):
-  return models.create_model_from_config(
-      config.model, num_classes=num_classes, bn_axis_name=bn_axis_name
-  )
-
-
-def run_length(config, num_train_examples: int) -> tuple[int, int]:
-  """(steps_per_epoch, num_steps) for the global batch size."""
-  steps_per_epoch = max(1, num_train_examples // config.train.batch_size)
-  if config.train.num_epochs > 0:
-    return steps_per_epoch, int(round(config.train.num_epochs * steps_per_epoch))
-  return steps_per_epoch, config.train.num_steps
 
 
 def prepare_workdir(workdir, config) -> epath.Path:
@@ -55,59 +43,55 @@ def prepare_workdir(workdir, config) -> epath.Path:
   return workdir
 
 
-def checkpoint_meta(config, info: input_pipeline.DatasetInfo) -> dict:
+def checkpoint_meta(config, dataset: run_lib.DatasetFacts) -> dict:
   return {
       'model': config.model.name,
-      'num_classes': info.num_classes,
-      'image_shape': list(info.image_shape),
+      'num_classes': dataset.num_classes,
+      'image_shape': list(dataset.image_shape),
       'dataset': config.dataset.name,
   }
 
 
 class Setup:
-  """Everything a run needs before its first step: shared by training and eval-only."""
+  """What a run needs before its first step, built from its resolved description (`self.run`):
+  shared by training and eval-only."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir):
-    config_checks.validate(config)
-    self.config = config
+  def __init__(self, config: ml_collections.ConfigDict, workdir, *, training: bool = True):
+    counts = {'device_count': jax.device_count(), 'process_count': jax.process_count()}
+    run_lib.check_without_data(config, **counts)  # mistakes are reported before any data is read
+    self.dataset_config = config.dataset  # for the input pipeline
     self.workdir = prepare_workdir(workdir, config)
+    self.run = run_lib.resolve(
+        config, dataset=input_pipeline.dataset_facts(config.dataset), training=training, **counts
+    )
     self.data_parallel = parallel.DataParallel(
-        config.parallelism.mode, config.parallelism.batch_norm
+        self.run.parallelism.mode, self.run.parallelism.batch_norm
     )
-    self.local_batch_size = parallel.per_process_batch_size(
-        config.train.batch_size, 'train.batch_size'
+    self.model = self.run.model.build(
+        self.run.dataset.num_classes, bn_axis_name=self.data_parallel.bn_axis_name
     )
-    self.local_eval_batch_size = parallel.per_process_batch_size(
-        config.train.eval_batch_size, 'train.eval_batch_size'
-    )
-    self.info = input_pipeline.get_dataset_info(config.dataset)
-    self.model = build_model(config, self.info.num_classes, self.data_parallel.bn_axis_name)
-    self.steps_per_epoch, self.num_steps = run_length(config, self.info.num_train_examples)
-    self.schedule = optim.learning_rate_schedule(
-        config, steps_per_epoch=self.steps_per_epoch, num_steps=self.num_steps
-    )
-    self.tx = optim.create_optimizer(config)
-    self.meta = checkpoint_meta(config, self.info)
+    self.tx = optim.create_optimizer(self.run.optimizer)
+    self.meta = checkpoint_meta(config, self.run.dataset)
     self.checkpoints = checkpointing.Checkpoints(
         self.workdir,
-        keep=config.train.keep_checkpoints,
-        asynchronous=config.train.async_checkpoints,
+        keep=self.run.loop.keep_checkpoints,
+        asynchronous=self.run.loop.async_checkpoints,
     )
     self.eval_step = self.data_parallel.compile_eval_step(
         functools.partial(eval_step, model=self.model)
     )
 
   def initial_state(self):
-    """A fresh state, the latest checkpoint of this workdir, or a fine-tuning start from init_from."""
+    """A fresh state, this workdir's latest checkpoint, or a fine-tuning start from init_from."""
     init = functools.partial(
         create_train_state,
         model=self.model,
         tx=self.tx,
-        image_shape=self.info.image_shape,
-        warmup=self.config.schedule.warmup_lr > 0,
+        image_shape=self.run.dataset.image_shape,
+        warmup=self.run.schedule.warmup_lr > 0,
     )
     state = jax.jit(init, out_shardings=self.data_parallel.replicated)(
-        jax.random.key(self.config.seed)
+        jax.random.key(self.run.seed)
     )
     if self.checkpoints.latest_step() is not None:
       abstract = jax.tree.map(
@@ -115,12 +99,12 @@ class Setup:
       )
       state = self.checkpoints.restore(abstract, self.meta)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
-    elif self.config.init_from:
+    elif self.run.init_from:
       params, batch_stats, step = checkpointing.restore_for_fine_tuning(
-          self.config.init_from, state.params, state.batch_stats, self.data_parallel.replicated
+          self.run.init_from, state.params, state.batch_stats, self.data_parallel.replicated
       )
       state = state.replace(params=params, batch_stats=batch_stats)
-      logging.info('Fine-tuning from %s (its step %d).', self.config.init_from, step)
+      logging.info('Fine-tuning from %s (its step %d).', self.run.init_from, step)
     return state  # the global replicated form: parallel.to_devices gives the mode's own
 
   def evaluate(self, state) -> dict[str, float]:
@@ -129,8 +113,8 @@ class Setup:
     `state` is in the global replicated form (parallel.to_global).
     """
     batches = input_pipeline.create_eval_iterator(
-        self.config.dataset,
-        local_batch_size=self.local_eval_batch_size,
+        self.dataset_config,
+        local_batch_size=self.run.batch.eval_per_process,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
@@ -162,23 +146,23 @@ def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpo
       f'the loss or gradients became non-finite at step {first_step + index} (learning rate'
       f' {float(fetched[index]["learning_rate"]):g}); the last good checkpoint is step'
       f' {checkpoints.latest_step()} in {checkpoints.directory}. Lower --config.schedule.base_lr,'
-      ' or skip such steps with --config.train.max_skipped_steps=N'
+      ' or skip such steps with --run.loop.max_skipped_steps=N'
   )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
   setup = Setup(config, workdir)
-  data_parallel = setup.data_parallel
+  run, data_parallel = setup.run, setup.data_parallel
   state = setup.initial_state()
-  start_step, num_steps = int(state.step), setup.num_steps
+  start_step, num_steps = int(state.step), run.schedule.num_steps
   state = data_parallel.to_devices(state)
   logging.info(
       '%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
-      config.model.name,
+      run.model.name,
       config.dataset.name,
       num_steps,
-      config.train.batch_size,
+      run.batch.size,
       jax.device_count(),
       jax.process_count(),
       start_step,
@@ -187,20 +171,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   # ---------------------------------------------------------------- data
   train_batches = input_pipeline.prefetch_to_devices(
       input_pipeline.create_train_iterator(
-          config.dataset,
-          local_batch_size=setup.local_batch_size,
-          seed=config.seed,
+          setup.dataset_config,
+          run.batch,
+          seed=run.seed,
           start_step=start_step,
           process_index=jax.process_index(),
-          process_count=jax.process_count(),
       ),
       data_parallel.place_batch,
   )
 
   # ---------------------------------------------------------------- the compiled step
-  step_fn = data_parallel.compile_train_step(
-      make_train_step(config, model=setup.model, tx=setup.tx, schedule=setup.schedule)
-  )
+  step_fn = data_parallel.compile_train_step(make_train_step(run, model=setup.model, tx=setup.tx))
 
   # ---------------------------------------------------------------- the loop
   logger = MetricLogger(setup.workdir)
@@ -219,19 +200,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       stopping = stop_requests.should_stop(step)
       is_last = step == num_steps or stopping
       scalars = {}
-      if step % config.train.log_every_steps == 0 or is_last:
+      if step % run.loop.log_every_steps == 0 or is_last:
         fetched = data_parallel.fetch(pending_metrics)
         check_finite(
-            fetched, step - len(fetched) + 1, config.train.max_skipped_steps, setup.checkpoints
+            fetched, step - len(fetched) + 1, run.loop.max_skipped_steps, setup.checkpoints
         )
         pending_metrics = []
         now = time.perf_counter()
         scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
         scalars['images_per_second'] = (
-            (step - last_log_step) * config.train.batch_size / (now - last_log_time)
+            (step - last_log_step) * run.batch.size / (now - last_log_time)
         )
         last_log_time, last_log_step = now, step
-      if step % config.train.eval_every_steps == 0 or (is_last and not stopping):
+      if step % run.loop.eval_every_steps == 0 or (is_last and not stopping):
         jax.block_until_ready(state)  # so the steps still in flight count as training time
         eval_start = time.perf_counter()
         eval_metrics = setup.evaluate(data_parallel.to_global(state))
@@ -239,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
         last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
       if scalars:
         logger.write(step, scalars)
-      if step % config.train.checkpoint_every_steps == 0 or is_last:
+      if step % run.loop.checkpoint_every_steps == 0 or is_last:
         setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta)
       if stopping:
         setup.checkpoints.wait()
@@ -261,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 
 def evaluate_latest(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
   """Eval-only mode: the latest checkpoint of the workdir on the eval split."""
-  setup = Setup(config, workdir)
+  setup = Setup(config, workdir, training=False)
   if setup.checkpoints.latest_step() is None:
     raise checkpointing.NoCheckpointError(
         f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first'

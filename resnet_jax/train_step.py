@@ -7,10 +7,10 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from resnet_jax import models, optim
+from resnet_jax.run import Run
 
 
 @flax.struct.dataclass
@@ -135,24 +135,20 @@ def train_step(
 
 
 def make_train_step(
-    config: ml_collections.ConfigDict,
-    *,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    run: Run, *, model: nn.Module, tx: optax.GradientTransformation
 ) -> Callable[..., tuple[TrainState, dict]]:
   """A run's step, `(state, batch, axis_name=None) -> (state, metrics)`: `train_step` with the
-  config's warm-up, label smoothing and diagnostics. The trainer, the benchmarks and the tests all
-  build their step here, so they run the same one."""
+  run's schedule, warm-up, label smoothing and diagnostics. The trainer, the benchmarks and the
+  tests all build their step here, so they run the same one."""
   return functools.partial(
       train_step,
       model=model,
       tx=tx,
-      schedule=schedule,
-      warmup_lr=config.schedule.warmup_lr,
-      warmup_until_error=config.schedule.warmup_until_error,
-      label_smoothing=config.train.label_smoothing,
-      diagnostics=config.train.log_diagnostics,
+      schedule=optim.learning_rate_schedule(run.schedule),
+      warmup_lr=run.schedule.warmup_lr,
+      warmup_until_error=run.schedule.warmup_until_error,
+      label_smoothing=run.loop.label_smoothing,
+      diagnostics=run.loop.log_diagnostics,
   )
 
 

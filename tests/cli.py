@@ -1,4 +1,4 @@
-"""Runs `python -m resnet_jax.main` in a subprocess exactly as a user would (optionally on TFDS mock data)."""
+"""Runs `python -m resnet_jax.main` in a subprocess as a user would (optionally on TFDS mocks)."""
 
 import json
 import os
@@ -16,7 +16,8 @@ from resnet_jax import checkpointing
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # The real CLI, entered inside tfds.testing.mock_data so that cifar10/imagenet2012 need no files.
-# Its file-system mock is global while a dataset is built, so checkpoints are written synchronously there.
+# Its file-system mock is global while a dataset is built,
+# so checkpoints are written synchronously there.
 _MOCKED_MAIN = """
 import sys
 import tensorflow_datasets as tfds

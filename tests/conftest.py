@@ -1,4 +1,4 @@
-"""Every test sees 8 simulated CPU devices, as a small TPU slice would give, so sharding is exercised.
+"""Every test sees 8 simulated CPU devices, like a small TPU slice, so sharding is exercised.
 
 Also the training helpers that several test modules share, as fixtures: test modules do not import
 each other, nor this file (pytest imports it under its own name, so an import would run it twice).
@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import cifar10  # noqa: E402
-from resnet_jax import models, optim, parallel  # noqa: E402
+from resnet_jax import optim, parallel  # noqa: E402
+from resnet_jax import run as run_lib  # noqa: E402
 from resnet_jax.train_step import create_train_state, make_train_step  # noqa: E402
 
 
@@ -28,16 +29,16 @@ def pytest_configure(config):
   )
 
 
-def _small_setup(**config_overrides):
-  """resnet8's config (with `{'section.field': value}` overrides), model, optimizer and schedule."""
+def _small_run(**config_overrides) -> run_lib.Run:
+  """resnet8's run (with `{'section.field': value}` config overrides) on made-up data: 1,000 steps,
+  100 steps an epoch, 8x8x3 images of 10 classes."""
   config = cifar10.get_config('resnet8')
+  config.train.update(batch_size=16, eval_batch_size=16, num_steps=1000)
   for key, value in config_overrides.items():
     section, field = key.split('.')
     config[section][field] = value
-  model = models.create_model('resnet8', num_classes=10)
-  tx = optim.create_optimizer(config)
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=100, num_steps=1000)
-  return config, model, tx, schedule
+  facts = run_lib.DatasetFacts(10, (8, 8, 3), 100 * config.train.batch_size, 0)
+  return run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)
 
 
 def _batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
@@ -54,22 +55,21 @@ def _batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
 
 def _run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
   """Trains resnet8 on `data` with the given parallelism; returns the global state and metrics."""
-  config, _, tx, schedule = _small_setup(**overrides)
+  run = _small_run(**overrides)
   data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
-  model = models.create_model('resnet8', num_classes=10, bn_axis_name=data_parallel.bn_axis_name)
+  model = run.model.build(10, bn_axis_name=data_parallel.bn_axis_name)
+  tx = optim.create_optimizer(run.optimizer)
   init = functools.partial(
       create_train_state,
       model=model,
       tx=tx,
       image_shape=(8, 8, 3),
-      warmup=config.schedule.warmup_lr > 0,
+      warmup=run.schedule.warmup_lr > 0,
   )
   state = data_parallel.to_devices(
       jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(0))
   )
-  step = data_parallel.compile_train_step(
-      make_train_step(config, model=model, tx=tx, schedule=schedule)
-  )
+  step = data_parallel.compile_train_step(make_train_step(run, model=model, tx=tx))
   history = []
   for batch in data:
     state, metrics = step(state, data_parallel.place_batch(batch))
@@ -87,9 +87,9 @@ def _trained(num_devices: int, mode: str = 'jit', batch_norm: str = 'global'):
 # `trained`'s cache is the session's, whichever module asks first.
 
 
-@pytest.fixture(name='small_setup', scope='session')
-def small_setup_fixture():
-  return _small_setup
+@pytest.fixture(name='small_run', scope='session')
+def small_run_fixture():
+  return _small_run
 
 
 @pytest.fixture(name='batches', scope='session')

@@ -12,13 +12,13 @@ torchvision itself.
 import importlib.resources
 import io
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from configs import base
 from resnet_jax import input_pipeline as ip
 
 SIZE, RESIZE = 224, 256
@@ -111,21 +111,9 @@ def eval_images() -> dict[str, np.ndarray]:
         {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)}
     )
 
-  config = ml_collections.ConfigDict(
-      dict(
-          name='imagenet2012',
-          data_dir=None,
-          manual_dir=None,
-          train_split='train',
-          eval_split='validation',
-          augment='imagenet',
-          flip=True,
-          image_size=SIZE,
-          mean=None,
-          std=None,
-          cache=False,
-      )
-  )
+  config = base.base_config('resnet50').dataset
+  config.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=SIZE)
+  config.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     (batch,) = list(ip.create_eval_iterator(config, local_batch_size=len(names)))
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()

@@ -1,4 +1,4 @@
-"""Input pipeline: shapes, determinism, exact resume, per-process sharding, eval padding, errors, prefetch.
+"""Input pipeline: shapes, determinism, resume, process sharding, eval padding, errors, prefetch.
 
 Real data: the offline `sklearn_digits` builder, prepared into a pytest temp dir. cifar10, mnist and
 imagenet2012 use `tfds.testing.mock_data` (which ignores the split: every (sub)split yields the same
@@ -11,13 +11,14 @@ import threading
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
+from configs import base
 from resnet_jax import input_pipeline as ip
+from resnet_jax import run as run_lib
 from resnet_jax import parallel
 from resnet_jax.datasets import prepare
 from resnet_jax.errors import UserError
@@ -26,23 +27,41 @@ MOCK_EXAMPLES = 24
 
 
 def make_config(**overrides):
-  config = dict(
-      name='cifar10',
-      data_dir=None,
-      manual_dir=None,
-      train_split='train',
-      eval_split='test',
-      augment='cifar',
-      pad=4,
-      flip=True,
-      image_size=None,
-      mean=None,
-      std=None,
-      shuffle_buffer=1_000,
-      cache=True,
+  """A dataset section: configs/base.py's fields with these tests' defaults and `overrides`."""
+  dataset = base.base_config('resnet20').dataset
+  dataset.update(
+      dict(
+          name='cifar10',
+          train_split='train',
+          eval_split='test',
+          augment='cifar',
+          pad=4,
+          flip=True,
+          shuffle_buffer=1_000,
+          cache=True,
+      )
   )
-  config.update(overrides)
-  return ml_collections.ConfigDict(config)
+  dataset.update(overrides)
+  return dataset
+
+
+def train_iterator(
+    dataset, local_batch_size, *, seed, start_step=0, process_index=0, process_count=1
+):
+  """One process's training stream, with the batch split that run.resolve gives `dataset`."""
+  config = base.base_config('resnet20')
+  config.dataset.update(dict(dataset))
+  batch_size = local_batch_size * process_count
+  config.train.update(batch_size=batch_size, eval_batch_size=batch_size)
+  run = run_lib.resolve(
+      config,
+      dataset=ip.dataset_facts(config.dataset),
+      device_count=process_count,
+      process_count=process_count,
+  )
+  return ip.create_train_iterator(
+      config.dataset, run.batch, seed=seed, start_step=start_step, process_index=process_index
+  )
 
 
 @pytest.fixture(scope='module')
@@ -116,11 +135,9 @@ def raw_examples(data_dir, split):
 )
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    info = ip.get_dataset_info(config)
-    assert info == ip.DatasetInfo(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
-    batches = take(
-        ip.create_train_iterator(config, local_batch_size=8, seed=0), 4
-    )  # crosses an epoch
+    info = ip.dataset_facts(config)
+    assert info == run_lib.DatasetFacts(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
+    batches = take(train_iterator(config, 8, seed=0), 4)  # crosses an epoch
     for batch in batches:
       assert batch.keys() == {'image', 'label'}
       assert batch['image'].shape == (8, *shape) and batch['image'].dtype == np.float32
@@ -128,7 +145,7 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
       assert np.all(np.isfinite(batch['image']))
       assert np.all((batch['label'] >= 0) & (batch['label'] < num_classes))
     # Resume also works on the 'imagenet' (random resized crop) path.
-    resumed = take(ip.create_train_iterator(config, local_batch_size=8, seed=0, start_step=2), 2)
+    resumed = take(train_iterator(config, 8, seed=0, start_step=2), 2)
     assert_same_batches(resumed, batches[2:4])
     evals = list(ip.create_eval_iterator(config, local_batch_size=10))
     assert len(evals) == 3
@@ -145,7 +162,7 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
   assert len(mean) == len(std) == 1 and 0.2 < mean[0] < 0.4 and 0.3 < std[0] < 0.5
   # Training images (augment='none') are normalised with them: about zero mean, unit std.
   batch = next(
-      ip.create_train_iterator(
+      train_iterator(
           digits_config(digits_dir, augment='none', train_split='train'),
           local_batch_size=1_000,
           seed=0,
@@ -164,19 +181,19 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
     ) == (ip.IMAGENET_MEAN, ip.IMAGENET_STD)
 
 
-# ------------------------------------------------------------------------------- determinism / resume
+# ---------------------------------------------------------------------------- determinism / resume
 
 
 def test_digits_shapes_and_determinism(digits_dir):
   config = digits_config(digits_dir, flip=True)  # 1438 // 128 = 11 steps per epoch
-  info = ip.get_dataset_info(config)
-  assert info == ip.DatasetInfo(10, (8, 8, 1), 1438, 359)
-  a = take(ip.create_train_iterator(config, local_batch_size=128, seed=7), 13)
-  b = take(ip.create_train_iterator(config, local_batch_size=128, seed=7), 13)
+  info = ip.dataset_facts(config)
+  assert info == run_lib.DatasetFacts(10, (8, 8, 1), 1438, 359)
+  a = take(train_iterator(config, 128, seed=7), 13)
+  b = take(train_iterator(config, 128, seed=7), 13)
   assert a[0]['image'].shape == (128, 8, 8, 1) and a[0]['image'].dtype == np.float32
   assert a[0]['label'].dtype == np.int32
   assert_same_batches(a, b)
-  c = next(ip.create_train_iterator(config, local_batch_size=128, seed=8))
+  c = next(train_iterator(config, 128, seed=8))
   assert not np.array_equal(a[0]['label'], c['label'])
   # Each epoch is reshuffled: epoch 1 does not repeat epoch 0's order.
   assert not np.array_equal(a[0]['label'], a[11]['label'])
@@ -185,21 +202,17 @@ def test_digits_shapes_and_determinism(digits_dir):
 @pytest.mark.parametrize('start_step', [1, 10, 11, 12, 23])
 def test_resume_reproduces_the_stream_exactly(digits_dir, start_step):
   config = digits_config(digits_dir, flip=True)  # cifar augment: random crops and flips
-  fresh = take(ip.create_train_iterator(config, local_batch_size=128, seed=3), start_step + 2)
-  resumed = take(
-      ip.create_train_iterator(config, local_batch_size=128, seed=3, start_step=start_step), 2
-  )
+  fresh = take(train_iterator(config, 128, seed=3), start_step + 2)
+  resumed = take(train_iterator(config, 128, seed=3, start_step=start_step), 2)
   assert_same_batches(resumed, fresh[start_step:])
 
 
 def test_augmentation_changes_images_but_keeps_labels(digits_dir):
   plain = next(
-      ip.create_train_iterator(
-          digits_config(digits_dir, augment='none'), local_batch_size=64, seed=1
-      )
+      train_iterator(digits_config(digits_dir, augment='none'), local_batch_size=64, seed=1)
   )
   augmented = next(
-      ip.create_train_iterator(
+      train_iterator(
           digits_config(digits_dir, augment='cifar', flip=True), local_batch_size=64, seed=1
       )
   )
@@ -208,15 +221,14 @@ def test_augmentation_changes_images_but_keeps_labels(digits_dir):
 
 
 def test_processes_split_the_training_set_without_overlap(digits_dir):
-  # train[:1400] -> 700 examples per process, 7 batches of 100 per epoch: one epoch is the whole share.
+  # train[:1400] -> 700 examples per process, 7 batches of 100 per epoch:
+  # one epoch is the whole share.
   config = digits_config(digits_dir, augment='none', flip=False, train_split='train[:1400]')
   stats = ip.normalisation_stats(config)
   seen = collections.Counter()
   for process in range(2):
     batches = take(
-        ip.create_train_iterator(
-            config, local_batch_size=100, seed=0, process_index=process, process_count=2
-        ),
+        train_iterator(config, 100, seed=0, process_index=process, process_count=2),
         14,
     )
     epochs = [[], []]
@@ -295,7 +307,7 @@ def test_offline_dataset_is_prepared_on_first_use(tmp_path):
 def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
   start = time.perf_counter()
   with pytest.raises(prepare.DatasetNotReadyError) as error:
-    ip.get_dataset_info(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
+    ip.dataset_facts(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
   elapsed = time.perf_counter() - start
   message = str(error.value)
   assert '\n' not in message
@@ -319,7 +331,7 @@ def test_missing_manual_files_fail_with_one_line(tmp_path):
 
 def test_bad_split_is_a_one_line_user_error(digits_dir):
   with pytest.raises(ValueError) as error:
-    ip.get_dataset_info(digits_config(digits_dir, eval_split='validation'))
+    ip.dataset_facts(digits_config(digits_dir, eval_split='validation'))
   assert isinstance(error.value, UserError)
   assert (
       '\n' not in str(error.value)
@@ -421,14 +433,12 @@ def test_prefetch_to_devices_propagates_errors_and_stops():
 
 
 def test_fixed_num_shards_gives_the_same_global_batches_on_any_process_count(digits_dir):
-  """1 process reading 2 data shards = 2 processes reading one each, batch rows in the same order."""
+  """1 process reading 2 data shards = 2 processes reading one each, rows in the same order."""
   config = digits_config(digits_dir, num_shards=2)
-  single = take(ip.create_train_iterator(config, local_batch_size=32, seed=5, start_step=3), 2)
+  single = take(train_iterator(config, 32, seed=5, start_step=3), 2)
   per_process = [
       take(
-          ip.create_train_iterator(
-              config, local_batch_size=16, seed=5, start_step=3, process_index=p, process_count=2
-          ),
+          train_iterator(config, 16, seed=5, start_step=3, process_index=p, process_count=2),
           2,
       )
       for p in (0, 1)

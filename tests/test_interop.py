@@ -158,7 +158,8 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
       run_main(
           '--config=configs/digits.py:resnet18',
           f'--workdir={target}',
-          f'--config.init_from={os.path.relpath(source, REPO)}',  # relative to the working directory
+          # Relative to the working directory.
+          f'--config.init_from={os.path.relpath(source, REPO)}',
           f'--config.dataset.data_dir={tmp_path / "tfds"}',
           '--config.schedule.base_lr=0',
           '--config.train.num_steps=1',

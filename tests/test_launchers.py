@@ -50,7 +50,7 @@ def remote_command(argv: list[str]) -> str:
 
 
 def fake_program(path: pathlib.Path, record: pathlib.Path) -> None:
-  """An executable that records its arguments and JAX_LOCAL_DEVICE_IDS as JSON instead of running."""
+  """A stand-in executable: records its arguments and JAX_LOCAL_DEVICE_IDS as JSON, runs nothing."""
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(
       f'#!{sys.executable}\nimport json, os, sys\n'

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from configs import cifar10
-from resnet_jax import interop, model_stats, models, train
+from resnet_jax import interop, model_stats, models
+from resnet_jax import run as run_lib
 
 CIFAR_PARAMS = {
     20: 269_722,
@@ -226,9 +227,10 @@ def test_scanned_blocks_compute_what_unrolled_blocks_do(name, remat):
 
 @pytest.mark.slow
 def test_resnet1202_preset_compiles_and_takes_a_gradient_step():
-  # Unrolled, XLA CPU ran out of 24 GiB compiling ResNet-1202's remat step; the preset scans its blocks.
+  # Unrolled, XLA CPU ran out of 24 GiB compiling ResNet-1202's remat step;
+  # the preset scans its blocks.
   config = cifar10.get_config('resnet1202')
-  model = train.build_model(config, num_classes=10)
+  model = run_lib.resolve_model(config).build(10)
   variables = model_stats.init_variables(model, (32, 32, 3))
   assert jax.tree.leaves(variables['params']['stage3_scan'])[0].shape[0] == 199
 

@@ -1,4 +1,4 @@
-"""A real multi-process job on this machine: 2 processes x 4 CPU devices, gloo collectives on 127.0.0.1."""
+"""A real multi-process job here: 2 processes x 4 CPU devices, gloo collectives on 127.0.0.1."""
 
 import signal
 import subprocess

@@ -17,7 +17,7 @@ from resnet_jax import model_stats, models
 
 
 def hot_pixel(shape) -> int:
-  """An even row (and column) inside a (N, H, W, C) map: x[::2, ::2] keeps it as pixel hot_pixel / 2."""
+  """An even row/column inside a (N, H, W, C) map: x[::2, ::2] keeps it as pixel hot_pixel / 2."""
   return 2 * (shape[1] // 4)
 
 
@@ -28,8 +28,10 @@ def one_hot_image(shape):
 
 
 def expected_response(k: int, input_shape, output_shape):
-  """What a stride-2 k x k window padded (k-1)//2 on each side reads from the one-hot image: output
-  pixel (i, j) sees input (2i - p + dy, 2j - p + dx), so the tap (dy, dx) that lands on the hot pixel.
+  """What a stride-2 k x k window padded (k-1)//2 on each side reads from the one-hot image.
+
+  Output pixel (i, j) sees input (2i - p + dy, 2j - p + dx), so the tap (dy, dx) that lands on the
+  hot pixel.
   """
   pad, hot = (k - 1) // 2, hot_pixel(input_shape)
   response = np.zeros(output_shape[1:3], np.float32)
@@ -50,7 +52,7 @@ def tap_kernel(kernel):
 
 
 def strided_conv_outputs(name, image_shape, **overrides):
-  """{module path: (kernel size, output)} of every strided conv of `name`, each fed a one-hot image."""
+  """{module path: (kernel size, output)} of each strided conv of `name`, fed a one-hot image."""
   model = models.create_model(name, num_classes=10, **overrides)
   variables = model_stats.init_variables(model, image_shape)
   variables = {

@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
+from configs import cifar10
 from resnet_jax import parallel
+from resnet_jax import run as run_lib
+from resnet_jax.errors import UserError
 
 # trained(num_devices, mode, batch_norm) is a fixture of tests/conftest.py.
 
@@ -42,8 +45,12 @@ def test_per_device_batch_norm_on_one_device_is_global_batch_norm(trained):
 
 
 def test_unknown_mode_is_a_clear_error():
-  with pytest.raises(ValueError, match='parallelism.mode'):
-    parallel.DataParallel('pjit')
+  config = cifar10.get_config('resnet8')
+  config.parallelism.mode = 'pjit'
+  with pytest.raises(
+      UserError, match=r"--config.parallelism.mode='pjit' is not one of 'jit', 'pmap'"
+  ):
+    run_lib.resolve_parallelism(config)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The offline `sklearn_digits` TFDS builder: prepares without network, documented deterministic split."""
+"""The `sklearn_digits` TFDS builder: prepares without network, documented deterministic split."""
 
 import collections
 import hashlib
@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
 from resnet_jax.datasets import sklearn_digits
 
-# sha256 of the sorted test indices (into load_digits()) of the documented split, first 16 hex digits.
+# sha256 of the sorted test indices (into load_digits()) of the documented split,
+# first 16 hex digits.
 EXPECTED_TEST_DIGEST = 'ef2312aab3bdb949'
 
 

@@ -1,4 +1,4 @@
-"""The train and eval steps: sharded equals unsharded, the optimizer is the paper's, eval is exact."""
+"""Train and eval steps: sharded equals unsharded, the optimizer is the paper's, eval is exact."""
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +8,10 @@ import pytest
 
 from configs import cifar10
 from resnet_jax import optim, parallel
-from resnet_jax.train_step import create_train_state, eval_step, train_step
+from resnet_jax import run as run_lib
+from resnet_jax.train_step import create_train_state, eval_step, make_train_step
 
-# small_setup, batches, run_steps and trained are fixtures of tests/conftest.py (shared with
+# small_run, batches, run_steps and trained are fixtures of tests/conftest.py (shared with
 # tests/test_parallel.py).
 
 
@@ -62,8 +63,12 @@ def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold(batc
 
 
 def test_paper_schedule_divides_by_ten_at_32k_and_48k():
-  config = cifar10.get_config('resnet20')
-  schedule = optim.learning_rate_schedule(config, steps_per_epoch=390, num_steps=64_000)
+  cifar = run_lib.DatasetFacts(10, (32, 32, 3), 50_000, 10_000)
+  run = run_lib.resolve(
+      cifar10.get_config('resnet20'), dataset=cifar, device_count=1, process_count=1
+  )
+  assert run.batch.steps_per_epoch == 390 and run.schedule.boundaries == (32_000, 48_000)
+  schedule = optim.learning_rate_schedule(run.schedule)
   assert [float(schedule(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
   )
@@ -77,7 +82,7 @@ def sgd_update(decoupled, all_params=False):
       momentum=0.9,
       weight_decay_on_all_params=all_params,
   )
-  tx = optim.create_optimizer(config)
+  tx = optim.create_optimizer(run_lib.resolve_optimizer(config))
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)
@@ -102,8 +107,9 @@ def test_weight_decay_coupled_on_kernels_only_and_decoupled():
   )
 
 
-def test_eval_step_counts_only_unmasked_examples(small_setup, batches):
-  config, model, tx, _ = small_setup()
+def test_eval_step_counts_only_unmasked_examples(small_run, batches):
+  run = small_run()
+  model, tx = run.model.build(10), optim.create_optimizer(run.optimizer)
   state = create_train_state(
       jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False
   )
@@ -117,14 +123,13 @@ def test_eval_step_counts_only_unmasked_examples(small_setup, batches):
     assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5)
 
 
-def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios(small_setup, batches):
-  config, model, tx, schedule = small_setup()
+def test_diagnostics_report_stage_gradient_norms_and_block_residual_ratios(small_run, batches):
+  run = small_run(**{'train.log_diagnostics': True})
+  model, tx = run.model.build(10), optim.create_optimizer(run.optimizer)
   state = create_train_state(
       jax.random.key(0), model=model, tx=tx, image_shape=(8, 8, 3), warmup=False
   )
-  _, metrics = train_step(
-      state, batches(1)[0], model=model, tx=tx, schedule=schedule, diagnostics=True
-  )
+  _, metrics = make_train_step(run, model=model, tx=tx)(state, batches(1)[0])
   stage_norms = [metrics[f'grad_norm_{g}'] for g in ('stem', 'stage1', 'stage2', 'stage3', 'head')]
   total = np.sqrt(sum(float(n) ** 2 for n in stage_norms))
   assert total == pytest.approx(float(metrics['grad_norm']), rel=1e-5)

@@ -7,7 +7,8 @@ Each file's `get_config()` returns an ml_collections ConfigDict with
                      family: 'plain' | 'resnet' | 'preact_resnet'  (the zoo's name prefixes)
                      depth:  any depth the zoo has for that family (6n+2 on CIFAR)
                    and optionally seed (config.seed) and shortcut (config.model.shortcut).
-  base_overrides:  config fields every point sets, nested as in the config: {'train': {'num_steps': 800}}.
+  base_overrides:  config fields every point sets, nested as in the config:
+                   {'train': {'num_steps': 800}}.
   exclude:         point names to leave out of the product, e.g. ('plain1202',).
   workdir_root:    where the points' workdirs go when --root is not given.
 
