@@ -115,7 +115,11 @@ def our_images(jpegs: dict[str, bytes]) -> np.ndarray:
   config.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=SIZE)
   config.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    (batch,) = list(input_pipeline.create_eval_iterator(config, local_batch_size=len(jpegs)))
+    (batch,) = list(
+        input_pipeline.create_eval_iterator(
+            input_pipeline.resolve_data(config), local_batch_size=len(jpegs)
+        )
+    )
   assert batch['mask'].all() and batch['label'].tolist() == list(range(len(jpegs)))
   return batch['image']
 

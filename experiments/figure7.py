@@ -19,10 +19,10 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from experiments import results
+from configs import base
 from resnet_jax import checkpointing, input_pipeline, models
 
 plt = results.plt  # matplotlib with the Agg backend
@@ -39,9 +39,11 @@ def trained_variables(workdir) -> dict:
 
 
 def eval_images(dataset: dict, num_images: int) -> np.ndarray:
+  config = base.base_config('resnet20').dataset  # the fields of today's configs, then the run's
+  config.update({k: v for k, v in dataset.items() if k in config}, cache=False)  # a part: no cache
   batches = input_pipeline.create_eval_iterator(
-      ml_collections.ConfigDict({**dataset, 'cache': False}), local_batch_size=128
-  )  # read only a part: no cache
+      input_pipeline.resolve_data(config), local_batch_size=128
+  )
   images = []
   for batch in batches:
     images.append(batch['image'][batch['mask'] > 0])

@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
-from resnet_jax.run import BatchSpec, DatasetFacts
+from resnet_jax.run import BatchSpec, DataSpec, DatasetFacts, check_dataset_fields
 
 try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -96,17 +96,13 @@ def _num_examples(builder, split) -> int:
   return count
 
 
-def _augment(dataset_config) -> str:
-  return dataset_config.augment  # checked by run.check_dataset_fields
-
-
 def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   native = tuple(builder.info.features['image'].shape)
   channels = native[-1] if native and native[-1] is not None else 3
   size = dataset_config.image_size
   if size:
     return (int(size), int(size), int(channels))
-  if _augment(dataset_config) == 'imagenet':
+  if dataset_config.augment == 'imagenet':
     raise UserError("dataset.image_size must be set for augment='imagenet' (e.g. 224)")
   if len(native) != 3 or any(d is None for d in native):
     raise UserError(
@@ -116,14 +112,39 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   return tuple(int(d) for d in native)
 
 
-def dataset_facts(dataset_config) -> DatasetFacts:
-  """What the dataset holds (classes, image shape the model sees, examples per split)."""
+def resolve_data(dataset_config) -> DataSpec:
+  """The config's dataset section, checked once and resolved with what only the data can tell:
+  the image shape the model sees and the normalisation statistics. Prepares the dataset if it
+  can (datasets/prepare.py)."""
+  check_dataset_fields(dataset_config)
   builder = get_dataset_builder(dataset_config)
+  image_shape = _image_shape(dataset_config, builder)
+  mean, std = _normalisation_stats(dataset_config, builder, channels=image_shape[-1])
+  return DataSpec(
+      name=dataset_config.name,
+      data_dir=dataset_config.data_dir,
+      manual_dir=dataset_config.manual_dir,
+      train_split=dataset_config.train_split,
+      eval_split=dataset_config.eval_split,
+      augment=dataset_config.augment,
+      pad=int(dataset_config.pad),
+      flip=bool(dataset_config.flip),
+      shuffle_buffer=int(dataset_config.shuffle_buffer),
+      cache=bool(dataset_config.cache),
+      image_shape=image_shape,
+      mean=mean,
+      std=std,
+  )
+
+
+def dataset_facts(data: DataSpec) -> DatasetFacts:
+  """What the dataset holds: classes, the image shape the model sees, examples per split."""
+  builder = get_dataset_builder(data)
   return DatasetFacts(
       num_classes=int(builder.info.features['label'].num_classes),
-      image_shape=_image_shape(dataset_config, builder),
-      num_train_examples=_num_examples(builder, dataset_config.train_split),
-      num_eval_examples=_num_examples(builder, dataset_config.eval_split),
+      image_shape=data.image_shape,
+      num_train_examples=_num_examples(builder, data.train_split),
+      num_eval_examples=_num_examples(builder, data.eval_split),
   )
 
 
@@ -162,18 +183,16 @@ def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
   return _COMPUTED_STATS[key]
 
 
-def normalisation_stats(
-    dataset_config, builder=None
+def _normalisation_stats(
+    dataset_config, builder, *, channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """(mean, std) per channel of x / 255: the config's, known constants, or computed.
 
   Computed statistics are deterministic.
   """
-  builder = builder or get_dataset_builder(dataset_config)
-  channels = _image_shape(dataset_config, builder)[-1]
   mean, std = dataset_config.mean, dataset_config.std
   if mean is None or std is None:
-    if _augment(dataset_config) == 'imagenet' and channels == 3:
+    if dataset_config.augment == 'imagenet' and channels == 3:
       known = (IMAGENET_MEAN, IMAGENET_STD)
     else:
       known = KNOWN_STATS.get(dataset_config.name)
@@ -294,16 +313,15 @@ def imagenet_eval_image(data: tf.Tensor, image_size: int, channels: int = 3) -> 
   return tf.ensure_shape(image, [image_size, image_size, channels])
 
 
-def _make_preprocess(dataset_config, builder, *, train: bool):
+def _make_preprocess(data: DataSpec, builder, *, train: bool):
   """fn(image, seed[2]) -> float32 normalised [H, W, C]; image is encoded bytes for 'imagenet'."""
-  augment = _augment(dataset_config)
-  out_h, out_w, channels = _image_shape(dataset_config, builder)
+  augment = data.augment
+  out_h, out_w, channels = data.image_shape
   native = tuple(builder.info.features['image'].shape)
-  mean, std = normalisation_stats(dataset_config, builder)
-  mean = tf.constant(mean, tf.float32)
-  std = tf.constant(std, tf.float32)
-  flip = dataset_config.flip and train
-  pad = dataset_config.pad
+  mean = tf.constant(data.mean, tf.float32)
+  std = tf.constant(data.std, tf.float32)
+  flip = data.flip and train
+  pad = data.pad
 
   def normalise(x):  # x: float32 in [0, 255]
     return (x / 255.0 - mean) / std
@@ -337,9 +355,9 @@ def _make_preprocess(dataset_config, builder, *, train: bool):
   return preprocess
 
 
-def _decoders(dataset_config, builder):
+def _decoders(data: DataSpec, builder):
   # 'imagenet' decodes (and crops) after the shuffle and resume skip, from the encoded bytes.
-  return _image_decoders(builder) if _augment(dataset_config) == 'imagenet' else None
+  return _image_decoders(builder) if data.augment == 'imagenet' else None
 
 
 def _pipeline_options() -> tf.data.Options:
@@ -360,9 +378,9 @@ def _seed(*values: int) -> int:
 # ------------------------------------------------------------------------------------ train
 
 
-def train_split_for_process(dataset_config, process_index: int, process_count: int):
+def train_split_for_process(data: DataSpec, process_index: int, process_count: int):
   return tfds.split_for_jax_process(
-      dataset_config.train_split,
+      data.train_split,
       process_index=process_index,
       process_count=process_count,
       drop_remainder=True,
@@ -370,7 +388,7 @@ def train_split_for_process(dataset_config, process_index: int, process_count: i
 
 
 def create_train_iterator(
-    dataset_config,
+    data: DataSpec,
     batch: BatchSpec,
     *,
     seed: int,
@@ -387,7 +405,7 @@ def create_train_iterator(
   per_process = batch.per_process // batch.per_shard
   streams = [
       _shard_batches(
-          dataset_config,
+          data,
           shard=process_index * per_process + j,
           batch=batch,
           seed=seed,
@@ -401,23 +419,23 @@ def create_train_iterator(
 
 
 def _shard_batches(
-    dataset_config, *, shard: int, batch: BatchSpec, seed: int, start_step: int
+    data: DataSpec, *, shard: int, batch: BatchSpec, seed: int, start_step: int
 ) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one data shard (its random choices are keyed by the shard, not the process)."""
-  builder = get_dataset_builder(dataset_config)
-  split = train_split_for_process(dataset_config, shard, batch.num_shards)
+  builder = get_dataset_builder(data)
+  split = train_split_for_process(data, shard, batch.num_shards)
   num = _num_examples(builder, split)
   batch_size, steps_per_epoch = batch.per_shard, batch.steps_per_epoch
-  preprocess = _make_preprocess(dataset_config, builder, train=True)
-  decoders = _decoders(dataset_config, builder)
-  buffer = max(1, min(dataset_config.shuffle_buffer or num, num))
+  preprocess = _make_preprocess(data, builder, train=True)
+  decoders = _decoders(data, builder)
+  buffer = max(1, min(data.shuffle_buffer or num, num))
   options = _pipeline_options()
 
   def select(ex):
     return {'image': ex['image'], 'label': ex['label']}
 
   cached = None
-  if dataset_config.cache:
+  if data.cache:
     cached = (
         builder.as_dataset(
             split=split, shuffle_files=False, decoders=decoders, read_config=_read_config()
@@ -463,14 +481,14 @@ def _shard_batches(
 # ------------------------------------------------------------------------------------ eval
 
 
-def _eval_splits(dataset_config, process_count: int):
-  return tfds.even_splits(dataset_config.eval_split, n=process_count, drop_remainder=False)
+def _eval_splits(data: DataSpec, process_count: int):
+  return tfds.even_splits(data.eval_split, n=process_count, drop_remainder=False)
 
 
-def num_eval_batches(dataset_config, *, local_batch_size: int, process_count: int) -> int:
+def num_eval_batches(data: DataSpec, *, local_batch_size: int, process_count: int) -> int:
   """The number of batches every process's eval iterator yields."""
-  builder = get_dataset_builder(dataset_config)
-  largest = max(_num_examples(builder, s) for s in _eval_splits(dataset_config, process_count))
+  builder = get_dataset_builder(data)
+  largest = max(_num_examples(builder, s) for s in _eval_splits(data, process_count))
   return max(1, math.ceil(largest / local_batch_size))
 
 
@@ -478,20 +496,18 @@ def num_eval_batches(dataset_config, *, local_batch_size: int, process_count: in
 _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.OrderedDict()
 
 
-def _eval_examples(
-    dataset_config, builder, process_index: int, process_count: int
-) -> tf.data.Dataset:
-  cache = bool(dataset_config.cache)
-  key = (str(builder.data_dir), repr(sorted(dataset_config.items())), process_index, process_count)
+def _eval_examples(data, builder, process_index: int, process_count: int) -> tf.data.Dataset:
+  cache = bool(data.cache)
+  key = (str(builder.data_dir), repr(data), process_index, process_count)
   if cache and key in _EVAL_DATASETS:
     _EVAL_DATASETS.move_to_end(key)
     return _EVAL_DATASETS[key]
-  split = _eval_splits(dataset_config, process_count)[process_index]
-  preprocess = _make_preprocess(dataset_config, builder, train=False)
+  split = _eval_splits(data, process_count)[process_index]
+  preprocess = _make_preprocess(data, builder, train=False)
   ds = builder.as_dataset(
       split=split,
       shuffle_files=False,
-      decoders=_decoders(dataset_config, builder),
+      decoders=_decoders(data, builder),
       read_config=_read_config(),
   )
   zero_seed = tf.zeros([2], tf.int64)
@@ -512,22 +528,20 @@ def _eval_examples(
 
 
 def create_eval_iterator(
-    dataset_config, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
+    data, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split.
 
   Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
   """
-  builder = get_dataset_builder(dataset_config)
+  builder = get_dataset_builder(data)
   total = (
-      num_eval_batches(
-          dataset_config, local_batch_size=local_batch_size, process_count=process_count
-      )
+      num_eval_batches(data, local_batch_size=local_batch_size, process_count=process_count)
       * local_batch_size
   )
-  ds = _eval_examples(dataset_config, builder, process_index, process_count)
+  ds = _eval_examples(data, builder, process_index, process_count)
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(_image_shape(dataset_config, builder), tf.float32),
+      'image': tf.zeros(data.image_shape, tf.float32),
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32),
   }).repeat()

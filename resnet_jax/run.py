@@ -32,6 +32,27 @@ class DatasetFacts:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """The dataset section resolved by the input pipeline (input_pipeline.resolve_data): every field
+  typed and filled, and the two that are read from the data, the image shape and the normalisation.
+  The pipeline reads only this."""
+
+  name: str
+  data_dir: str | None
+  manual_dir: str | None
+  train_split: str
+  eval_split: str
+  augment: str  # AUGMENTS
+  pad: int
+  flip: bool
+  shuffle_buffer: int
+  cache: bool
+  image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after crop or resize
+  mean: tuple[float, ...]  # per channel, of x / 255
+  std: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
   fields: tuple[tuple[str, Any], ...]  # the config's model section ('' = the preset's own value)
@@ -156,12 +177,10 @@ class _Section:
 
 
 def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
-  model = _Section(config, 'model')
-  models.model_spec(model['name'])  # an unknown preset lists the valid ones
-  _choice(model, 'shortcut', ('',) + tuple(models.SHORTCUTS))
-  _choice(model, 'dtype', DTYPES)
-  _choice(model, 'conv_kernel_grad', tuple(models.CONV_KERNEL_GRADS))
-  return ModelSpec(name=model['name'], fields=tuple(config.model.items()))
+  _choice(_Section(config, 'model'), 'dtype', DTYPES)
+  spec = ModelSpec(name=config.model.name, fields=tuple(config.model.items()))
+  spec.build(num_classes=1)  # models.create_model checks the preset, shortcut and kernel gradient
+  return spec
 
 
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
@@ -294,12 +313,12 @@ def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
   )
 
 
-def check_dataset_fields(config: ml_collections.ConfigDict) -> None:
-  """The dataset fields that need no data to check (the rest are checked by reading it)."""
-  dataset = _Section(config, 'dataset')
-  _choice(dataset, 'augment', AUGMENTS)
-  _not_negative(dataset, 'num_shards')
-  _not_negative(dataset, 'pad')
+def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
+  """The dataset fields that need no data to check (input_pipeline.resolve_data reads the rest)."""
+  section = _Section({'dataset': dataset}, 'dataset')
+  _choice(section, 'augment', AUGMENTS)
+  _not_negative(section, 'num_shards')
+  _not_negative(section, 'pad')
 
 
 def check_without_data(
@@ -311,7 +330,7 @@ def check_without_data(
   resolve_model(config)
   resolve_optimizer(config)
   resolve_parallelism(config)
-  check_dataset_fields(config)
+  check_dataset_fields(config.dataset)
   _loop(config)
   _schedule(config, BatchSpec(1, 1, 1, 1, 1, 1, 1))  # the schedule's own fields
 
@@ -326,7 +345,6 @@ def resolve(
 ) -> Run:
   """The whole run, checked: see the module docstring. `training=False` (eval-only) does not ask
   the training split to hold a batch."""
-  check_dataset_fields(config)
   batch = _batch(config, dataset, device_count, process_count, training)
   return Run(
       seed=int(config.seed),

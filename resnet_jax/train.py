@@ -43,12 +43,13 @@ def prepare_workdir(workdir, config) -> epath.Path:
   return workdir
 
 
-def checkpoint_meta(config, dataset: run_lib.DatasetFacts) -> dict:
+def checkpoint_meta(run: run_lib.Run, data: run_lib.DataSpec) -> dict:
+  """What a checkpoint holds, saved beside it: a resume or init_from is checked against it."""
   return {
-      'model': config.model.name,
-      'num_classes': dataset.num_classes,
-      'image_shape': list(dataset.image_shape),
-      'dataset': config.dataset.name,
+      'model': run.model.name,
+      'num_classes': run.dataset.num_classes,
+      'image_shape': list(run.dataset.image_shape),
+      'dataset': data.name,
   }
 
 
@@ -59,10 +60,10 @@ class Setup:
   def __init__(self, config: ml_collections.ConfigDict, workdir, *, training: bool = True):
     counts = {'device_count': jax.device_count(), 'process_count': jax.process_count()}
     run_lib.check_without_data(config, **counts)  # mistakes are reported before any data is read
-    self.dataset_config = config.dataset  # for the input pipeline
     self.workdir = prepare_workdir(workdir, config)
+    self.data = input_pipeline.resolve_data(config.dataset)  # what the input pipeline reads
     self.run = run_lib.resolve(
-        config, dataset=input_pipeline.dataset_facts(config.dataset), training=training, **counts
+        config, dataset=input_pipeline.dataset_facts(self.data), training=training, **counts
     )
     self.data_parallel = parallel.DataParallel(
         self.run.parallelism.mode, self.run.parallelism.batch_norm
@@ -71,7 +72,7 @@ class Setup:
         self.run.dataset.num_classes, bn_axis_name=self.data_parallel.bn_axis_name
     )
     self.tx = optim.create_optimizer(self.run.optimizer)
-    self.meta = checkpoint_meta(config, self.run.dataset)
+    self.meta = checkpoint_meta(self.run, self.data)
     self.checkpoints = checkpointing.Checkpoints(
         self.workdir,
         keep=self.run.loop.keep_checkpoints,
@@ -113,7 +114,7 @@ class Setup:
     `state` is in the global replicated form (parallel.to_global).
     """
     batches = input_pipeline.create_eval_iterator(
-        self.dataset_config,
+        self.data,
         local_batch_size=self.run.batch.eval_per_process,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -160,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   logging.info(
       '%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
       run.model.name,
-      config.dataset.name,
+      setup.data.name,
       num_steps,
       run.batch.size,
       jax.device_count(),
@@ -171,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   # ---------------------------------------------------------------- data
   train_batches = input_pipeline.prefetch_to_devices(
       input_pipeline.create_train_iterator(
-          setup.dataset_config,
+          setup.data,
           run.batch,
           seed=run.seed,
           start_step=start_step,

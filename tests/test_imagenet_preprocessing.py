@@ -115,7 +115,7 @@ def eval_images() -> dict[str, np.ndarray]:
   config.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=SIZE)
   config.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    (batch,) = list(ip.create_eval_iterator(config, local_batch_size=len(names)))
+    (batch,) = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=len(names)))
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()
   return dict(zip(names, batch['image']))
 

@@ -55,12 +55,16 @@ def train_iterator(
   config.train.update(batch_size=batch_size, eval_batch_size=batch_size)
   run = run_lib.resolve(
       config,
-      dataset=ip.dataset_facts(config.dataset),
+      dataset=ip.dataset_facts(ip.resolve_data(config.dataset)),
       device_count=process_count,
       process_count=process_count,
   )
   return ip.create_train_iterator(
-      config.dataset, run.batch, seed=seed, start_step=start_step, process_index=process_index
+      ip.resolve_data(config.dataset),
+      run.batch,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
   )
 
 
@@ -81,6 +85,11 @@ def digits_config(data_dir, **overrides):
       'shuffle_buffer': 2_000,
       **overrides,
   })
+
+
+def normalisation(dataset):
+  data = ip.resolve_data(dataset)
+  return data.mean, data.std
 
 
 def take(iterator, n):
@@ -135,7 +144,7 @@ def raw_examples(data_dir, split):
 )
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    info = ip.dataset_facts(config)
+    info = ip.dataset_facts(ip.resolve_data(config))
     assert info == run_lib.DatasetFacts(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
     batches = take(train_iterator(config, 8, seed=0), 4)  # crosses an epoch
     for batch in batches:
@@ -147,7 +156,7 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
     # Resume also works on the 'imagenet' (random resized crop) path.
     resumed = take(train_iterator(config, 8, seed=0, start_step=2), 2)
     assert_same_batches(resumed, batches[2:4])
-    evals = list(ip.create_eval_iterator(config, local_batch_size=10))
+    evals = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=10))
     assert len(evals) == 3
     assert evals[0]['image'].shape == (10, *shape) and evals[0]['image'].dtype == np.float32
     assert (
@@ -158,7 +167,7 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
 
 def test_normalisation_constants_and_computed_stats(digits_dir):
   config = digits_config(digits_dir)
-  mean, std = ip.normalisation_stats(config)
+  mean, std = normalisation(config)
   assert len(mean) == len(std) == 1 and 0.2 < mean[0] < 0.4 and 0.3 < std[0] < 0.5
   # Training images (augment='none') are normalised with them: about zero mean, unit std.
   batch = next(
@@ -170,15 +179,16 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
   )
   assert abs(float(batch['image'].mean())) < 0.1 and abs(float(batch['image'].std()) - 1) < 0.1
   # Explicit values win.
-  assert ip.normalisation_stats(digits_config(digits_dir, mean=(0.5,), std=(0.25,))) == (
+  assert normalisation(digits_config(digits_dir, mean=(0.5,), std=(0.25,))) == (
       (0.5,),
       (0.25,),
   )
   with tfds.testing.mock_data(num_examples=2):
-    assert ip.normalisation_stats(make_config(name='cifar10')) == ip.KNOWN_STATS['cifar10']
-    assert ip.normalisation_stats(
-        make_config(name='imagenet2012', augment='imagenet', image_size=32)
-    ) == (ip.IMAGENET_MEAN, ip.IMAGENET_STD)
+    assert normalisation(make_config(name='cifar10')) == ip.KNOWN_STATS['cifar10']
+    assert normalisation(make_config(name='imagenet2012', augment='imagenet', image_size=32)) == (
+        ip.IMAGENET_MEAN,
+        ip.IMAGENET_STD,
+    )
 
 
 # ---------------------------------------------------------------------------- determinism / resume
@@ -186,7 +196,7 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
 
 def test_digits_shapes_and_determinism(digits_dir):
   config = digits_config(digits_dir, flip=True)  # 1438 // 128 = 11 steps per epoch
-  info = ip.dataset_facts(config)
+  info = ip.dataset_facts(ip.resolve_data(config))
   assert info == run_lib.DatasetFacts(10, (8, 8, 1), 1438, 359)
   a = take(train_iterator(config, 128, seed=7), 13)
   b = take(train_iterator(config, 128, seed=7), 13)
@@ -224,7 +234,7 @@ def test_processes_split_the_training_set_without_overlap(digits_dir):
   # train[:1400] -> 700 examples per process, 7 batches of 100 per epoch:
   # one epoch is the whole share.
   config = digits_config(digits_dir, augment='none', flip=False, train_split='train[:1400]')
-  stats = ip.normalisation_stats(config)
+  stats = normalisation(config)
   seen = collections.Counter()
   for process in range(2):
     batches = take(
@@ -262,8 +272,8 @@ def test_processes_split_the_training_set_without_overlap(digits_dir):
 def test_eval_covers_the_split_once_with_equal_batch_counts(
     digits_dir, eval_split, batch, expected_batches
 ):
-  config = digits_config(digits_dir, eval_split=eval_split)
-  stats = ip.normalisation_stats(config)
+  config = ip.resolve_data(digits_config(digits_dir, eval_split=eval_split))
+  stats = config.mean, config.std
   assert ip.num_eval_batches(config, local_batch_size=batch, process_count=2) == expected_batches
   seen = collections.Counter()
   total_mask = 0.0
@@ -290,8 +300,10 @@ def test_eval_covers_the_split_once_with_equal_batch_counts(
 
 def test_eval_single_process_is_repeatable(digits_dir):
   config = digits_config(digits_dir)
-  first = list(ip.create_eval_iterator(config, local_batch_size=100))
-  second = list(ip.create_eval_iterator(config, local_batch_size=100))  # from the in-memory cache
+  first = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=100))
+  second = list(
+      ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=100)
+  )  # from the in-memory cache
   assert len(first) == 4 and sum(b['mask'].sum() for b in first) == 359
   assert_same_batches(first, second)
 
@@ -307,7 +319,7 @@ def test_offline_dataset_is_prepared_on_first_use(tmp_path):
 def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
   start = time.perf_counter()
   with pytest.raises(prepare.DatasetNotReadyError) as error:
-    ip.dataset_facts(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
+    ip.resolve_data(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
   elapsed = time.perf_counter() - start
   message = str(error.value)
   assert '\n' not in message
@@ -331,7 +343,7 @@ def test_missing_manual_files_fail_with_one_line(tmp_path):
 
 def test_bad_split_is_a_one_line_user_error(digits_dir):
   with pytest.raises(ValueError) as error:
-    ip.dataset_facts(digits_config(digits_dir, eval_split='validation'))
+    ip.dataset_facts(ip.resolve_data(digits_config(digits_dir, eval_split='validation')))
   assert isinstance(error.value, UserError)
   assert (
       '\n' not in str(error.value)

@@ -98,8 +98,8 @@ def _not_ready_message(
 def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
   """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
   name = dataset_config.name
-  data_dir = dataset_config.get('data_dir')
-  manual_dir = dataset_config.get('manual_dir')
+  data_dir = dataset_config.data_dir
+  manual_dir = dataset_config.manual_dir
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
