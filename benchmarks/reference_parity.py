@@ -9,10 +9,12 @@ from random batches; resnet_jax.interop maps them onto our variables, and the tw
 random images:
   * eval mode (running statistics), float32 and float64: max |ours - theirs| / max |theirs| over
     the logits, and whether the top class agrees;
-  * train mode (batch statistics), float32: the logits, and the updated running averages. torch
-    updates running_var with the unbiased batch variance (x n/(n-1), n = N*H*W at that layer), flax
-    with the biased one: the table shows the raw difference and the one left after undoing that
-    factor;
+  * train mode (batch statistics): the logits in float32 and float64, and the updated running
+    averages. torch updates running_var with the unbiased batch variance (x n/(n-1), n = N*H*W at
+    that layer), flax with the biased one: the table shows the raw difference and the one left
+    after undoing that factor;
+  * weights out: ours (the imported ones x 1.01) exported with the reference's names and loaded
+    with load_state_dict(strict=True) into a fresh reference net: its eval logits against ours;
   * eval mode with padding='SAME' everywhere (this project before it padded as the references do):
     the size of the difference the padding convention makes.
 
@@ -283,6 +285,20 @@ def compare(case: str, batch: int, seed: int) -> dict:
       smallest_bn_count=int(min(counts.values())),
   )
 
+  # Weights out: ours (scaled, so not the source's), exported with the reference's names, loaded
+  # strictly into a fresh reference net, which must compute what ours computes.
+  scaled = {**variables, 'params': jax.tree.map(lambda p: p * 1.01, variables['params'])}
+  exported = make_reference()
+  exported.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v)) for k, v in interop.to_state_dict(model, scaled).items()},
+      strict=True,
+  )
+  exported.eval()
+  with torch.no_grad():
+    theirs_exported = exported(images_torch).numpy()
+  ours_exported = model.apply(scaled, jnp.asarray(images), train=False)
+  result.update(export_eval_f32=relative(ours_exported, theirs_exported))
+
   # The same weights with padding='SAME' (the convention this project had before).
   same = models.reference_padding
   models.reference_padding = lambda kernel_size: 'SAME'
@@ -301,9 +317,10 @@ def markdown(results: list[dict]) -> str:
   lines = [
       (
           '| model | reference | eval f32 | eval f64 | top-1 agrees | train logits f32 / f64 |'
-          ' running mean | running var raw / corrected | eval f32 with padding=SAME |'
+          ' running mean | running var raw / corrected | exported, eval f32 |'
+          ' eval f32 with padding=SAME |'
       ),
-      '|---|---|---:|---:|---|---:|---:|---:|---:|',
+      '|---|---|---:|---:|---|---:|---:|---:|---:|---:|',
   ]
   for r in results:
     lines.append(
@@ -311,6 +328,7 @@ def markdown(results: list[dict]) -> str:
         f" {'yes' if r['top1_agrees'] else 'NO'} | {r['train_logits_f32']:.1e} /"
         f" {r['train_logits_f64']:.1e} | {r['running_mean_f32']:.1e} |"
         f" {r['running_var_raw_f32']:.1e} / {r['running_var_unbiased_corrected_f32']:.1e} |"
+        f" {r['export_eval_f32']:.1e} |"
         f" {r['eval_f32_padding_same']:.2f} (top-1"
         f" {'same' if r['top1_agrees_padding_same'] else 'differs'}) |"
     )
