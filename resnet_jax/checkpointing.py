@@ -8,6 +8,12 @@ from etils import epath
 from resnet_jax.errors import UserError, one_line
 
 
+def absolute_path(path) -> epath.Path:
+  """`path` as orbax needs it: absolute, unless it is an object-store URL such as gs://..."""
+  path = epath.Path(path)
+  return path if '://' in str(path) else path.resolve()
+
+
 class CheckpointMismatchError(UserError):
   """A checkpoint that does not fit the model or shapes of this run, or cannot be read."""
 
@@ -126,9 +132,7 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
   (`adapt_input_channels`); any other difference in shape is an error. Convolutions do not depend
   on the image size, so a net trained at 224 px starts a 32 px one.
   """
-  source = epath.Path(source)
-  if '://' not in str(source):
-    source = source.resolve()  # orbax needs absolute paths
+  source = absolute_path(source)
   if not (source / 'checkpoints').exists() and (source.parent.name == 'checkpoints'):
     source = source.parent.parent  # a step directory was given
   checkpoints = Checkpoints(source, read_only=True)

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 from absl import app, flags, logging
-from etils import epath
 from ml_collections import config_flags
 
 from resnet_jax import checkpointing, errors, interop, models, optim
@@ -161,9 +160,7 @@ def _image_shape(config) -> tuple[int, int, int]:
 def import_weights(path: str, workdir: str, *, model_name: str | None = None, config=None) -> str:
   """Writes `workdir` (new) from the state dict at `path`; returns the workdir's absolute path."""
 
-  workdir = epath.Path(workdir)
-  if '://' not in str(workdir):
-    workdir = workdir.resolve()
+  workdir = checkpointing.absolute_path(workdir)
   if workdir.exists() and any(workdir.iterdir()):
     raise UserError(
         f'--workdir {workdir} already holds files; import writes a new workdir, give another'
@@ -237,9 +234,7 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
     raise UserError(f'--out must name a .safetensors file, got {out!r}')
   if os.path.exists(out):
     raise UserError(f'--out {out} exists; export never overwrites a file, give another name')
-  workdir = epath.Path(workdir)
-  if '://' not in str(workdir):
-    workdir = workdir.resolve()
+  workdir = checkpointing.absolute_path(workdir)
   if not (workdir / 'config.json').exists() or not (workdir / 'checkpoints').exists():
     raise UserError(
         f'--workdir {workdir} is not a resnet_jax workdir (it needs config.json and checkpoints/)'

@@ -20,14 +20,17 @@ def one_line(text, limit: int = 300) -> str:
   return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
+def _causes(exception: BaseException | None):
+  """`exception`, then what caused it, then what caused that, ..."""
+  while exception is not None:
+    yield exception
+    exception = exception.__cause__ or exception.__context__
+
+
 def innermost_user_error(exception: BaseException | None) -> UserError | None:
   """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
-  found = None
-  while exception is not None:
-    if isinstance(exception, UserError):
-      found = exception
-    exception = exception.__cause__ or exception.__context__
-  return found
+  found = [e for e in _causes(exception) if isinstance(e, UserError)]
+  return found[-1] if found else None
 
 
 def config_error(exception: BaseException) -> UserError | None:
@@ -39,10 +42,7 @@ def config_error(exception: BaseException) -> UserError | None:
   found = innermost_user_error(exception)
   if found is not None:
     return found
-  chain = []
-  while exception is not None:
-    chain.append(exception)
-    exception = exception.__cause__ or exception.__context__
+  chain = list(_causes(exception))
   for error in chain:
     if isinstance(error, SyntaxError):
       return UserError(f'config file {error.filename} line {error.lineno}: {error.msg}')
@@ -64,15 +64,14 @@ def config_error(exception: BaseException) -> UserError | None:
           f'the config has no field {field!r}{suggestion}; configs/base.py lists every '
           'field, set by a config file or a --config.<section>.<field> flag'
       )
-    if isinstance(error, FileNotFoundError):
-      return UserError(
-          f'config file {error.filename} does not exist; give an existing file, e.g. '
-          '--config configs/cifar10.py:resnet56'
-      )
+    # config_flags reports a missing file inside its own OSError's message.
     missing = re.search(r"No such file or directory: '([^']+)'", text)
-    if isinstance(error, OSError) and missing:
+    missing_file = (
+        error.filename if isinstance(error, FileNotFoundError) else missing and missing[1]
+    )
+    if isinstance(error, OSError) and missing_file:
       return UserError(
-          f'config file {missing.group(1)} does not exist; give an existing file, e.g. '
+          f'config file {missing_file} does not exist; give an existing file, e.g. '
           '--config configs/cifar10.py:resnet56'
       )
     if isinstance(error, OSError) and 'Failed loading config file' in text:
@@ -81,6 +80,11 @@ def config_error(exception: BaseException) -> UserError | None:
           'e.g. --config configs/cifar10.py:resnet56'
       )
   return None
+
+
+def _exit_with(error) -> None:
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(2)
 
 
 def read_config_or_exit(read: Callable[[], Any]):
@@ -93,8 +97,7 @@ def read_config_or_exit(read: Callable[[], Any]):
     error = config_error(e)
     if error is None:
       raise
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with(error)
 
 
 def parse_flags_or_exit(flag_values, argv):
@@ -109,5 +112,4 @@ def parse_flags_or_exit(flag_values, argv):
       error = str(e).strip().splitlines()[0]
     if error is None:
       raise
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with(error)

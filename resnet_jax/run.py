@@ -54,8 +54,11 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  name: str
   fields: tuple[tuple[str, Any], ...]  # the config's model section ('' = the preset's own value)
+
+  @property
+  def name(self) -> str:
+    return dict(self.fields)['name']
 
   def build(self, num_classes: int, **extra) -> models.ResNet:
     return models.create_model_from_config(dict(self.fields), num_classes=num_classes, **extra)
@@ -169,22 +172,22 @@ def _numbers(section, field: str) -> tuple | None:
 class _Section:
   """A config section that knows its name, for error messages."""
 
-  def __init__(self, config: ml_collections.ConfigDict, name: str):
-    self.name, self._section = name, config[name]
+  def __init__(self, name: str, section: ml_collections.ConfigDict):
+    self.name, self._section = name, section
 
   def __getitem__(self, field: str):
     return self._section[field]
 
 
 def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
-  _choice(_Section(config, 'model'), 'dtype', DTYPES)
-  spec = ModelSpec(name=config.model.name, fields=tuple(config.model.items()))
+  _choice(_Section('model', config.model), 'dtype', DTYPES)
+  spec = ModelSpec(fields=tuple(config.model.items()))
   spec.build(num_classes=1)  # models.create_model checks the preset, shortcut and kernel gradient
   return spec
 
 
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
-  opt = _Section(config, 'optimizer')
+  opt = _Section('optimizer', config.optimizer)
   _require(
       0 <= opt['momentum'] < 1, f'--config.optimizer.momentum={opt["momentum"]} must be in [0, 1)'
   )
@@ -199,7 +202,7 @@ def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
 
 def _batch_sizes(config, device_count: int, process_count: int) -> tuple[int, int, int]:
   """(batch_size, eval_batch_size, num_shards), checked against the devices and processes."""
-  train = _Section(config, 'train')
+  train = _Section('train', config.train)
   sizes = []
   for field in ('batch_size', 'eval_batch_size'):
     size = _not_negative(train, field, positive=True)
@@ -228,8 +231,7 @@ def _batch(
     config, dataset: DatasetFacts, device_count: int, process_count: int, training: bool
 ) -> BatchSpec:
   size, eval_size, num_shards = _batch_sizes(config, device_count, process_count)
-  sizes = {'batch_size': size, 'eval_batch_size': eval_size}
-  per_shard = sizes['batch_size'] // num_shards
+  per_shard = size // num_shards
   share = dataset.num_train_examples // num_shards
   _require(
       share >= per_shard or not training,
@@ -238,18 +240,18 @@ def _batch(
       ' --config.dataset.num_shards',
   )
   return BatchSpec(
-      size=sizes['batch_size'],
-      per_process=sizes['batch_size'] // process_count,
+      size=size,
+      per_process=size // process_count,
       num_shards=num_shards,
       per_shard=per_shard,
       steps_per_epoch=max(1, share // per_shard),  # below 1 only when not training
-      eval_size=sizes['eval_batch_size'],
-      eval_per_process=sizes['eval_batch_size'] // process_count,
+      eval_size=eval_size,
+      eval_per_process=eval_size // process_count,
   )
 
 
 def _schedule(config, batch: BatchSpec) -> ScheduleSpec:
-  train, schedule = _Section(config, 'train'), _Section(config, 'schedule')
+  train, schedule = _Section('train', config.train), _Section('schedule', config.schedule)
   _not_negative(train, 'num_epochs')
   if train['num_epochs'] > 0:
     num_steps = int(round(train['num_epochs'] * batch.steps_per_epoch))
@@ -282,7 +284,7 @@ def _schedule(config, batch: BatchSpec) -> ScheduleSpec:
 
 
 def _loop(config) -> LoopSpec:
-  train = _Section(config, 'train')
+  train = _Section('train', config.train)
   _require(
       0 <= train['label_smoothing'] < 1,
       f'--config.train.label_smoothing={train["label_smoothing"]} must be in [0, 1)',
@@ -305,7 +307,7 @@ def _loop(config) -> LoopSpec:
 
 
 def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
-  parallelism = _Section(config, 'parallelism')
+  parallelism = _Section('parallelism', config.parallelism)
   return ParallelSpec(
       mode=_choice(parallelism, 'mode', parallel.MODES),
       batch_norm=_choice(parallelism, 'batch_norm', parallel.BATCH_NORMS),
@@ -315,7 +317,7 @@ def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
 
 def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
   """The dataset fields that need no data to check (input_pipeline.resolve_data reads the rest)."""
-  section = _Section({'dataset': dataset}, 'dataset')
+  section = _Section('dataset', dataset)
   _choice(section, 'augment', AUGMENTS)
   _not_negative(section, 'num_shards')
   _not_negative(section, 'pad')

@@ -29,9 +29,7 @@ class WorkdirError(UserError):
 
 def prepare_workdir(workdir, config) -> epath.Path:
   """Checks the workdir can be written before any training starts, and saves the resolved config."""
-  workdir = epath.Path(workdir)
-  if '://' not in str(workdir):
-    workdir = workdir.resolve()  # orbax needs absolute paths
+  workdir = checkpointing.absolute_path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
