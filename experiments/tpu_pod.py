@@ -133,7 +133,9 @@ def build_steps(args: argparse.Namespace, jax_version: str) -> list[Step]:
         )
     )
   if args.setup:
-    tarball = str(pathlib.Path(tempfile.gettempdir()) / f'resnet_jax-{args.tpu}.tar.gz')
+    # A private directory (mode 0700, unpredictable name): no other user of this machine can
+    # put their own archive in its place between packing and copying it to every worker.
+    tarball = str(pathlib.Path(tempfile.mkdtemp(prefix='resnet_jax-')) / f'{args.tpu}.tar.gz')
     steps += [
         Step(
             f'Pack the committed code of {args.git_ref} (uncommitted edits are not shipped).',

@@ -1,10 +1,14 @@
 """Orbax checkpoints of the train state, with a small JSON record of what model they hold."""
 
+import contextlib
+import re
+
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 
+from resnet_jax import errors
 from resnet_jax.errors import UserError, one_line
 
 
@@ -22,6 +26,20 @@ class NoCheckpointError(UserError):
   """A workdir with no checkpoint where one is needed (eval, fine-tuning, export)."""
 
 
+class CheckpointSaveError(UserError):
+  """A checkpoint could not be written (a full disk, lost permissions): the run stops at once."""
+
+
+def _cause(error: Exception) -> str:
+  """The reason a save failed, short: the OS's words (`No space left on device`) when there are
+  any, else the error's first 160 characters."""
+  for e in errors.causes(error):
+    if isinstance(e, OSError) and e.strerror:
+      return e.strerror
+  said = re.search(r': ([^:\[\]]+?) \[os_error_code', str(error))  # tensorstore's OS errors
+  return said[1] if said else one_line(error, 160)
+
+
 def _describe(meta) -> str:
   return (
       f"{meta.get('model')} ({meta.get('num_classes')} classes, images {meta.get('image_shape')})"
@@ -37,19 +55,58 @@ class Checkpoints:
         max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
+        # The workdir's lock makes this run its only writer: what a killed run left half-written
+        # is removed (it is never restored either way).
+        cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=asynchronous,
     )
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'meta')
     )
+    self._writing = None  # the step of the save in flight
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def find_step(self, step: int | None) -> int:
+    """`step`, or the latest when None; NoCheckpointError when there is no such checkpoint."""
+    steps = sorted(self.manager.all_steps())
+    if (step is None and not steps) or (step is not None and step not in steps):
+      raise NoCheckpointError(
+          f'{self.directory} has no checkpoint'
+          + (
+              f' at step {step}; it has steps {", ".join(map(str, steps)) or "none"}'
+              if step
+              else ''
+          )
+          + ('; train first' if not steps else '')
+      )
+    return steps[-1] if step is None else step
+
+  @contextlib.contextmanager
+  def _stop_on_failed_save(self):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      self.manager.reload()  # forgets the failed step: latest_step() is the last complete one
+      raise CheckpointSaveError(
+          f'saving checkpoint {self._writing} in {self.directory} failed ({_cause(e)}); the last'
+          f' good checkpoint is step {self.latest_step()}. Free space or fix the directory, then'
+          ' run the same command to resume from it'
+      ) from e
+
   def save(self, step: int, state, meta: dict) -> None:
     """Starts writing in the background; training goes on while it writes."""
+    self.wait()  # orbax waits for the previous save anyway; this names the step if it failed
+    self._writing = step
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self.manager.save(step, args=args, force=True)
+    with self._stop_on_failed_save():
+      self.manager.save(step, args=args, force=True)
+
+  def check_for_errors(self) -> None:
+    """CheckpointSaveError if a background save has failed (cheap: called after every step)."""
+    with self._stop_on_failed_save():
+      self.manager.check_for_errors()
 
   def read_meta(self, step: int) -> dict:
     """The JSON record saved beside the state of `step` (model, classes, image shape, dataset)."""
@@ -104,7 +161,8 @@ class Checkpoints:
     )['state']
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._stop_on_failed_save():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
@@ -124,6 +182,18 @@ def adapt_input_channels(kernel, channels: int):
   return jnp.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (have / channels)
 
 
+def fine_tuning_source(source) -> epath.Path:
+  """The workdir that --config.init_from names (a workdir, or one of its step directories)."""
+  path = absolute_path(source)
+  if not path.exists():
+    raise NoCheckpointError(
+        f'--config.init_from={source} does not exist; give the workdir of a finished run'
+    )
+  if not (path / 'checkpoints').exists() and path.parent.name == 'checkpoints':
+    path = path.parent.parent  # a step directory was given
+  return path
+
+
 def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.Sharding):
   """`params`/`batch_stats` with every array of `source`'s latest checkpoint that fits.
 
@@ -132,9 +202,7 @@ def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.
   (`adapt_input_channels`); any other difference in shape is an error. Convolutions do not depend
   on the image size, so a net trained at 224 px starts a 32 px one.
   """
-  source = absolute_path(source)
-  if not (source / 'checkpoints').exists() and (source.parent.name == 'checkpoints'):
-    source = source.parent.parent  # a step directory was given
+  source = fine_tuning_source(source)
   checkpoints = Checkpoints(source, read_only=True)
   step = checkpoints.latest_step()
   if step is None:

@@ -242,12 +242,7 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
   config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
   try:
-    steps = checkpoints.manager.all_steps()
-    step = checkpoints.latest_step() if step is None else step
-    if step not in steps:
-      raise UserError(
-          f'--workdir {workdir} has no checkpoint at step {step}; it has {sorted(steps) or "none"}'
-      )
+    step = checkpoints.find_step(step)
     meta = checkpoints.read_meta(step)
     state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   finally:

@@ -20,7 +20,7 @@ def one_line(text, limit: int = 300) -> str:
   return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
-def _causes(exception: BaseException | None):
+def causes(exception: BaseException | None):
   """`exception`, then what caused it, then what caused that, ..."""
   while exception is not None:
     yield exception
@@ -29,7 +29,7 @@ def _causes(exception: BaseException | None):
 
 def innermost_user_error(exception: BaseException | None) -> UserError | None:
   """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
-  found = [e for e in _causes(exception) if isinstance(e, UserError)]
+  found = [e for e in causes(exception) if isinstance(e, UserError)]
   return found[-1] if found else None
 
 
@@ -42,7 +42,7 @@ def config_error(exception: BaseException) -> UserError | None:
   found = innermost_user_error(exception)
   if found is not None:
     return found
-  chain = list(_causes(exception))
+  chain = list(causes(exception))
   for error in chain:
     if isinstance(error, SyntaxError):
       return UserError(f'config file {error.filename} line {error.lineno}: {error.msg}')
@@ -82,7 +82,7 @@ def config_error(exception: BaseException) -> UserError | None:
   return None
 
 
-def _exit_with(error) -> None:
+def exit_with(error) -> None:
   print(f'error: {error}', file=sys.stderr)
   sys.exit(2)
 
@@ -97,7 +97,7 @@ def read_config_or_exit(read: Callable[[], Any]):
     error = config_error(e)
     if error is None:
       raise
-    _exit_with(error)
+    exit_with(error)
 
 
 def parse_flags_or_exit(flag_values, argv):
@@ -112,4 +112,4 @@ def parse_flags_or_exit(flag_values, argv):
       error = str(e).strip().splitlines()[0]
     if error is None:
       raise
-    _exit_with(error)
+    exit_with(error)

@@ -5,9 +5,12 @@ Errors a user can fix end the run with one line on stderr and exit status 2; not
 is touched.
 """
 
+import atexit
+import functools
 import logging as logging_std
 import os
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,8 +28,18 @@ flags.DEFINE_enum(
     'mode',
     'train',
     ['train', 'eval'],
-    "train: train (resuming from the workdir's latest checkpoint); eval: evaluate the latest "
-    'checkpoint and print the metrics as JSON.',
+    "train: train (resuming the workdir's run from its latest checkpoint); eval: evaluate a"
+    ' checkpoint (--checkpoint_step) and print the metrics as JSON; eval reads the config the'
+    ' checkpoint was trained with unless --config is given.',
+)
+flags.DEFINE_integer(
+    'checkpoint_step', None, 'eval: the step of the checkpoint to evaluate (default: the latest).'
+)
+flags.DEFINE_list(
+    'accept_changes',
+    [],
+    "train: config fields (e.g. train.batch_size,seed) that may differ from those the workdir's"
+    ' checkpoints were trained with; a resume that changes any other field is refused.',
 )
 flags.DEFINE_enum(
     'distributed',
@@ -49,18 +62,38 @@ flags.DEFINE_integer(
     100,
     'Seconds without a heartbeat after which a process counts as dead and the job stops.',
 )
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Orbax logs every step of every save at INFO; keep its warnings, drop the rest."""
+  """Orbax logs every step of every save at INFO, and a failed save as pages of tracebacks at ERROR
+  (the failure comes back to us as an exception, and is reported in one line); keep its warnings."""
 
   def filter(self, record):
-    return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
+    return record.levelno == logging_std.WARNING or '/orbax/' not in record.pathname
 
 
 def parse_flags(argv):
   return errors.parse_flags_or_exit(FLAGS, argv)
+
+
+def _defer_background_tracebacks() -> None:
+  """Errors that other threads print (tensorstore's callbacks under a failed checkpoint read, as
+  "unraisable" exceptions) are shown at a normal exit, and dropped when the run ends with a
+  one-line error (os._exit skips atexit)."""
+  deferred, show_exception, show_unraisable = [], sys.excepthook, sys.unraisablehook
+
+  def exception_hook(*exc_info):
+    if threading.current_thread() is threading.main_thread():
+      show_exception(*exc_info)
+    else:
+      deferred.append(functools.partial(show_exception, *exc_info))
+
+  sys.excepthook = exception_hook
+  sys.unraisablehook = lambda unraisable: deferred.append(
+      functools.partial(show_unraisable, unraisable)
+  )
+  atexit.register(lambda: [show() for show in deferred])
 
 
 def main(argv):
@@ -73,9 +106,13 @@ def main(argv):
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = errors.read_config_or_exit(lambda: FLAGS.config)
+  _defer_background_tracebacks()
+  if FLAGS.config is None and FLAGS.mode == 'train':
+    errors.exit_with('--config is required to train, e.g. --config configs/cifar10.py:resnet56')
+  config = FLAGS.config and errors.read_config_or_exit(lambda: FLAGS.config)
   try:
-    parallel.split_cpu(config.parallelism.cpu_devices)  # before JAX starts its CPU backend
+    # before JAX starts its CPU backend
+    parallel.split_cpu(config.parallelism.cpu_devices if config else 0)
     distributed.initialize(
         FLAGS.distributed,
         coordinator_address=FLAGS.coordinator_address,
@@ -92,16 +129,21 @@ def main(argv):
         jax.devices()[0].platform,
     )
     if FLAGS.mode == 'eval':
-      print(train.dumps(train.evaluate_latest(config, FLAGS.workdir)))
+      metrics = train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
+      print(train.dumps(metrics))
     else:
-      metrics = train.train_and_evaluate(config, FLAGS.workdir)
+      metrics = train.train_and_evaluate(
+          config, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes)
+      )
       if jax.process_index() == 0:
         print(f'final: {train.dumps(metrics)}')
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.stdout.flush()
-    # Everything that writes has been closed on the way out; skip the interpreter's teardown, where
-    # the background threads of a failed checkpoint read would print tracebacks after this line.
+    # Everything that writes has been closed on the way out. The background threads of a failed
+    # checkpoint read may still print tracebacks: send them nowhere, and skip the interpreter's
+    # teardown, so that the error stays the last line.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     os._exit(2)
   except preemption.Stopped as e:
     print(e, file=sys.stderr)

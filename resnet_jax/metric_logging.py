@@ -36,3 +36,18 @@ def read_metrics(workdir) -> list[dict]:
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def drop_rows_after(workdir, step: int) -> None:
+  """Removes the rows of steps after `step` from metrics.jsonl: a run resumed from its checkpoint
+  at `step` trains and logs them again, so curves stay continuous, one row a step. (TensorBoard
+  drops its own orphaned events when the steps start again lower.)"""
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines()
+  kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+  if len(kept) != len(lines):
+    staged = path.parent / (path.name + '.tmp')
+    staged.write_text(''.join(line + '\n' for line in kept))
+    staged.replace(path)  # atomic: a crash leaves the old or the new file, never half of one

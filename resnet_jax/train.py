@@ -15,10 +15,10 @@ from absl import logging
 from clu import periodic_actions
 from etils import epath
 
-from resnet_jax import checkpointing, input_pipeline, optim, parallel
+from resnet_jax import checkpointing, input_pipeline, metric_logging, optim, parallel, run_record
 from resnet_jax import run as run_lib
 from resnet_jax.errors import UserError
-from resnet_jax.metric_logging import MetricLogger
+from resnet_jax.workdir_lock import WorkdirLock
 from resnet_jax.preemption import Stopped, StopRequests
 from resnet_jax.train_step import create_train_state, eval_step, make_train_step
 
@@ -27,18 +27,35 @@ class WorkdirError(UserError):
   pass
 
 
-def prepare_workdir(workdir, config) -> epath.Path:
-  """Checks the workdir can be written before any training starts, and saves the resolved config."""
-  workdir = checkpointing.absolute_path(workdir)
+def device_counts() -> dict[str, int]:
+  return {'device_count': jax.device_count(), 'process_count': jax.process_count()}
+
+
+def create_workdir(workdir) -> epath.Path:
+  """The --workdir of a training run, created if new; checked writable before any training."""
+  if not str(workdir or '').strip():
+    raise WorkdirError(
+        '--workdir is empty; give the directory the run writes, e.g. --workdir runs/r56'
+    )
+  path = checkpointing.absolute_path(workdir)
   try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise WorkdirError(
-        f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory'
+        f'cannot write to --workdir {path} ({e.strerror or e}); choose a writable directory'
     ) from e
-  return workdir
+  return path
+
+
+def existing_workdir(workdir) -> epath.Path:
+  """The --workdir of an eval or prediction: it must hold checkpoints; nothing is created."""
+  path = checkpointing.absolute_path(workdir) if str(workdir or '').strip() else None
+  if path is None or not (path / 'checkpoints').is_dir():
+    raise WorkdirError(
+        f"--workdir {path or repr(workdir)} is not a run's workdir (it has no checkpoints/);"
+        ' give the --workdir a training run wrote'
+    )
+  return path
 
 
 def checkpoint_meta(run: run_lib.Run, data: run_lib.DataSpec) -> dict:
@@ -53,15 +70,17 @@ def checkpoint_meta(run: run_lib.Run, data: run_lib.DataSpec) -> dict:
 
 class Setup:
   """What a run needs before its first step, built from its resolved description (`self.run`):
-  shared by training and eval-only."""
+  shared by training and eval-only. The config has passed run.check_without_data; `workdir`
+  exists (create_workdir or existing_workdir)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir, *, training: bool = True):
-    counts = {'device_count': jax.device_count(), 'process_count': jax.process_count()}
-    run_lib.check_without_data(config, **counts)  # mistakes are reported before any data is read
-    self.workdir = prepare_workdir(workdir, config)
+  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, *, training: bool):
+    self.workdir = workdir
     self.data = input_pipeline.resolve_data(config.dataset)  # what the input pipeline reads
     self.run = run_lib.resolve(
-        config, dataset=input_pipeline.dataset_facts(self.data), training=training, **counts
+        config,
+        dataset=input_pipeline.dataset_facts(self.data),
+        training=training,
+        **device_counts(),
     )
     self.data_parallel = parallel.DataParallel(
         self.run.parallelism.mode, self.run.parallelism.batch_norm
@@ -70,18 +89,38 @@ class Setup:
         self.run.dataset.num_classes, bn_axis_name=self.data_parallel.bn_axis_name
     )
     self.tx = optim.create_optimizer(self.run.optimizer)
-    self.meta = checkpoint_meta(self.run, self.data)
+    self.meta = {
+        **checkpoint_meta(self.run, self.data),
+        'record': run_record.describe(config, self.run, jax.device_count()),
+    }
     self.checkpoints = checkpointing.Checkpoints(
         self.workdir,
         keep=self.run.loop.keep_checkpoints,
         asynchronous=self.run.loop.async_checkpoints,
+        read_only=not training,
     )
     self.eval_step = self.data_parallel.compile_eval_step(
         functools.partial(eval_step, model=self.model)
     )
 
-  def initial_state(self):
-    """A fresh state, this workdir's latest checkpoint, or a fine-tuning start from init_from."""
+  def check_same_run(self, accept: frozenset[str]) -> list[str]:
+    """The changes of config this training run makes to the workdir's run (field old -> new),
+    or ChangedRunError if it would continue another run. Nothing has been written yet."""
+    step = self.checkpoints.latest_step()
+    if step is not None:
+      saved = self.checkpoints.read_meta(step).get('record')  # None: saved by an older version
+      where = f'checkpoint {self.checkpoints.directory / str(step)}'
+    else:  # a run that stopped before its first checkpoint still owns the workdir
+      first = run_record.read_first_config(self.workdir)
+      saved = first and {'config': first}
+      where = f'--workdir {self.workdir}'
+    if not saved:
+      return []
+    return run_record.check_resume(saved, self.meta['record'], accept=accept, where=where)
+
+  def initial_state(self, step: int | None = None):
+    """A fresh state, this workdir's checkpoint at `step` (default: latest), or a fine-tuning start
+    from init_from."""
     init = functools.partial(
         create_train_state,
         model=self.model,
@@ -96,7 +135,7 @@ class Setup:
       abstract = jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
       )
-      state = self.checkpoints.restore(abstract, self.meta)
+      state = self.checkpoints.restore(abstract, self.meta, step)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
     elif self.run.init_from:
       params, batch_stats, step = checkpointing.restore_for_fine_tuning(
@@ -149,10 +188,30 @@ def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpo
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir, *, accept_changes: frozenset[str] = frozenset()
+) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming its run), holding the workdir's lock throughout."""
+  run_lib.check_without_data(config, **device_counts())  # before any data is read or written
+  workdir = create_workdir(workdir)
+  with WorkdirLock.acquire(workdir) as lock:
+    if config.init_from and not (workdir / 'checkpoints').exists():
+      checkpointing.fine_tuning_source(config.init_from)  # a missing folder, before the data
+    return _train(config, workdir, lock, accept_changes)
+
+
+def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
-  setup = Setup(config, workdir)
+  setup = Setup(config, workdir, training=True)
   run, data_parallel = setup.run, setup.data_parallel
+  changes = setup.check_same_run(accept_changes)  # refuses to continue another run
+  start_step = setup.checkpoints.latest_step() or 0
+  if jax.process_index() == 0:  # the record: first config kept, this invocation in the history
+    run_record.write_first_config(workdir, config)
+    run_record.append_history(workdir, from_step=start_step, changes=changes)
+    metric_logging.drop_rows_after(workdir, start_step)  # those steps are trained again
+  for change in changes:
+    logging.info('Resuming with a changed config: %s', change)
   state = setup.initial_state()
   start_step, num_steps = int(state.step), run.schedule.num_steps
   state = data_parallel.to_devices(state)
@@ -183,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   step_fn = data_parallel.compile_train_step(make_train_step(run, model=setup.model, tx=setup.tx))
 
   # ---------------------------------------------------------------- the loop
-  logger = MetricLogger(setup.workdir)
+  logger = metric_logging.MetricLogger(setup.workdir)
   progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=logger.writer, every_secs=30
   )
@@ -195,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
     for step in range(start_step + 1, num_steps + 1):
       state, metrics = step_fn(state, next(train_batches))
       pending_metrics.append(metrics)
+      setup.checkpoints.check_for_errors()  # a failed background save stops the run at once
       progress(step)
       stopping = stop_requests.should_stop(step)
       is_last = step == num_steps or stopping
@@ -220,6 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
       if scalars:
         logger.write(step, scalars)
       if step % run.loop.checkpoint_every_steps == 0 or is_last:
+        lock.check()  # never write over the checkpoints of a run that took the workdir over
         setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta)
       if stopping:
         setup.checkpoints.wait()
@@ -239,14 +300,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   return eval_metrics
 
 
-def evaluate_latest(config: ml_collections.ConfigDict, workdir) -> dict[str, float]:
-  """Eval-only mode: the latest checkpoint of the workdir on the eval split."""
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict | None, workdir, step: int | None = None
+) -> dict[str, float]:
+  """Eval-only mode: the checkpoint at `step` (default: latest) of an existing workdir on the eval
+  split, with `config`, or the config that checkpoint was trained with. Writes nothing."""
+  workdir = existing_workdir(workdir)
+  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+  step = checkpoints.find_step(step)
+  if config is None:
+    saved = (checkpoints.read_meta(step).get('record') or {}).get('config')
+    saved = saved or run_record.read_first_config(workdir)
+    if not saved:
+      raise WorkdirError(f"--workdir {workdir} holds no config.json; give the run's --config")
+    config = run_record.config_from_record(saved)
+  checkpoints.close()
+  run_lib.check_without_data(config, **device_counts())
   setup = Setup(config, workdir, training=False)
-  if setup.checkpoints.latest_step() is None:
-    raise checkpointing.NoCheckpointError(
-        f'no checkpoint in {setup.checkpoints.directory} to evaluate; train first'
-    )
-  state = setup.initial_state()
+  state = setup.initial_state(step)
   metrics = {'step': int(state.step), **setup.evaluate(state)}
   setup.checkpoints.close()
   return metrics

@@ -90,7 +90,10 @@ def test_tpu_commands_use_the_right_gcloud_verbs_on_every_worker(capsys):
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh'],
       ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh'],
   ]
-  create, _, scp, install, train = commands
+  create, archive, scp, install, train = commands
+  # The archive goes to a private directory of its own, not a predictable path under /tmp.
+  tarball = pathlib.Path(archive[5].removeprefix('--output='))
+  assert scp[5] == str(tarball) and tarball.parent.stat().st_mode & 0o077 == 0
   assert create[5:] == [
       'my-pod',
       '--zone',
@@ -163,7 +166,8 @@ def test_tpu_run_executes_in_order_and_stops_at_first_failure(capsys):
 
   printed = printed_commands(capsys, '--setup')
   assert tpu_pod.main([*TPU_ARGS, '--setup', '--run'], runner=runner) == 3
-  assert calls == printed[:2]  # git archive ran, scp failed, nothing after it
+  # git archive ran, scp failed, nothing after it (each plan packs into its own private directory)
+  assert [c[:5] for c in calls] == [c[:5] for c in printed[:2]]
   error = capsys.readouterr().err.strip().splitlines()[-1]
   assert error == 'error: step 2/4 failed with exit status 3: Copy it to every worker.'
 

@@ -1,5 +1,6 @@
 """Preemption, crashes, bad numbers and bad input, done for real to the CLI in subprocesses."""
 
+import json
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from resnet_jax.preemption import EXIT_STATUS
-from tests.cli import REPO, assert_trees_equal, check, restored_state, run_main
+from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
 
 RUN = [
     '--config=configs/digits.py:resnet8',
@@ -117,6 +118,8 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   process.communicate()
   steps = checkpoint_steps(tmp_path)
   assert steps and steps[-1] < 30
+  # The dead run's lock file still names it; its flock died with it, so the resume takes over.
+  assert json.loads((tmp_path / 'lock.json').read_text())['pid'] == process.pid
   # A half-written checkpoint beyond the last complete one must be ignored, and must not replace it.
   partial = tmp_path / 'checkpoints' / f'{steps[-1] + 1}.orbax-checkpoint-tmp'
   shutil.copytree(tmp_path / 'checkpoints' / str(steps[-1]), partial, dirs_exist_ok=True)
@@ -133,6 +136,8 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
       )
   )
   assert_trees_equal(restored_state(uninterrupted, 30), restored_state(tmp_path, 30))
+  # The steps logged after the restored checkpoint were trained again: each logged once.
+  assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == list(range(2, 31, 2))
 
 
 @pytest.mark.slow
@@ -203,6 +208,9 @@ def _foreign_checkpoint(workdir):
             None,
             'cannot write to --workdir /proc/resnet_jax_run',
         ),
+        (['--workdir='], None, '--workdir is empty'),
+        (['--config.init_from={tmp}/typo'], None, 'init_from={tmp}/typo does not exist'),
+        (['--mode=eval', '--workdir={tmp}/typo'], None, "{tmp}/typo is not a run's workdir"),
         ([], _truncate_a_checkpoint, 'checkpoint'),
         ([], _foreign_checkpoint, 'cannot be read'),
     ],
@@ -222,7 +230,8 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(tmp_path, data, args, pre
   result = run_main(*command, timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
-  assert last_line.startswith('error: ') and message in last_line, last_line
+  assert last_line.startswith('error: ') and message.format(tmp=tmp_path) in last_line, last_line
+  assert not (tmp_path / 'typo').exists()
   if prepare is not None:
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
 
@@ -268,3 +277,131 @@ def test_a_config_that_cannot_be_built_is_one_line_exit_2(tmp_path, config, over
   assert last_line.startswith('error: ') and message in last_line, last_line
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def snapshot(workdir) -> dict[str, bytes]:
+  """Every file of a workdir's record (the lock file says only who holds it now)."""
+  return {
+      str(p.relative_to(workdir)): p.read_bytes()
+      for p in sorted(workdir.rglob('*'))
+      if p.is_file() and p.name != 'lock.json'
+  }
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(tmp_path, data):
+  first = start(tmp_path, data, '--config.train.num_steps=100000')
+  wait_for_training(tmp_path, first)
+  second = run_main(*RUN, data, f'--workdir={tmp_path}', '--config.seed=1', devices=1, timeout=120)
+  assert second.returncode == 2, second.stderr[-2000:]
+  message = second.stderr.strip().splitlines()[-1]
+  assert message.startswith(f'error: --workdir {tmp_path} is being written by the run of pid')
+  assert f'pid {first.pid} on host' in message
+  assert json.loads((tmp_path / 'config.json').read_text())['seed'] == 0
+  assert len(read_jsonl(tmp_path / 'history.jsonl')) == 1
+  assert first.poll() is None  # untouched, still training
+  first.send_signal(signal.SIGTERM)
+  first.communicate(timeout=60)
+  assert first.returncode == EXIT_STATUS
+  restored_state(tmp_path, checkpoint_steps(tmp_path)[-1])  # its last checkpoint is whole
+
+
+@pytest.fixture
+def finished_copy(tmp_path, uninterrupted):
+  """A copy of the 30-step run, to resume."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'change,listed',
+    [
+        ('--config.train.batch_size=32', 'train.batch_size 16 -> 32'),
+        ('--config.model.shortcut=none', 'model.shortcut "" -> "none"'),
+        ('--config.seed=1', 'seed 0 -> 1'),
+    ],
+)
+def test_a_resume_that_changes_what_is_trained_is_refused_and_writes_nothing(
+    finished_copy, data, change, listed
+):
+  before = snapshot(finished_copy)
+  result = run_main(
+      *RUN, data, f'--workdir={finished_copy}', '--config.train.num_steps=40', change, devices=1
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith(f'error: checkpoint {finished_copy}/checkpoints/30 was trained by')
+  assert listed in message and f'--accept_changes={listed.split()[0]}' in message
+  assert snapshot(finished_copy) == before
+
+
+@pytest.mark.slow
+def test_a_resume_with_more_steps_continues_and_records_the_invocation(finished_copy, data):
+  first_config = (finished_copy / 'config.json').read_text()
+  check(
+      run_main(
+          *RUN,
+          data,
+          f'--workdir={finished_copy}',
+          '--config.train.num_steps=34',
+          '--config.train.checkpoint_every_steps=10',
+          devices=1,
+      )
+  )
+  assert checkpoint_steps(finished_copy)[-1] == 34
+  assert (finished_copy / 'config.json').read_text() == first_config  # the first run's, kept
+  history = read_jsonl(finished_copy / 'history.jsonl')
+  assert [h['from_step'] for h in history] == [0, 30]
+  assert history[1]['changes'] == ['train.num_steps 30 -> 34']
+  assert [r['step'] for r in read_jsonl(finished_copy / 'metrics.jsonl')] == list(range(2, 35, 2))
+
+
+@pytest.mark.slow
+def test_eval_of_a_chosen_step_reads_the_workdirs_config_and_writes_nothing(uninterrupted):
+  before = snapshot(uninterrupted)
+  result = check(
+      run_main('--mode=eval', f'--workdir={uninterrupted}', '--checkpoint_step=20', devices=1)
+  )
+  metrics = json.loads(result.stdout.strip().splitlines()[-1])
+  assert metrics['step'] == 20 and metrics['eval_examples'] == 359
+  assert snapshot(uninterrupted) == before
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_at_the_failed_save_and_keeps_the_last_good_one(tmp_path, data):
+  """A 1.8 MB tmpfs, private to the run's mount namespace: room for two checkpoints of resnet8."""
+  mount, kept = tmp_path / 'disk', tmp_path / 'kept'
+  mount.mkdir()
+  main = ' '.join([
+      sys.executable,
+      '-m',
+      'resnet_jax.main',
+      *RUN,
+      data,
+      f'--workdir={mount}/run',
+      '--config.train.num_steps=30',
+      '--config.train.checkpoint_every_steps=2',
+  ])
+  script = (
+      f'mount -t tmpfs -o size=1800k tmpfs {mount} || exit 77; {main}; status=$?;'
+      f' cp -r {mount}/run {kept}; exit $status'
+  )
+  result = subprocess.run(
+      ['unshare', '--mount', '--map-root-user', 'sh', '-c', script],
+      cwd=REPO,
+      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  if result.returncode == 77 or 'unshare' in result.stderr.split(':')[0]:
+    pytest.skip(f'cannot mount a private tmpfs here: {result.stderr.strip()[:200]}')
+  assert result.returncode == 2, result.stderr[-3000:]
+  message = result.stderr.strip().splitlines()[-1]
+  last_good = checkpoint_steps(kept)[-1]
+  assert message.startswith('error: saving checkpoint') and 'No space left on device' in message
+  assert f'the last good checkpoint is step {last_good}' in message
+  assert 'Traceback' not in result.stderr
+  assert int(restored_state(kept, last_good)['step']) == last_good

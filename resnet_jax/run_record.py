@@ -1,0 +1,160 @@
+"""What a run is, saved with every checkpoint, so that only the same run resumes it.
+
+The record is the run's config (every field, as JSON) and the facts derived from the data and the
+devices that change what is trained. A resume compares its own record with the checkpoint's: a
+field in `MAY_CHANGE` (how long, how often to log, evaluate and save, where the data lives) is
+accepted and logged; any other difference (model, data, batch, optimizer, schedule, seed, per-device
+BatchNorm's device count) stops the run with one line that lists each field old -> new, unless the
+user accepts those fields deliberately with --accept_changes.
+
+`workdir/config.json` keeps the first run's config; each training invocation appends a line to
+`workdir/history.jsonl` (when, which command, from which step, which fields changed).
+"""
+
+import datetime
+import json
+import socket
+import sys
+
+import ml_collections
+from etils import epath
+
+from resnet_jax import run as run_lib
+from resnet_jax.errors import UserError
+
+MAY_CHANGE = frozenset({
+    'init_from',  # read only by a run's first start
+    'train.num_steps',
+    'train.num_epochs',
+    'train.log_every_steps',
+    'train.eval_every_steps',
+    'train.checkpoint_every_steps',
+    'train.keep_checkpoints',
+    'train.async_checkpoints',
+    'train.max_skipped_steps',
+    'train.log_diagnostics',
+    'train.eval_batch_size',
+    'dataset.data_dir',
+    'dataset.manual_dir',
+    'dataset.cache',
+    'parallelism.mode',  # jit and pmap train the same steps
+    'parallelism.cpu_devices',  # the device count matters only to per-device BN (derived below)
+})
+
+
+class ChangedRunError(UserError):
+  """A resume whose config trains something else than the checkpoints it would continue."""
+
+
+def _as_json(value):
+  """`value` as it reads back from JSON (tuples become lists), so saved and new values compare."""
+  return json.loads(json.dumps(value))
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+  return _as_json(json.loads(config.to_json_best_effort()))
+
+
+def describe(config: ml_collections.ConfigDict, run: run_lib.Run, device_count: int) -> dict:
+  """The record saved with each checkpoint: the config and what the data and devices made of it."""
+  per_device_bn = run.parallelism.batch_norm == 'per_device'
+  return {
+      'config': config_dict(config),
+      'derived': _as_json({
+          'num_classes': run.dataset.num_classes,
+          'image_shape': run.dataset.image_shape,
+          'num_train_examples': run.dataset.num_train_examples,
+          'num_shards': run.batch.num_shards,  # the order in which the training data is read
+          'batch_norm_devices': device_count if per_device_bn else 'all',
+      }),
+  }
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+  """(field, saved value, current value) for every field that differs; derived facts are named
+  `derived.<fact>`, config fields by their flag name (`train.batch_size`)."""
+  old = _flatten(saved.get('config', {}))
+  old.update({f'derived.{k}': v for k, v in saved.get('derived', {}).items()})
+  new = _flatten(current['config'])
+  new.update({f'derived.{k}': v for k, v in current.get('derived', {}).items()})
+  missing = object()
+  return [
+      (field, old.get(field, missing), new.get(field, missing))
+      for field in sorted(old.keys() | new.keys())
+      if field in old and field in new and old[field] != new[field]
+  ]
+
+
+def _show(value) -> str:
+  return json.dumps(value)
+
+
+def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -> list[str]:
+  """The changes this resume makes (as `field old -> new` texts, for the history and the log), or
+  ChangedRunError when a field outside MAY_CHANGE and `accept` differs."""
+  changes = differences(saved, current)
+  refused = [c for c in changes if c[0] not in MAY_CHANGE and c[0] not in accept]
+  if refused:
+    listed = '; '.join(f'{f} {_show(a)} -> {_show(b)}' for f, a, b in refused)
+    fields = ','.join(f for f, _, _ in refused)
+    raise ChangedRunError(
+        f'{where} was trained by another config: {listed}. Resume it with its own config, use'
+        ' another --workdir, or continue it with these changes deliberately:'
+        f' --accept_changes={fields}'
+    )
+  return [f'{f} {_show(a)} -> {_show(b)}' for f, a, b in changes]
+
+
+# ----------------------------------------------------------------------------- the workdir's record
+
+
+def read_first_config(workdir: epath.Path) -> dict | None:
+  path = workdir / 'config.json'
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_first_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  """Writes config.json once: the workdir's first run's config, never rewritten."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    path.write_text(config.to_json_best_effort(indent=2))
+
+
+def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -> None:
+  entry = {
+      'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'host': socket.gethostname(),
+      'command': sys.argv,
+      'from_step': from_step,
+      'changes': changes,
+  }
+  with (workdir / 'history.jsonl').open('a') as f:
+    f.write(json.dumps(entry) + '\n')
+
+
+def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
+  """A run's config rebuilt from its saved JSON (a checkpoint's record or config.json), on its
+  preset's base config so that every field keeps its type (JSON lists become tuples again)."""
+  from configs import base  # pylint: disable=import-outside-toplevel
+
+  config = base.base_config(saved_config['model']['name'])
+  with config.unlocked():
+    for field, value in _flatten(saved_config).items():
+      section, _, name = field.rpartition('.')
+      target = config.get(section) if section else config
+      if target is None or name not in target:
+        continue  # a field of an older version of the code
+      if isinstance(value, list):
+        value = tuple(value)
+      target[name] = value
+  return config

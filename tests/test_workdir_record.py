@@ -1,0 +1,112 @@
+"""The workdir lock and the run record, in-process (their CLI behaviour: test_reliability)."""
+
+import json
+import time
+
+import pytest
+
+from configs import digits
+from resnet_jax import metric_logging, run_record, workdir_lock
+from resnet_jax.workdir_lock import WorkdirBusyError, WorkdirLock
+
+
+def test_a_second_lock_on_a_posix_workdir_is_refused_until_the_first_is_released(tmp_path):
+  first = WorkdirLock.acquire(tmp_path)
+  with pytest.raises(WorkdirBusyError, match=f"pid {first.record['pid']} on host"):
+    WorkdirLock.acquire(tmp_path)
+  first.check()  # still ours
+  first.release()
+  with WorkdirLock.acquire(tmp_path) as second:
+    assert json.loads((tmp_path / 'lock.json').read_text())['run_id'] == second.record['run_id']
+
+
+def test_a_run_whose_lock_file_was_replaced_stops_before_saving(tmp_path):
+  with WorkdirLock.acquire(tmp_path) as lock:
+    (tmp_path / 'lock.json').unlink()  # e.g. the workdir removed and a new run started in it
+    (tmp_path / 'lock.json').write_text(json.dumps({'run_id': 'other', 'pid': 7, 'host': 'h'}))
+    with pytest.raises(WorkdirBusyError, match='taken over by the run of pid 7 on host h'):
+      lock.check()
+
+
+def test_object_store_claims_refuse_a_live_holder_and_take_over_a_stale_one(tmp_path, monkeypatch):
+  monkeypatch.setattr(workdir_lock, '_object_store', lambda path: True)
+  monkeypatch.setattr(time, 'sleep', lambda seconds: None)
+  first = WorkdirLock.acquire(tmp_path)
+  assert first._fd is None and first._heartbeat is not None  # the claim protocol, not flock
+  with pytest.raises(WorkdirBusyError, match='being written by'):
+    WorkdirLock.acquire(tmp_path)
+  # The holder died without releasing: its heartbeat stops, and after STALE_AFTER_SECONDS the
+  # workdir can be claimed; the dead run, were it alive after all, would stop at its next save.
+  first._stop.set()
+  stale = {**first.read(), 'heartbeat': time.time() - workdir_lock.STALE_AFTER_SECONDS - 1}
+  (tmp_path / 'lock.json').write_text(json.dumps(stale))
+  with WorkdirLock.acquire(tmp_path) as second:
+    with pytest.raises(WorkdirBusyError, match='taken over'):
+      first.check()
+    second.check()
+  assert not (tmp_path / 'lock.json').exists()  # a released claim is removed
+
+
+def _record(**changes):
+  config = digits.get_config('resnet8')
+  for key, value in changes.items():
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
+  derived = {'num_classes': 10, 'image_shape': [8, 8, 1], 'num_train_examples': 1438}
+  return {'config': run_record.config_dict(config), 'derived': derived}
+
+
+def test_a_resume_accepts_cadence_and_length_changes_and_names_every_other_change():
+  saved = _record()
+  accepted = run_record.check_resume(
+      saved,
+      _record(**{'train.num_steps': 3000, 'train.log_every_steps': 10, 'parallelism.mode': 'pmap'}),
+      accept=frozenset(),
+      where='w',
+  )
+  assert accepted == [
+      'parallelism.mode "jit" -> "pmap"',
+      'train.log_every_steps 50 -> 10',
+      'train.num_steps 1500 -> 3000',
+  ]
+  changed = _record(**{'train.batch_size': 64, 'model.shortcut': 'none', 'seed': 1})
+  with pytest.raises(run_record.ChangedRunError) as refused:
+    run_record.check_resume(saved, changed, accept=frozenset(), where='w')
+  message = str(refused.value)
+  assert 'model.shortcut "" -> "none"; seed 0 -> 1; train.batch_size 128 -> 64' in message
+  assert message.endswith('--accept_changes=model.shortcut,seed,train.batch_size')
+  # Accepted deliberately: the run goes on, the changes are recorded.
+  assert (
+      len(
+          run_record.check_resume(
+              saved,
+              changed,
+              accept=frozenset({'model.shortcut', 'seed', 'train.batch_size'}),
+              where='w',
+          )
+      )
+      == 3
+  )
+
+
+def test_per_device_batch_norm_refuses_another_device_count():
+  saved, current = _record(), _record()
+  saved['derived']['batch_norm_devices'], current['derived']['batch_norm_devices'] = 8, 4
+  with pytest.raises(run_record.ChangedRunError, match='derived.batch_norm_devices 8 -> 4'):
+    run_record.check_resume(saved, current, accept=frozenset(), where='w')
+
+
+def test_a_saved_config_rebuilds_with_its_types():
+  config = digits.get_config('resnet8')
+  config.schedule.boundaries = (10, 20)
+  rebuilt = run_record.config_from_record(json.loads(config.to_json_best_effort()))
+  assert rebuilt.schedule.boundaries == (10, 20) and rebuilt.dataset.mean is None
+  assert run_record.config_dict(rebuilt) == run_record.config_dict(config)
+
+
+def test_rows_past_the_restored_step_are_dropped(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text(
+      ''.join(json.dumps({'step': s, 'train_loss': 1.0}) + '\n' for s in (2, 4, 6, 8))
+  )
+  metric_logging.drop_rows_after(tmp_path, 5)
+  assert [r['step'] for r in metric_logging.read_metrics(tmp_path)] == [2, 4]
