@@ -24,9 +24,10 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     'mode',
     'train',
-    ['train', 'eval'],
+    ['train', 'eval', 'predict'],
     "train: train (resuming from the workdir's latest checkpoint); eval: evaluate the latest "
-    'checkpoint and print the metrics as JSON.',
+    'checkpoint and print the metrics as JSON; predict: classify --images with the checkpoint '
+    "(the workdir's own config.json; no --config).",
 )
 flags.DEFINE_enum(
     'distributed',
@@ -49,7 +50,26 @@ flags.DEFINE_integer(
     100,
     'Seconds without a heartbeat after which a process counts as dead and the job stops.',
 )
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_integer(
+    'checkpoint_step', None, 'The checkpoint --mode=predict reads (default: the latest).'
+)
+flags.DEFINE_list(
+    'images',
+    None,
+    'Image files for --mode=predict: --images a.png b.jpg (the files may follow as arguments).',
+)
+flags.DEFINE_bool('json', False, '--mode=predict: one JSON object per image, for scripts.')
+flags.DEFINE_bool(
+    'list_presets', False, 'Print the model zoo and the config files and their presets, then exit.'
+)
+
+_HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+_MORE_HELP = (
+    'Every config field is documented, with a comment, in configs/base.py; set any of them with\n'
+    '--config.<section>.<field>=value, e.g. --config.train.batch_size=256. --list_presets lists\n'
+    'the models and config files. Classify images with a trained run:\n'
+    '  --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N] [--json]'
+)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -59,8 +79,40 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or '/orbax/' not in record.pathname
 
 
+def _print_and_exit(text: str) -> None:
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
+
+
+def _help() -> str:
+  """--help: this file's docstring, the config fields' home and our flags (absl's own --help exits
+  with status 1 and, from the installed `resnet-jax` script, finds no flags to show)."""
+  module = FLAGS.find_module_defining_flag('workdir')
+  return f'{__doc__.strip()}\n\n{_MORE_HELP}\n\nflags:\n{FLAGS.module_help(module)}'
+
+
 def parse_flags(argv):
-  return errors.parse_flags_or_exit(FLAGS, argv)
+  """absl's parsing, plus what runs before main: --help, --list_presets, the required flags (none
+  for --list_presets, no --config for --mode=predict) and --images' files given as arguments."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    _print_and_exit(_help())
+  argv = errors.parse_flags_or_exit(FLAGS, argv)
+  if FLAGS.list_presets:
+    from resnet_jax import presets  # pylint: disable=import-outside-toplevel
+
+    _print_and_exit(presets.listing())
+  required = ('workdir',) if FLAGS.mode == 'predict' else ('config', 'workdir')
+  missing = [f'--{name}' for name in required if not FLAGS[name].present]
+  if missing:
+    print(f"error: {' and '.join(missing)} must be given (see --help)", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.mode == 'predict' and FLAGS.images:
+    FLAGS.images = [*FLAGS.images, *argv[1:]]
+    argv = argv[:1]
+  return argv
 
 
 def main(argv):
@@ -120,5 +172,10 @@ def main(argv):
     os._exit(3)  # skip the runtime's orderly shutdown, which would wait for the dead process
 
 
-if __name__ == '__main__':
+def run():
+  """The `resnet-jax` command (pyproject.toml)."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()
