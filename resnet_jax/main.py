@@ -125,6 +125,14 @@ def main(argv):
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.mode == 'predict':  # the run's own config, from its workdir: no --config
+    from resnet_jax import predict
+
+    sys.exit(
+        predict.predict_files(
+            FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json
+        )
+    )
   config = errors.read_config_or_exit(lambda: FLAGS.config)
   try:
     parallel.split_cpu(config.parallelism.cpu_devices)  # before JAX starts its CPU backend
