@@ -10,10 +10,13 @@ TEST_ARGS ?=
 
 setup: $(INSTALLED)
 
-$(INSTALLED): requirements.txt
+# The package itself last, editable and without its dependencies (requirements.txt has them, pinned):
+# quick, offline, and the `resnet-jax` command runs this checkout's code.
+$(INSTALLED): requirements.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 run: $(INSTALLED)

@@ -10,6 +10,8 @@ already).
 from configs import base
 from resnet_jax.errors import UserError
 
+RECIPES = ('modern',)  # after a comma: configs/imagenet.py:resnet50,modern
+
 
 def get_config(arg: str = 'resnet50'):
   preset, _, recipe = arg.partition(',')

@@ -71,7 +71,7 @@ def conv_with_matmul_kernel_grad(
     dimension_numbers=None,
     feature_group_count=1,
     precision=None,
-    **unused
+    **unused,
 ):
   """Stands in for lax.conv_general_dilated in flax's nn.Conv.
 

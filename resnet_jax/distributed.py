@@ -19,7 +19,7 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     heartbeat_timeout_seconds: int = 100,
-    initialization_timeout_seconds: int = 300
+    initialization_timeout_seconds: int = 300,
 ) -> None:
   explicit = (coordinator_address, num_processes, process_id)
   if mode == 'off':

@@ -355,6 +355,21 @@ def _make_preprocess(data: DataSpec, builder, *, train: bool):
   return preprocess
 
 
+def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
+  """An image file's bytes (PNG, JPEG, GIF or BMP, any size) as evaluation sees the eval split's
+  images: float32 [H, W, C], decoded to the run's channel count; for 'imagenet', resized and
+  centre-cropped by imagenet_eval_image; otherwise resized (bilinear) to the run's image shape
+  where it differs, as the pipeline resizes a dataset of another size; then the same normalisation.
+  Bytes that are not an image raise tf.errors.InvalidArgumentError."""
+  image = tf.constant(encoded)
+  if data.augment != 'imagenet':
+    image = _decode(image, data.image_shape[-1])
+    if tuple(image.shape[:2]) != data.image_shape[:2]:
+      image = tf.image.resize(tf.cast(image, tf.float32), data.image_shape[:2], method='bilinear')
+  preprocess = _make_preprocess(data, builder, train=False)
+  return preprocess(image, tf.zeros([2], tf.int64)).numpy()
+
+
 def _decoders(data: DataSpec, builder):
   # 'imagenet' decodes (and crops) after the shuffle and resume skip, from the encoded bytes.
   return _image_decoders(builder) if data.augment == 'imagenet' else None

@@ -27,19 +27,10 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
     'mode',
     'train',
-    ['train', 'eval'],
+    ['train', 'eval', 'predict'],
     "train: train (resuming the workdir's run from its latest checkpoint); eval: evaluate a"
-    ' checkpoint (--checkpoint_step) and print the metrics as JSON; eval reads the config the'
-    ' checkpoint was trained with unless --config is given.',
-)
-flags.DEFINE_integer(
-    'checkpoint_step', None, 'eval: the step of the checkpoint to evaluate (default: the latest).'
-)
-flags.DEFINE_list(
-    'accept_changes',
-    [],
-    "train: config fields (e.g. train.batch_size,seed) that may differ from those the workdir's"
-    ' checkpoints were trained with; a resume that changes any other field is refused.',
+    ' checkpoint (--checkpoint_step) and print the metrics as JSON, with the config it was trained'
+    ' with unless --config is given; predict: classify --images with a checkpoint.',
 )
 flags.DEFINE_enum(
     'distributed',
@@ -62,7 +53,34 @@ flags.DEFINE_integer(
     100,
     'Seconds without a heartbeat after which a process counts as dead and the job stops.',
 )
-flags.mark_flags_as_required(['workdir'])
+flags.DEFINE_integer(
+    'checkpoint_step',
+    None,
+    'eval, predict: the step of the checkpoint to read (default: the latest).',
+)
+flags.DEFINE_list(
+    'accept_changes',
+    [],
+    "train: config fields (e.g. train.batch_size,seed) that may differ from those the workdir's"
+    ' checkpoints were trained with; a resume that changes any other field is refused.',
+)
+flags.DEFINE_list(
+    'images',
+    None,
+    'Image files for --mode=predict: --images a.png b.jpg (the files may follow as arguments).',
+)
+flags.DEFINE_bool('json', False, '--mode=predict: one JSON object per image, for scripts.')
+flags.DEFINE_bool(
+    'list_presets', False, 'Print the model zoo and the config files and their presets, then exit.'
+)
+
+_HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+_MORE_HELP = (
+    'Every config field is documented, with a comment, in configs/base.py; set any of them with\n'
+    '--config.<section>.<field>=value, e.g. --config.train.batch_size=256. --list_presets lists\n'
+    'the models and config files. Classify images with a trained run:\n'
+    '  --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N] [--json]'
+)
 
 
 class _QuietLibraries(logging_std.Filter):
@@ -73,8 +91,40 @@ class _QuietLibraries(logging_std.Filter):
     return record.levelno == logging_std.WARNING or '/orbax/' not in record.pathname
 
 
+def _print_and_exit(text: str) -> None:
+  try:
+    print(text, flush=True)
+  except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(0)
+
+
+def _help() -> str:
+  """--help: this file's docstring, the config fields' home and our flags (absl's own --help exits
+  with status 1 and, from the installed `resnet-jax` script, finds no flags to show)."""
+  module = FLAGS.find_module_defining_flag('workdir')
+  return f'{__doc__.strip()}\n\n{_MORE_HELP}\n\nflags:\n{FLAGS.module_help(module)}'
+
+
 def parse_flags(argv):
-  return errors.parse_flags_or_exit(FLAGS, argv)
+  """absl's parsing, plus what runs before main: --help, --list_presets, the required flags (none
+  for --list_presets, no --config but to train) and --images' files given as arguments."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    _print_and_exit(_help())
+  argv = errors.parse_flags_or_exit(FLAGS, argv)
+  if FLAGS.list_presets:
+    from resnet_jax import presets  # pylint: disable=import-outside-toplevel
+
+    _print_and_exit(presets.listing())
+  required = ('config', 'workdir') if FLAGS.mode == 'train' else ('workdir',)
+  missing = [f'--{name}' for name in required if not FLAGS[name].present]
+  if missing:
+    print(f"error: {' and '.join(missing)} must be given (see --help)", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.mode == 'predict' and FLAGS.images:
+    FLAGS.images = [*FLAGS.images, *argv[1:]]
+    argv = argv[:1]
+  return argv
 
 
 def _defer_background_tracebacks() -> None:
@@ -107,8 +157,14 @@ def main(argv):
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _defer_background_tracebacks()
-  if FLAGS.config is None and FLAGS.mode == 'train':
-    errors.exit_with('--config is required to train, e.g. --config configs/cifar10.py:resnet56')
+  if FLAGS.mode == 'predict':  # the run's own config, from its workdir: no --config
+    from resnet_jax import predict
+
+    sys.exit(
+        predict.predict_files(
+            FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json
+        )
+    )
   config = FLAGS.config and errors.read_config_or_exit(lambda: FLAGS.config)
   try:
     # before JAX starts its CPU backend
@@ -162,5 +218,10 @@ def main(argv):
     os._exit(3)  # skip the runtime's orderly shutdown, which would wait for the dead process
 
 
-if __name__ == '__main__':
+def run():
+  """The `resnet-jax` command (pyproject.toml)."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,110 @@
+"""Classifies image files with a trained run: `--mode=predict --workdir DIR --images a.png b.jpg`.
+
+The run is rebuilt from what its workdir holds: the config it was trained with and its classes and
+image shape (the checkpoint's record), and the weights. Each image is preprocessed as the run's
+evaluation preprocesses its eval split (input_pipeline.eval_image) and gets its top-5 classes,
+named by the dataset's label names.
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from resnet_jax import checkpointing, input_pipeline, train
+from resnet_jax import run as run_lib
+from resnet_jax.datasets.prepare import get_dataset_builder
+from resnet_jax.errors import UserError, one_line
+
+TOP_K = 5
+CHUNK = 64  # images a forward pass classifies at once
+
+
+class Classifier:
+  """A workdir's trained network in inference mode, with its eval preprocessing and class names."""
+
+  def __init__(self, workdir, step: int | None = None):
+    workdir = train.existing_workdir(workdir)
+    checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+    try:
+      self.step = checkpoints.find_step(step)
+      meta = checkpoints.read_meta(self.step)
+      config = train.config_of_checkpoint(meta, workdir)
+      state = checkpoints.restore_as_saved(
+          self.step, jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      )
+    finally:
+      checkpoints.close()
+    self.data = input_pipeline.resolve_data(config.dataset)
+    if list(self.data.image_shape) != list(meta['image_shape']):
+      raise UserError(
+          f"the checkpoint saw images of shape {meta['image_shape']} but dataset"
+          f' {self.data.name!r} now gives {list(self.data.image_shape)}'
+      )
+    self.builder = get_dataset_builder(self.data)
+    label = self.builder.info.features['label']
+    self.class_names = list(label.names) or [str(i) for i in range(meta['num_classes'])]
+    model = run_lib.resolve_model(config).build(meta['num_classes'])
+    variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+    self._logits = jax.jit(lambda images: model.apply(variables, images, train=False))
+
+  def preprocess(self, path) -> np.ndarray:
+    """The image file as evaluation sees it; a UserError for a missing file or one that is not an
+    image."""
+    try:
+      with open(path, 'rb') as f:
+        encoded = f.read()
+      return input_pipeline.eval_image(self.data, self.builder, encoded)
+    except OSError as e:
+      raise UserError(f'cannot read image {path}: {e.strerror or e}') from None
+    except tf.errors.OpError as e:
+      reason = e.message.split('}}')[-1]  # TF prefixes the op's name in braces
+      raise UserError(f'{path} is not an image ({one_line(reason, 120)})') from None
+
+  def probabilities(self, images: np.ndarray) -> np.ndarray:
+    chunks = [self._logits(images[i : i + CHUNK]) for i in range(0, len(images), CHUNK)]
+    return np.asarray(jax.nn.softmax(np.concatenate(chunks), axis=-1))
+
+  def top_classes(self, probabilities: np.ndarray) -> list[dict]:
+    """[{label, name, probability}] of the most probable classes, most probable first."""
+    best = np.argsort(-probabilities, kind='stable')[:TOP_K]
+    return [
+        {'label': int(i), 'name': self.class_names[i], 'probability': float(probabilities[i])}
+        for i in best
+    ]
+
+
+def _line(path, top: list[dict]) -> str:
+  return f'{path}: ' + ', '.join(f"{c['name']} {100 * c['probability']:.1f}%" for c in top)
+
+
+def predict_files(workdir, paths, *, step: int | None = None, as_json: bool = False) -> int:
+  """Prints each image's top-5 classes (or one JSON object per image) and an `error:` line on
+  stderr for each file that cannot be read as an image; returns the exit status: 2 if any
+  failed, or if the workdir cannot serve."""
+  if not paths:
+    print('error: --mode=predict needs --images, e.g. --images a.png b.jpg', file=sys.stderr)
+    return 2
+  try:
+    classifier = Classifier(workdir, step)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  good, images, failed = [], [], False
+  for path in paths:
+    try:
+      images.append(classifier.preprocess(path))
+      good.append(path)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      failed = True
+  if images:
+    for path, probabilities in zip(good, classifier.probabilities(np.stack(images))):
+      top = classifier.top_classes(probabilities)
+      if as_json:
+        print(json.dumps({'image': str(path), 'step': classifier.step, 'top5': top}))
+      else:
+        print(_line(path, top))
+  return 2 if failed else 0

@@ -1,0 +1,82 @@
+"""What `--config FILE:PRESET` can name: `python -m resnet_jax.main --list_presets`.
+
+A preset is a model of the zoo; each config file (configs/*.py with a `get_config`) puts it in its
+dataset's recipe. Some files take a recipe after a comma (`configs/imagenet.py:resnet50,modern`),
+listed in their `RECIPES`.
+"""
+
+import importlib
+import inspect
+import os
+import pathlib
+import re
+
+import configs
+from resnet_jax import model_table
+
+
+def config_files() -> list[tuple[str, object]]:
+  """(path as the user types it, module) of every config file that builds a run."""
+  found = []
+  for path in sorted(pathlib.Path(configs.__file__).parent.glob('*.py')):
+    module = importlib.import_module(f'configs.{path.stem}')
+    if hasattr(module, 'get_config'):
+      shown = os.path.relpath(path) if path.is_relative_to(pathlib.Path.cwd()) else str(path)
+      found.append((shown, module))
+  return found
+
+
+def _columns(rows: list[tuple[str, ...]], right: tuple[int, ...]) -> list[str]:
+  """Rows as aligned text columns, the `right` ones right-aligned (numbers)."""
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  return [
+      '  '
+      + '  '.join(
+          cell.rjust(width) if i in right else cell.ljust(width)
+          for i, (cell, width) in enumerate(zip(row, widths))
+      ).rstrip()
+      for row in rows
+  ]
+
+
+def _zoo_lines() -> list[str]:
+  rows = [('model', 'depth', 'block', 'shortcut', 'input', 'params')]
+  for name, num_classes, image_shape in model_table.ROWS:
+    row = model_table.row(name, num_classes, image_shape, multiply_adds=False)
+    shape = 'x'.join(map(str, row.image_shape))
+    rows.append((name, str(row.depth), row.block, row.shortcut, shape, f'{row.params:,}'))
+  return _columns(rows, right=(1, 5))
+
+
+def _config_lines() -> list[str]:
+  rows = [('file and preset', 'default', 'runs')]
+  for path, module in config_files():
+    parameters = list(inspect.signature(module.get_config).parameters.values())
+    default = parameters[0].default if parameters else ''
+    recipes = ''.join(f'[,{r}]' for r in getattr(module, 'RECIPES', ()))
+    # The docstring's first line, less the example command most of them end with.
+    summary = re.sub(r':\s*`[^`]*`\.?$', '', (module.__doc__ or '').strip().split('\n')[0])
+    rows.append((f'{path}:MODEL{recipes}', str(default), summary))
+  return _columns(rows, right=())
+
+
+def listing() -> str:
+  return '\n'.join([
+      'Models (parameters at the default input and classes; any CIFAR depth 6n+2 works too):',
+      *_zoo_lines(),
+      '',
+      (
+          'Config files: --config FILE:MODEL with any model above, e.g.'
+          ' --config configs/cifar10.py:resnet56'
+      ),
+      *_config_lines(),
+      '',
+      (
+          'Every config field is documented in configs/base.py; set one with'
+          ' --config.<section>.<field>=value.'
+      ),
+  ])
+
+
+if __name__ == '__main__':
+  print(listing())
