@@ -45,7 +45,10 @@ def run_without_tensorflow(code: str, *args: str) -> subprocess.CompletedProcess
   return subprocess.run(
       [sys.executable, '-c', BLOCK_TENSORFLOW + code, *args],
       cwd=ROOT,
-      env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      env=dict(
+          os.environ,
+          PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])),
+      ),
       capture_output=True,
       text=True,
       timeout=300,
