@@ -91,8 +91,9 @@ def train_batches(
   global batch sharded over the mesh ('jit'), or one slice per local device ('pmap')."""
   train_key, _ = _keys(seed)
   if data_parallel.mode == 'pmap':
-    # This process's share, one slice per local device; keyed by process as a real stream is.
-    train_key = jax.random.fold_in(train_key, jax.process_index())
+    # This process's share, one slice per local device: on one process, jit's batch split up.
+    if jax.process_count() > 1:  # each process its own stream, as a real dataset's shares
+      train_key = jax.random.fold_in(train_key, jax.process_index())
     n = len(data_parallel.local_devices)
     shape, sharding = (n, batch.per_process // n, *data.image_shape), data_parallel.per_device
   else:
