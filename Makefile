@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 WORKDIR ?= runs/digits_resnet20
 TEST_ARGS ?=
 
-.PHONY: setup run test lint format table parity benchmark clean
+.PHONY: setup run test lint format table parity benchmark accelerator clean
 
 setup: $(INSTALLED)
 
@@ -49,6 +49,13 @@ $(TORCH_INSTALLED): requirements.txt
 parity: $(INSTALLED) $(TORCH_INSTALLED)
 	$(TORCH_VENV)/bin/python -m benchmarks.reference_parity
 	$(PYTHON) -m benchmarks.preprocessing_parity --torch_python $(TORCH_VENV)/bin/python
+
+# The accelerator benchmark (benchmarks/accelerator.py): full sizes on a GPU or TPU, ACCELERATOR_ARGS=--quick
+# on a CPU; PyTorch beside it from the side environment when it is there.
+ACCELERATOR_ARGS ?=
+accelerator: $(INSTALLED)
+	$(PYTHON) -m benchmarks.accelerator $(ACCELERATOR_ARGS) \
+	    $$(test -x $(TORCH_VENV)/bin/python && echo --torch_python $(TORCH_VENV)/bin/python)
 
 table: $(INSTALLED)
 	$(PYTHON) -m resnet_jax.model_table

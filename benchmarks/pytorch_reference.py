@@ -27,7 +27,8 @@ except ImportError:
       ' PYTHONPATH=/tmp/torchlib'
   )
 
-from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=wrong-import-position
+# The JAX side is imported where it is used: benchmarks/torch_step.py borrows ResNet20 in an
+# environment that has torch but not the whole project.
 
 
 class Block(nn.Module):
@@ -69,6 +70,8 @@ class TorchRunner:
   """One PyTorch training step per call (forward, backward, SGD update)."""
 
   def __init__(self, batch_size: int):
+    from benchmarks import baseline_resnet20  # pylint: disable=import-outside-toplevel
+
     torch.manual_seed(0)
     self.model = ResNet20().to(memory_format=torch.channels_last).train()
     self.optimizer = torch.optim.SGD(
@@ -100,6 +103,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=6)
   parser.add_argument('--json')
   args = parser.parse_args()
+  from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=import-outside-toplevel
+
   train_step.ensure_devices(args.devices, 'benchmarks.pytorch_reference')
   import jax  # pylint: disable=import-outside-toplevel
   from resnet_jax import parallel  # pylint: disable=import-outside-toplevel

@@ -100,10 +100,15 @@ class DataParallel:
     )
 
   def place_global_batch(self, local_batch: dict[str, np.ndarray]):
-    """A batch for the steps that run on the global form (eval), whatever the mode."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharded, x), local_batch
-    )
+    """A batch for the steps that run on the global form (eval), whatever the mode. Arrays made on
+    the devices (synthetic data) are global already: they stay there."""
+
+    def place(x):
+      if isinstance(x, jax.Array):
+        return jax.device_put(x, self.batch_sharded)  # a no-op when the sharding is the same
+      return jax.make_array_from_process_local_data(self.batch_sharded, x)
+
+    return jax.tree.map(place, local_batch)
 
   def fetch(self, tree):
     """Device values -> host numpy (a pmapped result is the same on every device: take one)."""

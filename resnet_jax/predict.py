@@ -2,7 +2,7 @@
 
 The run is rebuilt from what its workdir holds: the config it was trained with and its classes and
 image shape (the checkpoint's record), and the weights. Each image is preprocessed as the run's
-evaluation preprocesses its eval split (input_pipeline.eval_image) and gets its top-5 classes,
+evaluation preprocesses its eval split (tfds_source.eval_image) and gets its top-5 classes,
 named by the dataset's label names.
 """
 
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import checkpointing, input_pipeline, train
+from resnet_jax import checkpointing, input_pipeline, tfds_source, train
 from resnet_jax import run as run_lib
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
@@ -56,7 +56,7 @@ class Classifier:
     try:
       with open(path, 'rb') as f:
         encoded = f.read()
-      return input_pipeline.eval_image(self.data, self.builder, encoded)
+      return tfds_source.eval_image(self.data, self.builder, encoded)
     except OSError as e:
       raise UserError(f'cannot read image {path}: {e.strerror or e}') from None
     except tf.errors.OpError as e:

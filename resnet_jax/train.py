@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 from etils import epath
 
 from resnet_jax import checkpointing, input_pipeline, metric_logging, optim, parallel, run_record
@@ -227,15 +226,13 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
   )
 
   # ---------------------------------------------------------------- data
-  train_batches = input_pipeline.prefetch_to_devices(
-      input_pipeline.create_train_iterator(
-          setup.data,
-          run.batch,
-          seed=run.seed,
-          start_step=start_step,
-          process_index=jax.process_index(),
-      ),
-      data_parallel.place_batch,
+  train_batches = input_pipeline.device_train_batches(
+      setup.data,
+      run.batch,
+      data_parallel,
+      seed=run.seed,
+      start_step=start_step,
+      process_index=jax.process_index(),
   )
 
   # ---------------------------------------------------------------- the compiled step
@@ -243,9 +240,7 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
 
   # ---------------------------------------------------------------- the loop
   logger = metric_logging.MetricLogger(setup.workdir)
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=num_steps, writer=logger.writer, every_secs=30
-  )
+  progress = logger.report_progress(num_steps, every_secs=30)
   stop_requests = StopRequests()
   pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
   last_log_time, last_log_step = time.perf_counter(), start_step

@@ -20,6 +20,7 @@ from PIL import Image
 
 from configs import base
 from resnet_jax import input_pipeline as ip
+from resnet_jax import tfds_source
 
 SIZE, RESIZE = 224, 256
 # Measured: the largest difference is 1 unit, on 0.05-0.25% of the values (PIL's fixed-point filter
@@ -72,11 +73,11 @@ def _reference_uint8(data: bytes) -> np.ndarray:
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:
-  return (pixels / 255.0 - np.array(ip.IMAGENET_MEAN)) / np.array(ip.IMAGENET_STD)
+  return (pixels / 255.0 - np.array(tfds_source.IMAGENET_MEAN)) / np.array(tfds_source.IMAGENET_STD)
 
 
 def _pixel_units(normalised: np.ndarray) -> np.ndarray:
-  return normalised * np.array(ip.IMAGENET_STD) * 255.0
+  return normalised * np.array(tfds_source.IMAGENET_STD) * 255.0
 
 
 def _old_eval_uint8(data: bytes) -> np.ndarray:

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
 from configs import base
 from resnet_jax import input_pipeline as ip
+from resnet_jax import tfds_source
 from resnet_jax import run as run_lib
 from resnet_jax import parallel
 from resnet_jax.datasets import prepare
@@ -184,10 +185,10 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
       (0.25,),
   )
   with tfds.testing.mock_data(num_examples=2):
-    assert normalisation(make_config(name='cifar10')) == ip.KNOWN_STATS['cifar10']
+    assert normalisation(make_config(name='cifar10')) == tfds_source.KNOWN_STATS['cifar10']
     assert normalisation(make_config(name='imagenet2012', augment='imagenet', image_size=32)) == (
-        ip.IMAGENET_MEAN,
-        ip.IMAGENET_STD,
+        tfds_source.IMAGENET_MEAN,
+        tfds_source.IMAGENET_STD,
     )
 
 
