@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
 
 from resnet_jax import errors
@@ -30,6 +31,10 @@ class CheckpointSaveError(UserError):
   """A checkpoint could not be written (a full disk, lost permissions): the run stops at once."""
 
 
+def _best_metric(metrics: dict) -> float:
+  return metrics['eval_top1_error']
+
+
 def _cause(error: Exception) -> str:
   """The reason a save failed, short: the OS's words (`No space left on device`) when there are
   any, else the error's first 160 characters."""
@@ -52,7 +57,21 @@ class Checkpoints:
   def __init__(self, workdir, *, keep: int = 3, read_only: bool = False, asynchronous: bool = True):
     self.directory = epath.Path(workdir) / 'checkpoints'
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
+        # The last `keep` checkpoints, and the one of the lowest eval top-1 error so far (saved
+        # with the metrics of the eval at its step, kept across resumes by orbax).
+        preservation_policy=None
+        if read_only
+        else policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(
+                get_metric_fn=_best_metric,
+                reverse=True,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]),
+        best_fn=_best_metric,
+        best_mode='min',
         create=not read_only,
         read_only=read_only,
         # The workdir's lock makes this run its only writer: what a killed run left half-written
@@ -68,20 +87,28 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def find_step(self, step: int | None) -> int:
-    """`step`, or the latest when None; NoCheckpointError when there is no such checkpoint."""
+  def find_step(self, step: int | str | None) -> int:
+    """The step of a checkpoint named by `step`: a number, 'latest' (or None), or 'best' (the
+    lowest eval top-1 error); NoCheckpointError when there is none."""
     steps = sorted(self.manager.all_steps())
-    if (step is None and not steps) or (step is not None and step not in steps):
+    if not steps:
+      raise NoCheckpointError(f'{self.directory} has no checkpoint; train first')
+    if step in (None, 'latest'):
+      return steps[-1]
+    if step == 'best':
+      best = self.manager.best_step()
+      if best is None or best not in steps:
+        raise NoCheckpointError(
+            f'{self.directory} has no checkpoint saved with an evaluation, so none is best; give'
+            ' a step or latest'
+        )
+      return best
+    if not str(step).isdigit() or int(step) not in steps:
       raise NoCheckpointError(
-          f'{self.directory} has no checkpoint'
-          + (
-              f' at step {step}; it has steps {", ".join(map(str, steps)) or "none"}'
-              if step
-              else ''
-          )
-          + ('; train first' if not steps else '')
+          f'{self.directory} has no checkpoint {step!r}: give latest, best, or one of the steps'
+          f' {", ".join(map(str, steps))}'
       )
-    return steps[-1] if step is None else step
+    return int(step)
 
   @contextlib.contextmanager
   def _stop_on_failed_save(self):
@@ -95,13 +122,14 @@ class Checkpoints:
           ' run the same command to resume from it'
       ) from e
 
-  def save(self, step: int, state, meta: dict) -> None:
-    """Starts writing in the background; training goes on while it writes."""
+  def save(self, step: int, state, meta: dict, eval_metrics: dict | None = None) -> None:
+    """Starts writing in the background; training goes on while it writes. `eval_metrics`: the
+    eval at this step, by which the best checkpoint is kept."""
     self.wait()  # orbax waits for the previous save anyway; this names the step if it failed
     self._writing = step
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     with self._stop_on_failed_save():
-      self.manager.save(step, args=args, force=True)
+      self.manager.save(step, args=args, metrics=eval_metrics or None, force=True)
 
   def check_for_errors(self) -> None:
     """CheckpointSaveError if a background save has failed (cheap: called after every step)."""
@@ -182,33 +210,33 @@ def adapt_input_channels(kernel, channels: int):
   return jnp.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (have / channels)
 
 
-def fine_tuning_source(source) -> epath.Path:
-  """The workdir that --config.init_from names (a workdir, or one of its step directories)."""
-  path = absolute_path(source)
+def fine_tuning_source(source) -> tuple[epath.Path, str]:
+  """(workdir, step) that --config.init_from names: a workdir (its latest checkpoint), or one of
+  its step directories, `DIR/checkpoints/1500`, or `DIR/checkpoints/best`."""
+  path, step = absolute_path(source), 'latest'
+  if path.parent.name == 'checkpoints' and not (path / 'checkpoints').exists():
+    path, step = path.parent.parent, path.name  # a step directory was given
   if not path.exists():
     raise NoCheckpointError(
         f'--config.init_from={source} does not exist; give the workdir of a finished run'
     )
-  if not (path / 'checkpoints').exists() and path.parent.name == 'checkpoints':
-    path = path.parent.parent  # a step directory was given
-  return path
+  return path, step
 
 
 def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.Sharding):
-  """`params`/`batch_stats` with every array of `source`'s latest checkpoint that fits.
+  """`params`/`batch_stats` with every array of the checkpoint --config.init_from names that fits.
 
   The classifier head keeps its fresh initialisation when the number of classes differs (the
   paper's transfer setting), the stem is adapted to another number of image channels
   (`adapt_input_channels`); any other difference in shape is an error. Convolutions do not depend
   on the image size, so a net trained at 224 px starts a 32 px one.
   """
-  source = fine_tuning_source(source)
+  source, step = fine_tuning_source(source)
   checkpoints = Checkpoints(source, read_only=True)
-  step = checkpoints.latest_step()
-  if step is None:
-    raise NoCheckpointError(
-        f'--config.init_from={source} holds no checkpoint; give a workdir of a finished run'
-    )
+  try:
+    step = checkpoints.find_step(step)
+  except NoCheckpointError as e:
+    raise NoCheckpointError(f'--config.init_from: {e}') from None
   saved = checkpoints.restore_as_saved(step, sharding)
 
   def take(path, ours, theirs_tree):

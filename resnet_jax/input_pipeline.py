@@ -17,14 +17,15 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from resnet_jax import synthetic_source
+from resnet_jax import library_noise, synthetic_source
 
 
 def _source(data):
   """The module that serves `data` (a config's dataset section or a resolved spec)."""
   if data.name == synthetic_source.NAME:
     return synthetic_source
-  return importlib.import_module('resnet_jax.tfds_source')  # TensorFlow loads here
+  with library_noise.silenced():  # TensorFlow loads here, and says so
+    return importlib.import_module('resnet_jax.tfds_source')
 
 
 def resolve_data(dataset_config):

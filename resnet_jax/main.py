@@ -15,7 +15,7 @@ import threading
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import errors
+from resnet_jax import errors, library_noise
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -53,10 +53,10 @@ flags.DEFINE_integer(
     100,
     'Seconds without a heartbeat after which a process counts as dead and the job stops.',
 )
-flags.DEFINE_integer(
+flags.DEFINE_string(
     'checkpoint_step',
-    None,
-    'eval, predict: the step of the checkpoint to read (default: the latest).',
+    'latest',
+    'eval, predict: the checkpoint to read: latest, best (the lowest eval top-1 error), or a step.',
 )
 flags.DEFINE_list(
     'accept_changes',
@@ -127,6 +127,16 @@ def parse_flags(argv):
   return argv
 
 
+def _quiet_libraries_unless_verbose() -> None:
+  """At the default verbosity the console shows our lines only (console.py): the libraries' INFO
+  logs (JAX's missing-TPU line, TFDS's readers, orbax) and TensorFlow's start-up notices are off.
+  --verbosity=0 (INFO) or higher brings them back."""
+  library_noise.verbose = FLAGS['verbosity'].present
+  if not library_noise.verbose:
+    logging.set_verbosity(logging.WARNING)
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's own C++ INFO and WARNING
+
+
 def _defer_background_tracebacks() -> None:
   """Errors that other threads print (tensorstore's callbacks under a failed checkpoint read, as
   "unraisable" exceptions) are shown at a normal exit, and dropped when the run ends with a
@@ -156,9 +166,11 @@ def main(argv):
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _quiet_libraries_unless_verbose()
   _defer_background_tracebacks()
   if FLAGS.mode == 'predict':  # the run's own config, from its workdir: no --config
-    from resnet_jax import predict
+    with library_noise.silenced():  # it imports TensorFlow
+      from resnet_jax import predict
 
     sys.exit(
         predict.predict_files(
@@ -188,11 +200,9 @@ def main(argv):
       metrics = train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
       print(train.dumps(metrics))
     else:
-      metrics = train.train_and_evaluate(
+      train.train_and_evaluate(
           config, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes)
-      )
-      if jax.process_index() == 0:
-        print(f'final: {train.dumps(metrics)}')
+      )  # the console shows its progress and ends with a summary; metrics.jsonl holds the values
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.stdout.flush()

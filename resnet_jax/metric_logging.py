@@ -1,92 +1,85 @@
 """Metrics to `metrics.jsonl`, one JSON object per logged step, and to TensorBoard (CLU writers).
 
-`metrics.jsonl` lets sweeps and notebooks read results without TensorFlow. Only process 0 writes.
-CLU's writers import TensorFlow for their TensorBoard summaries: where it is not installed (a GPU
-machine with JAX alone), the run says so once and writes metrics.jsonl and the log only.
+`metrics.jsonl` (flat keys: train_loss, eval_top1_error, ...) lets sweeps and notebooks read results
+without TensorFlow. TensorBoard groups the same values by tag, `train/`, `eval/` and
+`diagnostics/`, and holds the run's config as text and as hyperparameters, so that the runs of a
+sweep compare side by side. CLU's writers import TensorFlow: where it is not installed (a GPU
+machine with JAX alone), the run says so once and writes metrics.jsonl only. Only process 0 writes.
 """
 
 import json
-import time
 
 import jax
 from absl import logging
 from etils import epath
 
-try:
-  from clu import metric_writers, periodic_actions
-except ImportError:  # no TensorFlow (or no CLU): no TensorBoard summaries
-  metric_writers = periodic_actions = None
+from resnet_jax import library_noise
+
+_DIAGNOSTICS = ('grad_norm', 'residual_ratio', 'nonfinite', 'skipped_steps')
+
+
+def tensorboard_tag(key: str) -> str:
+  """`eval_top1_error` -> `eval/top1_error`, `train_grad_norm_stem` -> `diagnostics/grad_norm_stem`,
+  `train_loss` -> `train/loss`, `images_per_second` -> `train/images_per_second`."""
+  group, _, name = key.partition('_')
+  if group == 'eval':
+    return f'eval/{name}'
+  if group == 'train':
+    return f'{"diagnostics" if name.startswith(_DIAGNOSTICS) else "train"}/{name}'
+  return f'train/{key}'
+
+
+def _hparams(config) -> dict:
+  """The config's fields as TensorBoard hyperparameters (numbers, strings and booleans)."""
+  flat = {}
+
+  def walk(tree, prefix):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        walk(value, f'{prefix}{key}.')
+      else:
+        flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+  walk(json.loads(config.to_json_best_effort()), '')
+  return flat
 
 
 class MetricLogger:
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, config=None):
     self.is_writer = jax.process_index() == 0
-    if metric_writers is not None:
-      self.writer = metric_writers.create_default_writer(
-          str(workdir), just_logging=not self.is_writer, asynchronous=True
-      )
-    else:
-      if self.is_writer:
-        logging.warning(
-            'TensorBoard summaries are off (CLU or TensorFlow is not installed); every logged'
-            ' value is in %s/metrics.jsonl.',
-            workdir,
-        )
-      self.writer = _LoggingWriter()
     self.jsonl_path = epath.Path(workdir) / 'metrics.jsonl'
+    self.writer = None
+    if not self.is_writer:
+      return
+    try:
+      with library_noise.silenced():
+        from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      logging.warning(
+          'TensorBoard summaries are off (CLU or TensorFlow is not installed); every logged'
+          ' value is in %s.',
+          self.jsonl_path,
+      )
+      return
+    self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+    if config is not None:
+      self.writer.write_hparams(_hparams(config))
+      self.writer.write_texts(0, {'config': f'```\n{config.to_json_best_effort(indent=2)}\n```'})
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
-    self.writer.write_scalars(step, scalars)
-    if self.is_writer:
-      record = {'step': step, **{k: float(v) for k, v in scalars.items()}}
-      with self.jsonl_path.open('a') as f:
-        f.write(json.dumps(record) + '\n')
-
-  def report_progress(self, num_steps: int, every_secs: float):
-    """A callable of the step that logs steps/s and the time left every `every_secs` seconds."""
-    if periodic_actions is not None:
-      return periodic_actions.ReportProgress(
-          num_train_steps=num_steps, writer=self.writer, every_secs=every_secs
-      )
-    return _Progress(num_steps, every_secs)
+    if not self.is_writer:
+      return
+    if self.writer is not None:
+      self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in scalars.items()})
+    record = {'step': step, **{k: float(v) for k, v in scalars.items()}}
+    with self.jsonl_path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
-
-
-class _LoggingWriter:
-  """The part of CLU's writer interface the loop uses, to the log (CLU's LoggingWriter, without
-  CLU)."""
-
-  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-    logging.info('[%d] %s', step, ', '.join(f'{k}={float(v):.6g}' for k, v in scalars.items()))
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
-
-
-class _Progress:
-  """Steps/s and the time left, logged every `every_secs` seconds (CLU's ReportProgress, without
-  CLU)."""
-
-  def __init__(self, num_steps: int, every_secs: float):
-    self.num_steps, self.every_secs = num_steps, every_secs
-    self.last_time, self.last_step = None, None
-
-  def __call__(self, step: int) -> None:
-    now = time.monotonic()
-    if self.last_time is None:
-      self.last_time, self.last_step = now, step
-    elif now - self.last_time >= self.every_secs:
-      rate = (step - self.last_step) / (now - self.last_time)
-      left = (self.num_steps - step) / rate / 60 if rate > 0 else float('inf')
-      logging.info('step %d/%d: %.2f steps/s, %.1f min left', step, self.num_steps, rate, left)
-      self.last_time, self.last_step = now, step
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
 
 
 def read_metrics(workdir) -> list[dict]:

@@ -16,6 +16,7 @@ from etils import epath
 
 from resnet_jax import checkpointing, input_pipeline, metric_logging, optim, parallel, run_record
 from resnet_jax import run as run_lib
+from resnet_jax.console import Console, Throughput
 from resnet_jax.errors import UserError
 from resnet_jax.workdir_lock import WorkdirLock
 from resnet_jax.preemption import Stopped, StopRequests
@@ -209,20 +210,17 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
     run_record.write_first_config(workdir, config)
     run_record.append_history(workdir, from_step=start_step, changes=changes)
     metric_logging.drop_rows_after(workdir, start_step)  # those steps are trained again
-  for change in changes:
-    logging.info('Resuming with a changed config: %s', change)
   state = setup.initial_state()
   start_step, num_steps = int(state.step), run.schedule.num_steps
   state = data_parallel.to_devices(state)
-  logging.info(
-      '%s on %s: %d steps of %d images over %d devices (%d processes), from step %d.',
-      run.model.name,
-      setup.data.name,
-      num_steps,
-      run.batch.size,
-      jax.device_count(),
-      jax.process_count(),
-      start_step,
+  console = Console(num_steps=num_steps, start_step=start_step)
+  console.print(
+      f'{run.model.name} on {setup.data.name}: {num_steps} steps of {run.batch.size} images on'
+      f' {jax.device_count()} {jax.devices()[0].platform} device(s)'
+      + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
+      + (f', resumed at step {start_step}' if start_step else '')
+      + ''.join(f'; changed: {change}' for change in changes)
+      + f' -> {workdir}'
   )
 
   # ---------------------------------------------------------------- data
@@ -239,44 +237,46 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
   step_fn = data_parallel.compile_train_step(make_train_step(run, model=setup.model, tx=setup.tx))
 
   # ---------------------------------------------------------------- the loop
-  logger = metric_logging.MetricLogger(setup.workdir)
-  progress = logger.report_progress(num_steps, every_secs=30)
+  logger = metric_logging.MetricLogger(setup.workdir, config)
   stop_requests = StopRequests()
   pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
-  last_log_time, last_log_step = time.perf_counter(), start_step
-  eval_metrics = {}
+  throughput = Throughput(run.batch.size)
+  eval_metrics, step = {}, start_step
   try:
     for step in range(start_step + 1, num_steps + 1):
       state, metrics = step_fn(state, next(train_batches))
       pending_metrics.append(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(state)  # the first step compiles: throughput is timed from here
+        throughput.start(step)
       setup.checkpoints.check_for_errors()  # a failed background save stops the run at once
-      progress(step)
+      console.advance()
       stopping = stop_requests.should_stop(step)
       is_last = step == num_steps or stopping
-      scalars = {}
+      scalars, evaluated = {}, {}
       if step % run.loop.log_every_steps == 0 or is_last:
         fetched = data_parallel.fetch(pending_metrics)
         check_finite(
             fetched, step - len(fetched) + 1, run.loop.max_skipped_steps, setup.checkpoints
         )
         pending_metrics = []
-        now = time.perf_counter()
         scalars.update({f'train_{k}': float(np.mean([m[k] for m in fetched])) for k in fetched[0]})
-        scalars['images_per_second'] = (
-            (step - last_log_step) * run.batch.size / (now - last_log_time)
-        )
-        last_log_time, last_log_step = now, step
+        images_per_second = throughput.window(step)
+        if images_per_second is not None:
+          scalars['images_per_second'] = images_per_second
+        console.train_line(step, scalars, throughput)
       if step % run.loop.eval_every_steps == 0 or (is_last and not stopping):
         jax.block_until_ready(state)  # so the steps still in flight count as training time
         eval_start = time.perf_counter()
-        eval_metrics = setup.evaluate(data_parallel.to_global(state))
+        evaluated = eval_metrics = setup.evaluate(data_parallel.to_global(state))
         scalars.update(eval_metrics)
-        last_log_time += time.perf_counter() - eval_start  # eval time is not training throughput
+        throughput.exclude(time.perf_counter() - eval_start)  # not training throughput
+        console.eval_line(step, eval_metrics)
       if scalars:
         logger.write(step, scalars)
       if step % run.loop.checkpoint_every_steps == 0 or is_last:
         lock.check()  # never write over the checkpoints of a run that took the workdir over
-        setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta)
+        setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta, evaluated)
       if stopping:
         setup.checkpoints.wait()
         raise Stopped(
@@ -284,15 +284,31 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
             f'{setup.checkpoints.directory}. Run the same command to resume.'
         )
     if start_step >= num_steps:
-      logging.info('Already trained for %d steps; evaluating the final checkpoint.', num_steps)
+      console.print(f'Already trained for {num_steps} steps; evaluating the last checkpoint.')
       eval_metrics = setup.evaluate(data_parallel.to_global(state))
+      console.eval_line(start_step, eval_metrics)
   finally:
+    console.close()
     stop_requests.close()
     train_batches.close()
     setup.checkpoints.wait()
     setup.checkpoints.close()
     logger.close()
+  if jax.process_index() == 0:
+    console.summary(
+        workdir, step=step, images_per_second=throughput.mean(step), plot=_plot(workdir)
+    )
   return eval_metrics
+
+
+def _plot(workdir: epath.Path):
+  """workdir/curves.png of the run's metrics (None where matplotlib is not installed)."""
+  try:
+    from experiments import plot  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    logging.warning('No curves.png: %s', e)
+    return None
+  return plot.plot_run(workdir)
 
 
 def config_of_checkpoint(meta: dict, workdir: epath.Path) -> ml_collections.ConfigDict:

@@ -111,5 +111,5 @@ def test_a_workdir_that_cannot_serve_is_one_line_and_creates_nothing(trained, tm
   errors = capsys.readouterr().err.splitlines()
   assert len(errors) == 3 and all(e.startswith('error: ') for e in errors), errors
   assert "is not a run's workdir" in errors[0] and "is not a run's workdir" in errors[1]
-  assert 'has no checkpoint at step 7; it has steps 40' in errors[2]
+  assert 'has no checkpoint 7: give latest, best, or one of the steps 40' in errors[2]
   assert not missing.exists() and [p.name for p in untrained.iterdir()] == ['config.json']

@@ -6,6 +6,7 @@ tfds does not spend minutes retrying a network that is not there.
 """
 
 import contextlib
+import sys
 import socket
 import threading
 import urllib.parse
@@ -14,6 +15,7 @@ from unittest import mock
 import tensorflow_datasets as tfds
 
 from resnet_jax.datasets import sklearn_digits  # noqa: F401  (registers the project's own datasets)
+from resnet_jax import library_noise
 from resnet_jax.errors import UserError, one_line
 
 
@@ -95,46 +97,64 @@ def _not_ready_message(
   )
 
 
+def _builder(name: str, data_dir) -> tuple[tfds.core.DatasetBuilder, bool]:
+  """(builder, whether it is prepared), without TFDS's warnings about a data_dir that is not
+  prepared yet: that is what the caller deals with."""
+  with library_noise.silenced():
+    builder = tfds.builder(name, data_dir=data_dir)
+    return builder, builder.is_prepared()
+
+
+def _download_and_prepare(builder, download_config, *, offline: bool) -> None:
+  if not offline:
+    builder.download_and_prepare(download_config=download_config)
+    return
+  # The download hosts do not answer: let tfds try exactly once instead of retrying with back-off
+  # for ~200 s (tfds' own downloader retries 10 times).
+  from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+
+  patch = (
+      mock.patch.object(downloader, 'MAX_RETRIES', 0)
+      if hasattr(downloader, 'MAX_RETRIES')
+      else contextlib.nullcontext()
+  )
+  with patch:
+    builder.download_and_prepare(download_config=download_config)
+
+
 def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
   """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
   name = dataset_config.name
   data_dir = dataset_config.data_dir
   manual_dir = dataset_config.manual_dir
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder, prepared = _builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise UnknownDatasetError(
         f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the"
         " project's own datasets such as 'sklearn_digits' are registered by importing"
         ' resnet_jax.datasets)'
     ) from None
-  if builder.is_prepared():
+  if prepared:
     return builder
 
   shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
   manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   offline_reason = None if manual else _unreachable_hosts_reason(builder)
+  # TFDS shows progress bars while it prepares: kept on a terminal (ImageNet takes hours), not in
+  # logs and CI output, where they are pages of noise.
+  print(f'Preparing dataset {name} in {shown_dir} (once).', flush=True)
   try:
-    if offline_reason is None:
-      builder.download_and_prepare(download_config=download_config)
-    else:
-      # The download hosts do not answer: let tfds try exactly once instead of retrying with
-      # back-off for ~200 s (tfds' own downloader retries 10 times).
-      from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
-
-      patch = (
-          mock.patch.object(downloader, 'MAX_RETRIES', 0)
-          if hasattr(downloader, 'MAX_RETRIES')
-          else contextlib.nullcontext()
-      )
-      with patch:
-        builder.download_and_prepare(download_config=download_config)
+    with (
+        library_noise.silenced(stdout=True) if not sys.stderr.isatty() else contextlib.nullcontext()
+    ):
+      _download_and_prepare(builder, download_config, offline=offline_reason is not None)
   except Exception as e:  # pylint: disable=broad-except
     # Another process (a parallel sweep point, a second host) may have prepared it meanwhile: tfds
     # then fails to rename its own copy into place.
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
+    builder, prepared = _builder(name, data_dir)
+    if prepared:
       return builder
     reason = offline_reason or f'{type(e).__name__}: {e}'
     raise DatasetNotReadyError(
