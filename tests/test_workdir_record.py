@@ -3,10 +3,12 @@
 import json
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from configs import digits
-from resnet_jax import metric_logging, run_record, workdir_lock
+from resnet_jax import checkpointing, metric_logging, run_record, workdir_lock
 from resnet_jax.workdir_lock import WorkdirBusyError, WorkdirLock
 
 
@@ -110,3 +112,18 @@ def test_rows_past_the_restored_step_are_dropped(tmp_path):
   )
   metric_logging.drop_rows_after(tmp_path, 5)
   assert [r['step'] for r in metric_logging.read_metrics(tmp_path)] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    'named,expected', [('', 2), ('/checkpoints/1', 1), ('/checkpoints/best', 1)]
+)
+def test_init_from_names_a_workdir_a_step_or_the_best(tmp_path, named, expected):
+  checkpoints = checkpointing.Checkpoints(tmp_path, asynchronous=False)
+  for step, error in ((1, 0.1), (2, 0.3)):  # step 1 evaluated best
+    state = {'params': {'head': {'kernel': np.full((2, 3), step, np.float32)}}, 'batch_stats': {}}
+    checkpoints.save(step, state, {}, {'eval_top1_error': error})
+  checkpoints.close()
+  ours = {'head': {'kernel': np.zeros((2, 3), np.float32)}}
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  params, _, step = checkpointing.restore_for_fine_tuning(f'{tmp_path}{named}', ours, {}, sharding)
+  assert step == expected and float(params['head']['kernel'][0, 0]) == expected
