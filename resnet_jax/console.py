@@ -90,13 +90,16 @@ class Console:
     if self._bar is not None:
       self._bar.update()
 
-  def train_line(self, step: int, scalars: dict, throughput: Throughput) -> None:
+  def train_line(
+      self, step: int, scalars: dict, learning_rate: float, throughput: Throughput
+  ) -> None:
+    """`scalars`: the means over the steps since the last line; `learning_rate`: this step's."""
     width = len(str(self.num_steps))
     parts = [
         f'step {step:>{width}}/{self.num_steps}',
         f'loss {scalars["train_loss"]:.4f}',
         f'acc {_percent(1 - scalars["train_error"])}',
-        f'lr {scalars["train_learning_rate"]:.4g}',
+        f'lr {learning_rate:.4g}',
     ]
     if scalars.get('images_per_second'):
       parts.append(f'{scalars["images_per_second"]:,.0f} img/s')
@@ -140,7 +143,8 @@ class Console:
       rows.append(('training speed', f'{images_per_second:,.0f} images/s (mean, no compilation)'))
     rows += [
         ('checkpoints', f'{workdir}/checkpoints (latest, and best by eval top-1)'),
-        ('metrics', f'{workdir}/metrics.jsonl, TensorBoard: tensorboard --logdir {workdir}'),
+        ('metrics', f'{workdir}/metrics.jsonl'),
+        ('TensorBoard', f'tensorboard --logdir {workdir}'),
     ]
     if plot:
       rows.append(('curves', str(plot)))

@@ -264,7 +264,7 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
         images_per_second = throughput.window(step)
         if images_per_second is not None:
           scalars['images_per_second'] = images_per_second
-        console.train_line(step, scalars, throughput)
+        console.train_line(step, scalars, float(fetched[-1]['learning_rate']), throughput)
       if step % run.loop.eval_every_steps == 0 or (is_last and not stopping):
         jax.block_until_ready(state)  # so the steps still in flight count as training time
         eval_start = time.perf_counter()

@@ -47,7 +47,17 @@ def test_the_console_is_short_lines_and_a_summary_without_library_noise(run):
     assert all(f' {word} ' in line for word in ('loss', 'acc', 'lr', 'img/s', 'ETA')), line
   assert sum(line.startswith('eval at step ') for line in lines) == 4
   summary = dict(line.split(None, 1) for line in lines[lines.index('') + 1 :])
-  for key in ('final', 'best', 'steps', 'wall', 'training', 'checkpoints', 'metrics', 'curves'):
+  for key in (
+      'final',
+      'best',
+      'steps',
+      'wall',
+      'training',
+      'checkpoints',
+      'metrics',
+      'curves',
+      'TensorBoard',
+  ):
     assert key in summary, lines
   assert (workdir / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
