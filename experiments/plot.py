@@ -10,6 +10,7 @@ import pathlib
 import sys
 
 from experiments import results
+from resnet_jax import errors
 from resnet_jax.errors import UserError
 from resnet_jax.metric_logging import read_metrics
 
@@ -68,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument('--workdir', required=True, help="a run's workdir (holding metrics.jsonl)")
   args = parser.parse_args(argv)
-  try:
-    print(f'wrote {plot_run(args.workdir)}')
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return errors.exit_status(lambda: print(f'wrote {plot_run(args.workdir)}'))
 
 
 if __name__ == '__main__':

@@ -82,6 +82,17 @@ def config_error(exception: BaseException) -> UserError | None:
   return None
 
 
+def exit_status(action: Callable[[], Any]) -> int:
+  """A command-line tool's exit status: 0 after `action()`, 2 after its UserError, which is
+  printed as one `error:` line."""
+  try:
+    action()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
 def exit_with(error) -> None:
   print(f'error: {error}', file=sys.stderr)
   sys.exit(2)

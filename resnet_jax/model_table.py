@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import sys
 
-from resnet_jax import model_stats, models
+from resnet_jax import errors, model_stats, models
 from resnet_jax.errors import UserError
 
 CIFAR_DEFAULTS = (10, (32, 32, 3))  # the paper's CIFAR-10 networks at 32x32
@@ -115,12 +115,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--input', help="image shape HxWxC, e.g. 28x28x1 (default: each model's own)")
   parser.add_argument('--num_classes', type=int, help="default: each model's own (10 or 1000)")
   args = parser.parse_args(argv)
-  try:
-    print(markdown_table(selected_rows(args.models, args.input, args.num_classes)))
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return errors.exit_status(
+      lambda: print(markdown_table(selected_rows(args.models, args.input, args.num_classes)))
+  )
 
 
 if __name__ == '__main__':
