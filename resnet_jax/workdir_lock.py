@@ -97,6 +97,10 @@ class WorkdirLock:
         lock._take()
       except WorkdirBusyError as e:
         refusal = e
+      except OSError as e:  # said on every process, rather than leaving the others waiting
+        refusal = WorkdirBusyError(
+            f'cannot create {lock.path} ({e.strerror or e}); choose a writable --workdir'
+        )
     if not _all_processes_agree(refusal is None):
       raise refusal or WorkdirBusyError(
           f'process 0 could not lock --workdir {workdir}; its error line says which run holds it'

@@ -63,14 +63,18 @@ def test_the_console_is_short_lines_and_a_summary_without_library_noise(run):
 
 
 @pytest.mark.slow
-def test_the_best_checkpoint_is_kept_besides_the_last_and_can_be_evaluated(run):
+def test_the_best_checkpoint_is_kept_besides_the_last_and_eval_reads_it_writing_nothing(run):
   workdir, _ = run
   evals = {r['step']: r for r in read_jsonl(workdir / 'metrics.jsonl') if 'eval_top1_error' in r}
   best = min(evals, key=lambda s: (evals[s]['eval_top1_error'], s))
   assert best != 40  # else this test would not tell the best from the last
   kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert kept == [best, 40]
+  before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file() and p.name != 'lock.json'}
+  # Eval-only with no --config: the config the checkpoint was trained with; it writes nothing.
   result = check(run_main('--mode=eval', f'--workdir={workdir}', '--checkpoint_step=best'))
+  after = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file() and p.name != 'lock.json'}
+  assert after == before
   metrics = json.loads(result.stdout.splitlines()[-1])
   assert metrics['step'] == best
   assert metrics['eval_top1_error'] == pytest.approx(evals[best]['eval_top1_error'], abs=1e-9)

@@ -315,25 +315,18 @@ def finished_copy(tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    'change,listed',
-    [
-        ('--config.train.batch_size=32', 'train.batch_size 16 -> 32'),
-        ('--config.model.shortcut=none', 'model.shortcut "" -> "none"'),
-        ('--config.seed=1', 'seed 0 -> 1'),
-    ],
-)
-def test_a_resume_that_changes_what_is_trained_is_refused_and_writes_nothing(
-    finished_copy, data, change, listed
-):
+def test_a_resume_that_changes_what_is_trained_is_refused_and_writes_nothing(finished_copy, data):
   before = snapshot(finished_copy)
+  changes = ['--config.train.batch_size=32', '--config.model.shortcut=none', '--config.seed=1']
   result = run_main(
-      *RUN, data, f'--workdir={finished_copy}', '--config.train.num_steps=40', change, devices=1
+      *RUN, data, f'--workdir={finished_copy}', '--config.train.num_steps=40', *changes, devices=1
   )
   assert result.returncode == 2, result.stderr[-2000:]
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith(f'error: checkpoint {finished_copy}/checkpoints/30 was trained by')
-  assert listed in message and f'--accept_changes={listed.split()[0]}' in message
+  listed = ['model.shortcut "" -> "none"', 'seed 0 -> 1', 'train.batch_size 16 -> 32']
+  assert '; '.join(listed) in message  # each field, old -> new; the flag that accepts them
+  assert message.endswith('--accept_changes=model.shortcut,seed,train.batch_size')
   assert snapshot(finished_copy) == before
 
 
@@ -356,17 +349,6 @@ def test_a_resume_with_more_steps_continues_and_records_the_invocation(finished_
   assert [h['from_step'] for h in history] == [0, 30]
   assert history[1]['changes'] == ['train.num_steps 30 -> 34']
   assert [r['step'] for r in read_jsonl(finished_copy / 'metrics.jsonl')] == list(range(2, 35, 2))
-
-
-@pytest.mark.slow
-def test_eval_of_a_chosen_step_reads_the_workdirs_config_and_writes_nothing(uninterrupted):
-  before = snapshot(uninterrupted)
-  result = check(
-      run_main('--mode=eval', f'--workdir={uninterrupted}', '--checkpoint_step=20', devices=1)
-  )
-  metrics = json.loads(result.stdout.strip().splitlines()[-1])
-  assert metrics['step'] == 20 and metrics['eval_examples'] == 359
-  assert snapshot(uninterrupted) == before
 
 
 @pytest.mark.slow
