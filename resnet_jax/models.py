@@ -11,6 +11,7 @@ A plain twin is the same network with `shortcut='none'`; pre-activation (He et a
 train/eval mode and BatchNorm axis.
 """
 
+import difflib
 import functools
 import re
 from typing import Any, Callable, Mapping, Sequence
@@ -327,8 +328,10 @@ def model_names() -> list[str]:
 
 
 def _unknown(name: str, why: str = '') -> UserError:
+  close = difflib.get_close_matches(name, model_names(), n=3)
+  suggestion = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ''
   return UserError(
-      f"unknown model {name!r}{why}; valid names: {', '.join(model_names())}, and "
+      f"unknown model {name!r}{why}{suggestion}; valid names: {', '.join(model_names())}, and "
       'resnet/plain/preact_resnet<6n+2> or cifar_resnet<6n+2> for any other CIFAR depth'
   )
 
