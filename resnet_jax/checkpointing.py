@@ -176,17 +176,22 @@ class Checkpoints:
     """Whatever state tree `step` holds, placed on `sharding`, without knowing its model: for
     fine-tuning and inspection. (A target is needed: a checkpoint written on other devices or by
     several processes cannot be restored onto its original devices.)"""
-    metadata = (
-        ocp.StandardCheckpointer().metadata(self.directory / str(step) / 'state').item_metadata
-    )
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        metadata,
-        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
-    )
-    return self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    )['state']
+    where = self.directory / str(step)
+    try:
+      metadata = ocp.StandardCheckpointer().metadata(where / 'state').item_metadata
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          metadata,
+          is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'),
+      )
+      return self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )['state']
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointMismatchError(
+          f'checkpoint {where} cannot be read ({one_line(e, 200)}): it is truncated or was not'
+          ' written by resnet_jax; give another step or workdir'
+      ) from e
 
   def wait(self) -> None:
     with self._stop_on_failed_save():

@@ -84,11 +84,12 @@ _MORE_HELP = (
 
 
 class _QuietLibraries(logging_std.Filter):
-  """Orbax logs every step of every save at INFO, and a failed save as pages of tracebacks at ERROR
-  (the failure comes back to us as an exception, and is reported in one line); keep its warnings."""
+  """Orbax logs every step of every save at INFO, its read-only mode at WARNING, and a failed save
+  as pages of tracebacks at ERROR; the failures come back to us as exceptions and are reported in
+  one line. Its logs show with --verbosity."""
 
   def filter(self, record):
-    return record.levelno == logging_std.WARNING or '/orbax/' not in record.pathname
+    return library_noise.verbose or '/orbax/' not in record.pathname
 
 
 def _print_and_exit(text: str) -> None:
@@ -137,6 +138,16 @@ def _quiet_libraries_unless_verbose() -> None:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's own C++ INFO and WARNING
 
 
+def _exit_after_error_lines(status: int) -> None:
+  """Exits with `status`, the error lines printed being the last. Everything that writes has been
+  closed on the way out; the background threads of a failed checkpoint read may still print
+  tracebacks: send them nowhere, and skip the interpreter's teardown (and atexit)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  os._exit(status)
+
+
 def _defer_background_tracebacks() -> None:
   """Errors that other threads print (tensorstore's callbacks under a failed checkpoint read, as
   "unraisable" exceptions) are shown at a normal exit, and dropped when the run ends with a
@@ -172,11 +183,12 @@ def main(argv):
     with library_noise.silenced():  # it imports TensorFlow
       from resnet_jax import predict
 
-    sys.exit(
-        predict.predict_files(
-            FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json
-        )
+    status = predict.predict_files(
+        FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json
     )
+    if status:
+      _exit_after_error_lines(status)
+    sys.exit(0)
   config = FLAGS.config and errors.read_config_or_exit(lambda: FLAGS.config)
   try:
     # before JAX starts its CPU backend
@@ -205,12 +217,7 @@ def main(argv):
       )  # the console shows its progress and ends with a summary; metrics.jsonl holds the values
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # Everything that writes has been closed on the way out. The background threads of a failed
-    # checkpoint read may still print tracebacks: send them nowhere, and skip the interpreter's
-    # teardown, so that the error stays the last line.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-    os._exit(2)
+    _exit_after_error_lines(2)
   except preemption.Stopped as e:
     print(e, file=sys.stderr)
     sys.exit(preemption.EXIT_STATUS)

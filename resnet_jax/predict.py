@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import checkpointing, input_pipeline, tfds_source, train
+from resnet_jax import checkpointing, input_pipeline, library_noise, tfds_source, train
 from resnet_jax import run as run_lib
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
@@ -56,7 +56,8 @@ class Classifier:
     try:
       with open(path, 'rb') as f:
         encoded = f.read()
-      return tfds_source.eval_image(self.data, self.builder, encoded)
+      with library_noise.silenced():  # TensorFlow's runtime logs a failed decode in C++ too
+        return tfds_source.eval_image(self.data, self.builder, encoded)
     except OSError as e:
       raise UserError(f'cannot read image {path}: {e.strerror or e}') from None
     except tf.errors.OpError as e:

@@ -213,6 +213,11 @@ def _foreign_checkpoint(workdir):
         (['--mode=eval', '--workdir={tmp}/typo'], None, "{tmp}/typo is not a run's workdir"),
         ([], _truncate_a_checkpoint, 'checkpoint'),
         ([], _foreign_checkpoint, 'cannot be read'),
+        (
+            ['--config.init_from={tmp}/run', '--workdir={tmp}/fresh'],
+            _foreign_checkpoint,
+            'checkpoint {tmp}/run/checkpoints/2 cannot be read',
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_and_loses_nothing(tmp_path, data, args, prepare, message):
