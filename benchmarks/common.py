@@ -23,10 +23,12 @@ def median(values) -> float:
   return float(statistics.median(values))
 
 
-def compile_timed(jitted, *args):
-  """(compiled, seconds to lower + compile, XLA's FLOP count per call or None)."""
+def compile_timed(jitted, *args, compiler_options: dict | None = None):
+  """(compiled, seconds to lower + compile, XLA's FLOP count per call or None). `compiler_options`
+  are XLA debug options for this compilation only (jax's `Lowered.compile(compiler_options=...)`).
+  """
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  compiled = jitted.lower(*args).compile(compiler_options=compiler_options)
   seconds = time.perf_counter() - start
   return compiled, seconds, xla_flops(compiled)
 

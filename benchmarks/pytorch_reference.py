@@ -1,6 +1,7 @@
 """PyTorch's CPU ResNet-20 step, side by side with the plain Flax baseline and the project's step.
 
     PYTHONPATH=/path/to/torch python -m benchmarks.pytorch_reference [--devices 8] [--json out.json]
+        [--variants devices1,devices8,devices1+matmul_grad,devices2+xla:OPTION=VALUE]
 
 PyTorch is not a dependency of this project: install a CPU build anywhere and put it on the path,
 e.g. `pip install --target /tmp/torchlib torch --index-url https://download.pytorch.org/whl/cpu`.
@@ -9,6 +10,14 @@ In one process, interleaved round by round: the same ResNet-20 (option-A shortcu
 CPU layout), the plain Flax baseline (benchmarks/baseline_resnet20.py), and the project's step as
 `resnet_jax.train` builds it, on 1 CPU device and, with --devices N, on N CPU devices
 (parallelism.cpu_devices=N). Every figure is also a ratio to PyTorch's, call by call.
+
+--variants replaces the project's two steps by a list of steps, each '+'-joined levers, all timed in
+the same rounds (the process has max(devicesN) CPU devices):
+  devicesN         the step on the first N CPU devices (parallelism.cpu_devices=N), same batch
+  matmul_grad      model.conv_kernel_grad='matmul' (resnet_jax/conv.py)
+  conv=NAME        model.conv_kernel_grad=NAME (any of models.CONV_KERNEL_GRADS)
+  xla:OPTION=VALUE an XLA debug option for this step's compilation only (e.g.
+                   xla:xla_cpu_multi_thread_eigen=false), so flags compare within one process
 """
 
 import argparse
@@ -92,6 +101,24 @@ class TorchRunner:
     self.optimizer.step()
 
 
+def parse_variant(spec: str) -> dict:
+  """'devices2+matmul_grad+xla:xla_cpu_multi_thread_eigen=false' -> the levers it names."""
+  variant = {'name': spec, 'devices': 1, 'conv_kernel_grad': 'xla', 'compiler_options': {}}
+  for part in spec.split('+'):
+    if part.startswith('devices') and part[7:].isdigit():
+      variant['devices'] = int(part[7:])
+    elif part == 'matmul_grad':
+      variant['conv_kernel_grad'] = 'matmul'
+    elif part.startswith('conv='):
+      variant['conv_kernel_grad'] = part[5:]
+    elif part.startswith('xla:') and '=' in part:
+      option, value = part[4:].split('=', 1)
+      variant['compiler_options'][option] = {'true': True, 'false': False}.get(value, value)
+    else:
+      raise SystemExit(f'unknown lever {part!r} in variant {spec!r}; see --help')
+  return variant
+
+
 def main():
   parser = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,24 +128,39 @@ def main():
       '--devices', type=int, help='also time the project step on this many CPU devices'
   )
   parser.add_argument('--rounds', type=int, default=6)
+  parser.add_argument(
+      '--variants', help='instead of the product on 1 (and --devices) devices: see above'
+  )
+  parser.add_argument('--no_baseline', action='store_true', help='skip the plain Flax baseline')
   parser.add_argument('--json')
   args = parser.parse_args()
   from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=import-outside-toplevel
 
-  train_step.ensure_devices(args.devices, 'benchmarks.pytorch_reference')
+  variants = [parse_variant(v) for v in args.variants.split(',')] if args.variants else []
+  devices = max([args.devices or 0] + [v['devices'] for v in variants])
+  train_step.ensure_devices(devices if devices > 1 else None, 'benchmarks.pytorch_reference')
   import jax  # pylint: disable=import-outside-toplevel
   from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
 
-  config = train_step.config_for('resnet20', batch=args.batch)
-  runs = {
-      'pytorch': TorchRunner(args.batch),
-      'baseline': baseline_resnet20.Runner(args.batch),
-      'product_1_device': train_step.ProductStep(
-          config, mesh=parallel.make_mesh(jax.devices()[:1])
-      ),
-  }
-  if args.devices:
-    runs[f'product_{args.devices}_devices'] = train_step.ProductStep(config)
+  runs = {'pytorch': TorchRunner(args.batch)}
+  if not args.no_baseline:
+    runs['baseline'] = baseline_resnet20.Runner(args.batch)
+  if not variants:
+    variants = [dict(parse_variant('devices1'), name='product_1_device')]
+    if args.devices:
+      variants.append(
+          dict(parse_variant(f'devices{args.devices}'), name=f'product_{args.devices}_devices')
+      )
+  for v in variants:
+    config = train_step.config_for(
+        'resnet20', batch=args.batch, conv_kernel_grad=v['conv_kernel_grad']
+    )
+    runs[v['name']] = train_step.ProductStep(
+        config,
+        mesh=parallel.make_mesh(jax.devices()[: v['devices']]),
+        compiler_options=v['compiler_options'] or None,
+    )
+  first = variants[0]['name']
   start = time.perf_counter()
   times = common.interleaved(runs, rounds=args.rounds)
   results = []
@@ -127,6 +169,10 @@ def main():
     r['images_per_second'] = args.batch / r['step_seconds']
     if name != 'pytorch':
       r['ratio_to_pytorch'] = common.paired_ratio(times, name, 'pytorch')
+    if name not in ('pytorch', 'baseline', first):
+      # Between the project's own steps: the ratio that XLA CPU's load sensitivity leaves alone
+      # (PyTorch's OpenMP step slows down far more than XLA's on a busy machine).
+      r['ratio_to_first'] = common.paired_ratio(times, name, first)
     results.append(r)
   lines = [
       f'ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__}'
@@ -134,12 +180,18 @@ def main():
       f' {common.load_average()}'
   ]
   lines += [
-      f"  {r['name']:<20} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f}"
+      f"  {r['name']:<24} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f}"
       ' img/s'
       + (
           f"  vs pytorch x{r['ratio_to_pytorch']['median']:.2f}"
           f" [{r['ratio_to_pytorch']['q25']:.2f}-{r['ratio_to_pytorch']['q75']:.2f}]"
           if 'ratio_to_pytorch' in r
+          else ''
+      )
+      + (
+          f"  vs {first} x{r['ratio_to_first']['median']:.2f}"
+          f" [{r['ratio_to_first']['q25']:.2f}-{r['ratio_to_first']['q75']:.2f}]"
+          if 'ratio_to_first' in r
           else ''
       )
       for r in results

@@ -124,6 +124,7 @@ class ProductStep:
       mode: str = 'jit',
       batch_norm: str = 'global',
       seed: int = 0,
+      compiler_options: dict | None = None,
   ):
     self.config = config
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
@@ -183,7 +184,11 @@ class ProductStep:
           out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
           donate_argnums=0 if donate else (),
       )
-    self.step, self.compile_seconds, flops = common.compile_timed(step, self.state, self.batch)
+    # compiler_options: XLA debug options for this compilation only (e.g.
+    # {'xla_cpu_multi_thread_eigen': False}), so that variants compare within one process.
+    self.step, self.compile_seconds, flops = common.compile_timed(
+        step, self.state, self.batch, compiler_options=compiler_options
+    )
     self.steps_per_call = per_dispatch * sync_every
     self.sync_every = sync_every
     # XLA counts a scan's body once (measure() fills it in) and one device's share of a sharded
