@@ -42,7 +42,7 @@ TORCH_INSTALLED := $(TORCH_VENV)/.installed
 $(TORCH_INSTALLED): requirements.txt
 	test -x $(TORCH_VENV)/bin/python || python3 -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 timm==1.0.31 \
-	    $$(grep -E '^(jax|jaxlib|flax|numpy|safetensors|pillow)==' requirements.txt | cut -d' ' -f1)
+	    $$(grep -E '^(jax|jaxlib|flax|optax|chex|numpy|safetensors|pillow|ml_collections|absl-py)==' requirements.txt | cut -d' ' -f1)
 	touch $@
 
 # Our networks and ImageNet eval preprocessing against torchvision's and the CIFAR reference's.
