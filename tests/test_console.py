@@ -1,5 +1,5 @@
-"""What a researcher sees of a run through the real CLI: the console, the summary, the curves, the
-TensorBoard tags, and the best checkpoint kept besides the last."""
+"""What a researcher sees of a run through the real CLI (over 8 devices): the console, the summary,
+the curves, the TensorBoard tags, and the best checkpoint kept besides the last."""
 
 import json
 
@@ -28,7 +28,7 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   data = tmp_path_factory.mktemp('tfds')
   result = check(
-      run_main(*RUN, f'--workdir={workdir}', f'--config.dataset.data_dir={data}', devices=1)
+      run_main(*RUN, f'--workdir={workdir}', f'--config.dataset.data_dir={data}', devices=8)
   )
   return workdir, result
 
@@ -40,12 +40,14 @@ def test_the_console_is_short_lines_and_a_summary_without_library_noise(run):
   assert result.stderr == '', result.stderr[-2000:]  # no TensorFlow, XLA, TFDS or orbax chatter
   assert all(len(line) <= 160 for line in lines), max(lines, key=len)
   assert lines[0].startswith('Preparing dataset sklearn_digits in')  # a fresh data_dir
-  assert lines[1].startswith('resnet8 on sklearn_digits: 40 steps of 32 images on 1 cpu device')
+  assert lines[1].startswith('resnet8 on sklearn_digits: 40 steps of 32 images on 8 cpu device')
   steps = [line for line in lines if line.startswith('step ')]
   assert [s.split()[1] for s in steps] == ['10/40', '20/40', '30/40', '40/40']
   for line in steps:  # loss, accuracy, learning rate, speed without compilation, time left
     assert all(f' {word} ' in line for word in ('loss', 'acc', 'lr', 'img/s', 'ETA')), line
-  assert sum(line.startswith('eval at step ') for line in lines) == 4
+  evals = [line for line in lines if line.startswith('eval at step ')]
+  # 359 images, no multiple of the eval batch (128) or the devices (8): each counted once.
+  assert len(evals) == 4 and all(line.endswith(' on 359 images') for line in evals)
   summary = dict(line.split(None, 1) for line in lines[lines.index('') + 1 :])
   for key in (
       'final',

@@ -121,11 +121,18 @@ def convert_cli(*args):
 SMALL_IMAGENET = ['--config=configs/imagenet.py:resnet18', '--config.dataset.image_size=32']
 
 
-@pytest.mark.slow
-def test_import_evaluate_and_export_round_trip_bit_exact(tmp_path, resnet18_file):
-  workdir, exported = tmp_path / 'imported', tmp_path / 'exported.safetensors'
+@pytest.fixture(scope='module')
+def imported(tmp_path_factory, resnet18_file):
+  """The workdir `convert import` writes for the ResNet-18 file (read, never written, by tests)."""
+  workdir = tmp_path_factory.mktemp('imported') / 'resnet18'
   result = check(convert_cli('import', resnet18_file, f'--workdir={workdir}', *SMALL_IMAGENET))
   assert result.stdout.startswith(f'wrote {workdir}') and not result.stderr.strip()
+  return workdir
+
+
+@pytest.mark.slow
+def test_import_evaluate_and_export_round_trip_bit_exact(tmp_path, resnet18_file, imported):
+  workdir, exported = imported, tmp_path / 'exported.safetensors'
   # --mode=eval accepts the imported workdir (mock ImageNet: 1000 classes, images resized to 32).
   result = check(
       run_main(
@@ -149,10 +156,9 @@ def test_import_evaluate_and_export_round_trip_bit_exact(tmp_path, resnet18_file
 
 @pytest.mark.slow
 def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head(
-    tmp_path, resnet18_file
+    tmp_path, imported
 ):
-  source, target = tmp_path / 'imported', tmp_path / 'digits'
-  check(convert_cli('import', resnet18_file, f'--workdir={source}', *SMALL_IMAGENET))
+  source, target = imported, tmp_path / 'digits'
   # 8x8 grey digits, 10 classes, lr 0: one step keeps every imported weight.
   check(
       run_main(

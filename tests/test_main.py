@@ -1,10 +1,15 @@
-"""`python -m resnet_jax.main` end to end, through the real CLI in subprocesses."""
+"""`python -m resnet_jax.main` end to end, through the real CLI in subprocesses.
+
+Elsewhere through the CLI: exact eval over 8 devices (test_console.py), fine-tuning
+(test_interop.py), refused resumes of another model or config and bit-exact resumes
+(test_reliability.py).
+"""
 
 import json
 
 import pytest
 
-from tests.cli import assert_trees_equal, check, read_jsonl, restored_state, run_main
+from tests.cli import check, read_jsonl, run_main
 
 # A small net and few steps: the behaviour under test does not depend on size.
 SMALL = [
@@ -17,20 +22,6 @@ SMALL = [
 @pytest.fixture(scope='module')
 def digits_data(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
-
-
-def digits_run(workdir, data_dir, *extra, devices=8):
-  return run_main(
-      '--config=configs/digits.py:resnet20',
-      f'--workdir={workdir}',
-      *SMALL,
-      f'--config.dataset.data_dir={data_dir}',
-      '--config.train.log_every_steps=2',
-      '--config.train.eval_every_steps=100',
-      '--config.train.checkpoint_every_steps=3',
-      *extra,
-      devices=devices,
-  )
 
 
 @pytest.mark.slow
@@ -99,57 +90,6 @@ def test_imagenet_on_mock_data_over_8_devices(tmp_path):
   records = read_jsonl(tmp_path / 'metrics.jsonl')
   assert records[-1]['step'] == 2 and records[-1]['eval_examples'] == 24
   assert (tmp_path / 'checkpoints' / '2').is_dir()
-
-
-@pytest.mark.slow
-def test_exact_eval_over_8_devices_and_a_checkpoint_of_another_model_is_refused(
-    tmp_path, digits_data
-):
-  # (Stopping and resuming bit for bit: tests/test_reliability.py.)
-  check(digits_run(tmp_path, digits_data, '--config.train.num_steps=3'))
-  # Eval over a split (359 images) that is no multiple of the batch (16) or devices (8): each once.
-  assert read_jsonl(tmp_path / 'metrics.jsonl')[-1]['eval_examples'] == 359
-
-  # A checkpoint of another model in the workdir: one clear line, nothing overwritten.
-  result = digits_run(
-      tmp_path, digits_data, '--config.train.num_steps=9', '--config.model.name=resnet14'
-  )
-  assert result.returncode == 2
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: checkpoint') and 'resnet8' in last and 'resnet14' in last
-  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == ['3']
-
-
-@pytest.mark.slow
-def test_fine_tuning_keeps_the_body_and_reinitialises_a_head_of_another_size(tmp_path):
-  source, target = tmp_path / 'source', tmp_path / 'target'
-  common = [
-      '--config=configs/cifar10.py:resnet8',
-      *SMALL,
-      '--config.train.checkpoint_every_steps=1',
-  ]
-  check(
-      run_main(
-          *common, f'--workdir={source}', '--config.train.num_steps=2', mock_examples=32, devices=1
-      )
-  )
-  # lr 0: after one step the body must still be exactly the source's; only BN statistics move.
-  check(
-      run_main(
-          *common,
-          f'--workdir={target}',
-          '--config.dataset.name=cifar100',
-          f'--config.init_from={source}',
-          '--config.schedule.base_lr=0',
-          '--config.train.num_steps=1',
-          mock_examples=32,
-          devices=1,
-      )
-  )
-  before, after = restored_state(source, 2)['params'], restored_state(target, 1)['params']
-  assert after['head']['kernel'].shape == (64, 100) and before['head']['kernel'].shape == (64, 10)
-  del before['head'], after['head']
-  assert_trees_equal(before, after)
 
 
 @pytest.mark.slow

@@ -167,7 +167,7 @@ def test_a_diverging_learning_rate_stops_clearly_and_keeps_the_last_good_checkpo
 def _truncate_a_checkpoint(workdir):
   data_files = [
       p
-      for p in (workdir / 'checkpoints' / '2' / 'state').rglob('*')
+      for p in (workdir / 'checkpoints' / '30' / 'state').rglob('*')
       if p.is_file() and 'd' == p.parent.name
   ]
   for path in data_files:
@@ -220,11 +220,13 @@ def _foreign_checkpoint(workdir):
         ),
     ],
 )
-def test_bad_input_is_one_clear_line_and_loses_nothing(tmp_path, data, args, prepare, message):
+def test_bad_input_is_one_clear_line_and_loses_nothing(
+    request, tmp_path, data, args, prepare, message
+):
   workdir = tmp_path / 'run'
-  if prepare is not None:  # a workdir with a good checkpoint at step 2, then damaged
+  if prepare is not None:  # a workdir with checkpoints, then damaged
     if prepare is _truncate_a_checkpoint:
-      check(run_main(*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=2', devices=1))
+      shutil.copytree(request.getfixturevalue('uninterrupted'), workdir)
     prepare(workdir)
   before = sorted(p.name for p in (workdir / 'checkpoints').iterdir()) if prepare else None
   command = [*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=4'] + [
@@ -322,16 +324,26 @@ def finished_copy(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_a_resume_that_changes_what_is_trained_is_refused_and_writes_nothing(finished_copy, data):
   before = snapshot(finished_copy)
-  changes = ['--config.train.batch_size=32', '--config.model.shortcut=none', '--config.seed=1']
+  changes = [
+      '--config.train.batch_size=32',
+      '--config.model.name=resnet14',
+      '--config.model.shortcut=none',
+      '--config.seed=1',
+  ]
   result = run_main(
       *RUN, data, f'--workdir={finished_copy}', '--config.train.num_steps=40', *changes, devices=1
   )
   assert result.returncode == 2, result.stderr[-2000:]
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith(f'error: checkpoint {finished_copy}/checkpoints/30 was trained by')
-  listed = ['model.shortcut "" -> "none"', 'seed 0 -> 1', 'train.batch_size 16 -> 32']
+  listed = [
+      'model.name "resnet8" -> "resnet14"',
+      'model.shortcut "" -> "none"',
+      'seed 0 -> 1',
+      'train.batch_size 16 -> 32',
+  ]
   assert '; '.join(listed) in message  # each field, old -> new; the flag that accepts them
-  assert message.endswith('--accept_changes=model.shortcut,seed,train.batch_size')
+  assert message.endswith('--accept_changes=model.name,model.shortcut,seed,train.batch_size')
   assert snapshot(finished_copy) == before
 
 
