@@ -83,7 +83,7 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
       data,
       f'--workdir={tmp_path}',
       '--config.train.num_steps=100000',
-      '--heartbeat_timeout=60',
+      '--heartbeat_timeout=20',  # a dead peer is found by missing heartbeats on CPU (gloo)
   )
   survivor, victim = processes
   deadline = time.monotonic() + 300
