@@ -15,18 +15,16 @@ resnet_jax/interop.py holds the name table. Every mistake is one `error:` line, 
 nothing is written.
 """
 
-import json
 import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import safetensors.numpy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import checkpointing, errors, interop, models, optim
+from resnet_jax import checkpointing, errors, interop, models, optim, run_record
 from resnet_jax import run as run_lib
 from resnet_jax.errors import UserError, one_line
 from resnet_jax.train_step import create_train_state
@@ -239,11 +237,11 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
     raise UserError(
         f'--workdir {workdir} is not a resnet_jax workdir (it needs config.json and checkpoints/)'
     )
-  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
   checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
   try:
     step = checkpoints.find_step(step)
     meta = checkpoints.read_meta(step)
+    config = run_record.config_of_checkpoint(meta, workdir)  # the model that step was trained as
     state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   finally:
     checkpoints.close()

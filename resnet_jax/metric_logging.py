@@ -13,7 +13,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from resnet_jax import library_noise
+from resnet_jax import library_noise, run_record
 
 _DIAGNOSTICS = ('grad_norm', 'residual_ratio', 'nonfinite', 'skipped_steps')
 
@@ -31,17 +31,10 @@ def tensorboard_tag(key: str) -> str:
 
 def _hparams(config) -> dict:
   """The config's fields as TensorBoard hyperparameters (numbers, strings and booleans)."""
-  flat = {}
-
-  def walk(tree, prefix):
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        walk(value, f'{prefix}{key}.')
-      else:
-        flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-
-  walk(json.loads(config.to_json_best_effort()), '')
-  return flat
+  return {
+      field: value if isinstance(value, (bool, int, float, str)) else str(value)
+      for field, value in run_record.flatten(run_record.config_dict(config)).items()
+  }
 
 
 class MetricLogger:

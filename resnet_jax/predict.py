@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax import checkpointing, input_pipeline, library_noise, tfds_source, train
+from resnet_jax import checkpointing, input_pipeline, library_noise, run_record, tfds_source, train
 from resnet_jax import run as run_lib
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
@@ -31,7 +31,7 @@ class Classifier:
     try:
       self.step = checkpoints.find_step(step)
       meta = checkpoints.read_meta(self.step)
-      config = train.config_of_checkpoint(meta, workdir)
+      config = run_record.config_of_checkpoint(meta, workdir)
       state = checkpoints.restore_as_saved(
           self.step, jax.sharding.SingleDeviceSharding(jax.devices()[0])
       )

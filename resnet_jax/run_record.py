@@ -70,33 +70,32 @@ def describe(config: ml_collections.ConfigDict, run: run_lib.Run, device_count: 
   }
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """A nested dict (a config's JSON) as {'section.field': value}."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten(value, f'{prefix}{key}.'))
     else:
       flat[f'{prefix}{key}'] = value
   return flat
 
 
+def _fields(record: dict) -> dict:
+  """A record's values by name: config fields by their flag name (`train.batch_size`), derived
+  facts as `derived.<fact>`."""
+  return flatten({**record.get('config', {}), 'derived': record.get('derived', {})})
+
+
 def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-  """(field, saved value, current value) for every field that differs; derived facts are named
-  `derived.<fact>`, config fields by their flag name (`train.batch_size`)."""
-  old = _flatten(saved.get('config', {}))
-  old.update({f'derived.{k}': v for k, v in saved.get('derived', {}).items()})
-  new = _flatten(current['config'])
-  new.update({f'derived.{k}': v for k, v in current.get('derived', {}).items()})
-  missing = object()
-  return [
-      (field, old.get(field, missing), new.get(field, missing))
-      for field in sorted(old.keys() | new.keys())
-      if field in old and field in new and old[field] != new[field]
-  ]
+  """(field, saved value, current value) for every field both records hold that differs."""
+  old, new = _fields(saved), _fields(current)
+  return [(f, old[f], new[f]) for f in sorted(old.keys() & new.keys()) if old[f] != new[f]]
 
 
-def _show(value) -> str:
-  return json.dumps(value)
+def _text(change: tuple[str, object, object]) -> str:
+  field, old, new = change
+  return f'{field} {json.dumps(old)} -> {json.dumps(new)}'
 
 
 def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -> list[str]:
@@ -105,14 +104,12 @@ def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -
   changes = differences(saved, current)
   refused = [c for c in changes if c[0] not in MAY_CHANGE and c[0] not in accept]
   if refused:
-    listed = '; '.join(f'{f} {_show(a)} -> {_show(b)}' for f, a, b in refused)
-    fields = ','.join(f for f, _, _ in refused)
     raise ChangedRunError(
-        f'{where} was trained by another config: {listed}. Resume it with its own config, use'
-        ' another --workdir, or continue it with these changes deliberately:'
-        f' --accept_changes={fields}'
+        f'{where} was trained by another config: {"; ".join(map(_text, refused))}. Resume it with'
+        ' its own config, use another --workdir, or continue it with these changes'
+        f' deliberately: --accept_changes={",".join(f for f, _, _ in refused)}'
     )
-  return [f'{f} {_show(a)} -> {_show(b)}' for f, a, b in changes]
+  return [_text(c) for c in changes]
 
 
 # ----------------------------------------------------------------------------- the workdir's record
@@ -142,6 +139,14 @@ def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -
     f.write(json.dumps(entry) + '\n')
 
 
+def config_of_checkpoint(meta: dict, workdir: epath.Path) -> ml_collections.ConfigDict:
+  """The config a checkpoint (its `meta`) was trained with; older checkpoints: config.json."""
+  saved = (meta.get('record') or {}).get('config') or read_first_config(workdir)
+  if not saved:
+    raise UserError(f"--workdir {workdir} holds no config.json; give the run's --config")
+  return config_from_record(saved)
+
+
 def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
   """A run's config rebuilt from its saved JSON (a checkpoint's record or config.json), on its
   preset's base config so that every field keeps its type (JSON lists become tuples again)."""
@@ -149,7 +154,7 @@ def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
 
   config = base.base_config(saved_config['model']['name'])
   with config.unlocked():
-    for field, value in _flatten(saved_config).items():
+    for field, value in flatten(saved_config).items():
       section, _, name = field.rpartition('.')
       target = config.get(section) if section else config
       if target is None or name not in target:

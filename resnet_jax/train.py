@@ -311,14 +311,6 @@ def _plot(workdir: epath.Path):
   return plot.plot_run(workdir)
 
 
-def config_of_checkpoint(meta: dict, workdir: epath.Path) -> ml_collections.ConfigDict:
-  """The config a checkpoint (its `meta`) was trained with; older checkpoints: config.json."""
-  saved = (meta.get('record') or {}).get('config') or run_record.read_first_config(workdir)
-  if not saved:
-    raise WorkdirError(f"--workdir {workdir} holds no config.json; give the run's --config")
-  return run_record.config_from_record(saved)
-
-
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict | None, workdir, step: int | None = None
 ) -> dict[str, float]:
@@ -328,7 +320,7 @@ def evaluate_checkpoint(
   checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
   step = checkpoints.find_step(step)
   if config is None:
-    config = config_of_checkpoint(checkpoints.read_meta(step), workdir)
+    config = run_record.config_of_checkpoint(checkpoints.read_meta(step), workdir)
   checkpoints.close()
   run_lib.check_without_data(config, **device_counts())
   setup = Setup(config, workdir, training=False)
