@@ -120,8 +120,7 @@ def parse_flags(argv):
   required = ('config', 'workdir') if FLAGS.mode == 'train' else ('workdir',)
   missing = [f'--{name}' for name in required if not FLAGS[name].present]
   if missing:
-    print(f"error: {' and '.join(missing)} must be given (see --help)", file=sys.stderr)
-    sys.exit(2)
+    errors.exit_with(f"{' and '.join(missing)} must be given (see --help)")
   if FLAGS.mode == 'predict' and FLAGS.images:
     FLAGS.images = [*FLAGS.images, *argv[1:]]
     argv = argv[:1]

@@ -135,8 +135,9 @@ class WorkdirLock:
       self._refuse(holder)
     self._write_claim()
     time.sleep(1.0)  # a run claiming at the same moment writes within this second ...
-    if (self.read() or {}).get('run_id') != self.record['run_id']:
-      self._refuse(self.read())  # ... and the last writer goes on
+    holder = self.read()
+    if not self._holds(holder):
+      self._refuse(holder)  # ... and the last writer goes on
     self._heartbeat = threading.Thread(target=self._refresh, daemon=True, name='workdir-lock')
     self._heartbeat.start()
 
@@ -145,7 +146,7 @@ class WorkdirLock:
 
   def _refresh(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):
-      if (self.read() or {}).get('run_id') == self.record['run_id']:
+      if self._holds(self.read()):
         self._write_claim()
 
   def _refuse(self, holder: dict | None):
@@ -156,7 +157,7 @@ class WorkdirLock:
 
   def release(self) -> None:
     self._stop.set()
-    if self._heartbeat is not None and (self.read() or {}).get('run_id') == self.record['run_id']:
+    if self._heartbeat is not None and self._holds(self.read()):
       self.path.unlink()  # the claim ends with the run (a flock ends when the file is closed)
     if self._fd is not None:
       os.close(self._fd)  # closing drops the flock
@@ -170,6 +171,10 @@ class WorkdirLock:
 
   # ------------------------------------------------------------------ while training
 
+  def _holds(self, holder: dict | None) -> bool:
+    """Whether a lock file's record (`read()`) is this run's."""
+    return (holder or {}).get('run_id') == self.record['run_id']
+
   def read(self) -> dict | None:
     """The lock file's record, or None when it is absent or unreadable."""
     try:
@@ -179,13 +184,8 @@ class WorkdirLock:
 
   def check(self) -> None:
     """Before each save: stops the run (WorkdirBusyError) if another run has taken the workdir."""
-    holder = None
-    if jax.process_index() == 0:
-      holder = self.read()
-      ours = holder is not None and holder.get('run_id') == self.record['run_id']
-    else:
-      ours = True
-    if not _all_processes_agree(ours):
+    holder = self.read() if jax.process_index() == 0 else None
+    if not _all_processes_agree(jax.process_index() != 0 or self._holds(holder)):
       raise WorkdirBusyError(
           f'--workdir {self.path.parent} was taken over by {_holder_text(holder)} (its'
           f" {FILE_NAME} is no longer this run's); stopping without saving, so that its"
