@@ -109,12 +109,17 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           mode='jit',  # 'jit' (sharded jax.jit over a mesh) | 'pmap'
           # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
           batch_norm='global',
-          # CPU hosts only: split each process's CPU into this many devices (0 = one; XLA_FLAGS'
-          # count wins). 8 speeds up a CIFAR ResNet-20 step with the same results, as smaller
-          # programs side by side keep the cores busy and activations in cache; not on 8x8 digits,
-          # too little work per device (BENCHMARKS.md, "What each lever changed"). GPUs and TPUs
-          # ignore it.
+          # CPU hosts only (GPUs and TPUs ignore both): split each process's CPU into this many
+          # devices, the batch split over them with the same results. 0 = auto: 8 (or the most
+          # that divide the batch) for inputs of 16x16 pixels and more, one for smaller ones, as
+          # measured on AVX2 and AVX-512 CPUs (BENCHMARKS.md, "CPU backend and device split by
+          # processor"); 1 = one device. A launch's XLA_FLAGS device count wins.
           cpu_devices=0,
+          # CPU only: 'auto' times XLA's convolutions on YNNPACK and on Eigen for a few steps the
+          # first time a step is compiled on this processor and jaxlib, keeps the faster and
+          # caches the choice (~/.cache/resnet_jax/cpu_backend.json); 'ynnpack' | 'eigen' force
+          # one. The environment's RESNET_JAX_CPU_BACKEND wins (resnet_jax/cpu_backend.py).
+          cpu_backend='auto',
       )
   )
   # Configs built on this one may change these fields but not add any: a mistyped field

@@ -34,6 +34,16 @@ def resolve_data(dataset_config):
   return _source(dataset_config).resolve_data(dataset_config)
 
 
+def image_side(dataset_config) -> int | None:
+  """The side of the images the model will see, known before JAX starts (for the CPU split): the
+  config's dataset.image_size, else the TFDS dataset's declared shape; None if neither says."""
+  if dataset_config.get('image_size'):
+    return int(dataset_config.image_size)
+  if dataset_config.name == synthetic_source.NAME:
+    return None
+  return _source(dataset_config).declared_image_side(dataset_config)
+
+
 def dataset_facts(data):
   """What the data holds (run.DatasetFacts): classes, image shape, examples per split."""
   return _source(data).dataset_facts(data)

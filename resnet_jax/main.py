@@ -166,13 +166,29 @@ def _defer_background_tracebacks() -> None:
   atexit.register(lambda: [show() for show in deferred])
 
 
+def _split_cpu(config) -> None:
+  """parallelism.cpu_devices, or the auto rule's count (parallel.auto_cpu_devices) for 0."""
+  from resnet_jax import input_pipeline, parallel  # pylint: disable=import-outside-toplevel
+
+  devices = config.parallelism.cpu_devices if config else 1
+  if devices or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return parallel.split_cpu(devices)
+  processes = FLAGS.num_processes or 1
+  batches = [config.train.batch_size, config.train.eval_batch_size]
+  if not all(isinstance(b, int) and b > 0 and b % processes == 0 for b in batches):
+    return parallel.split_cpu(1)  # run.resolve reports the bad batch size
+  with library_noise.silenced():  # a TFDS dataset's declared shape imports TensorFlow
+    side = input_pipeline.image_side(config.dataset)
+  parallel.split_cpu(*parallel.auto_cpu_devices(side, tuple(b // processes for b in batches)))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # Imported here so that --help is instant and flag errors come before TensorFlow loads.
   import jax
 
-  from resnet_jax import distributed, parallel, preemption, train
+  from resnet_jax import distributed, preemption, train
   from resnet_jax.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -190,8 +206,7 @@ def main(argv):
     sys.exit(0)
   config = FLAGS.config and errors.read_config_or_exit(lambda: FLAGS.config)
   try:
-    # before JAX starts its CPU backend
-    parallel.split_cpu(config.parallelism.cpu_devices if config else 0)
+    _split_cpu(config)  # before JAX starts its CPU backend
     distributed.initialize(
         FLAGS.distributed,
         coordinator_address=FLAGS.coordinator_address,

@@ -23,21 +23,51 @@ MODES = ('jit', 'pmap')
 BATCH_NORMS = ('global', 'per_device')
 
 
-def split_cpu(devices: int) -> None:
-  """Makes each process's CPU backend `devices` devices (0: JAX's default, one). A launch that sets
-  XLA_FLAGS=--xla_force_host_platform_device_count=N keeps its N: the environment of one launch
+# Inputs at least this many pixels on a side are split over CPU_SPLIT devices by default: on 8x8
+# digits a split is slower (too little work per device), from 28x28 up it is x1.1-2.8 faster on
+# every CPU measured (BENCHMARKS.md, "CPU backend and device split by processor").
+AUTO_MIN_SIDE = 16
+CPU_SPLIT = 8
+# What split_cpu did, for the console's first line: (devices, how they were chosen).
+cpu_split = (0, 'one device')
+
+
+def auto_cpu_devices(image_side: int | None, batch_sizes: tuple[int, ...]) -> tuple[int, str]:
+  """`parallelism.cpu_devices=0` (auto): (devices, why) for a process whose batches are
+  `batch_sizes` (per process) and whose images are `image_side` pixels on a side (None: unknown).
+
+  The largest of 8, 4, 2 that divides every batch, for inputs of at least AUTO_MIN_SIDE pixels;
+  one device for smaller or unknown inputs.
+  """
+  if not image_side or image_side < AUTO_MIN_SIDE:
+    side = f'{image_side}x{image_side}' if image_side else 'unknown-size'
+    return 1, f'auto: {side} inputs run fastest on one device'
+  for devices in (CPU_SPLIT, 4, 2):
+    if all(size % devices == 0 for size in batch_sizes):
+      return devices, f'auto: {image_side}x{image_side} inputs'
+  return 1, 'auto: the batch does not divide over 2 devices'
+
+
+def split_cpu(devices: int, how: str = 'parallelism.cpu_devices') -> None:
+  """Makes each process's CPU backend `devices` devices (0 or 1: JAX's default, one). A launch that
+  sets XLA_FLAGS=--xla_force_host_platform_device_count=N keeps its N: the environment of one launch
   (a test, a simulated multi-host job) is more specific than the config. Must run before JAX
   touches a device.
 
   Why: XLA's CPU backend runs one program's operations one after another, each spread over the
   cores; the batch split over several CPU devices runs as that many smaller programs side by side,
   which keeps the cores busier and the activations in cache, so a CIFAR-size step runs faster
-  (BENCHMARKS.md, "What each lever changed"). The results are those of one device
-  (tests/test_parallel.py).
+  (BENCHMARKS.md, "CPU backend and device split by processor"). The results are those of one
+  device (tests/test_parallel.py).
   GPUs and TPUs are untouched: JAX still picks them as the default backend.
   """
-  if devices and 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    jax.config.update('jax_num_cpu_devices', devices)
+  global cpu_split
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    cpu_split = (0, 'from XLA_FLAGS')
+  else:
+    if devices > 1:
+      jax.config.update('jax_num_cpu_devices', devices)
+    cpu_split = (max(devices, 1), how)
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -146,8 +176,12 @@ class DataParallel:
         donate_argnums=0,
     )
 
-  def compile_eval_step(self, step_fn):
-    """Eval runs on the global state in every mode (running averages are replicated)."""
+  def compile_eval_step(self, step_fn, compiler_options: dict | None = None):
+    """Eval runs on the global state in every mode (running averages are replicated).
+    `compiler_options`: the train step's CPU backend (cpu_backend.options_for), None elsewhere."""
     return jax.jit(
-        step_fn, in_shardings=(self.replicated, self.batch_sharded), out_shardings=self.replicated
+        step_fn,
+        in_shardings=(self.replicated, self.batch_sharded),
+        out_shardings=self.replicated,
+        compiler_options=compiler_options,
     )

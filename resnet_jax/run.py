@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax import models, parallel
+from resnet_jax import cpu_backend, models, parallel
 from resnet_jax.errors import UserError
 
 SCHEDULES = ('piecewise', 'cosine')
@@ -104,7 +104,8 @@ class OptimizerSpec:
 class ParallelSpec:
   mode: str  # 'jit' | 'pmap'
   batch_norm: str  # 'global' | 'per_device'
-  cpu_devices: int
+  cpu_devices: int  # 0: auto (parallel.auto_cpu_devices)
+  cpu_backend: str  # cpu_backend.CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +313,7 @@ def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
       mode=_choice(parallelism, 'mode', parallel.MODES),
       batch_norm=_choice(parallelism, 'batch_norm', parallel.BATCH_NORMS),
       cpu_devices=int(_not_negative(parallelism, 'cpu_devices')),
+      cpu_backend=_choice(parallelism, 'cpu_backend', cpu_backend.CHOICES),
   )
 
 

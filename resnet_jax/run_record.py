@@ -39,6 +39,7 @@ MAY_CHANGE = frozenset({
     'dataset.cache',
     'parallelism.mode',  # jit and pmap train the same steps
     'parallelism.cpu_devices',  # the device count matters only to per-device BN (derived below)
+    'parallelism.cpu_backend',  # the same step, another convolution library
 })
 
 

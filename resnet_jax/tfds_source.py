@@ -111,6 +111,16 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   return tuple(int(d) for d in native)
 
 
+def declared_image_side(dataset_config) -> int | None:
+  """The image side a TFDS dataset declares in code (no data is read or prepared), or None."""
+  try:
+    builder = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir)
+    side = builder.info.features['image'].shape[0]
+  except Exception:  # pylint: disable=broad-except  # an unknown name: resolve_data says so later
+    return None
+  return int(side) if side else None
+
+
 def resolve_data(dataset_config) -> DataSpec:
   """The config's dataset section, checked once and resolved with what only the data can tell:
   the image shape the model sees and the normalisation statistics. Prepares the dataset if it

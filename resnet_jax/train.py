@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnet_jax import checkpointing, input_pipeline, metric_logging, optim, parallel, run_record
+from resnet_jax import checkpointing, cpu_backend, input_pipeline, metric_logging, optim, parallel
+from resnet_jax import run_record
 from resnet_jax import run as run_lib
 from resnet_jax.console import Console, Throughput
 from resnet_jax.errors import UserError
@@ -99,9 +100,46 @@ class Setup:
         asynchronous=self.run.loop.async_checkpoints,
         read_only=not training,
     )
+    # The CPU backend a train step of this signature was measured to run fastest on (or the
+    # configured one); training measures it if it is not known yet (compile_train_step).
+    self.backend = cpu_backend.lookup(self.run.parallelism.cpu_backend, self.signature())
+    self._compile_eval_step()
+
+  def signature(self) -> dict:
+    """What decides which CPU backend runs this run's step faster (cpu_backend's cache key)."""
+    return {
+        'model': dict(self.run.model.fields),
+        'image_shape': list(self.run.dataset.image_shape),
+        'num_classes': self.run.dataset.num_classes,
+        'batch': self.run.batch.size,
+        'devices': jax.device_count(),
+        'processes': jax.process_count(),
+        'mode': self.run.parallelism.mode,
+        'batch_norm': self.run.parallelism.batch_norm,
+        'diagnostics': self.run.loop.log_diagnostics,
+    }
+
+  def _compile_eval_step(self):
     self.eval_step = self.data_parallel.compile_eval_step(
-        functools.partial(eval_step, model=self.model)
+        functools.partial(eval_step, model=self.model),
+        compiler_options=cpu_backend.options_for(self.backend.name),
     )
+
+  def compile_train_step(self, state, batch):
+    """The train step compiled for this machine: on a CPU with the backend cpu_backend.choose
+    picks, measuring on copies of `state` and `batch` if needed; the eval step follows it."""
+    step = self.data_parallel.compile_train_step(
+        make_train_step(self.run, model=self.model, tx=self.tx)
+    )
+    self.backend, compiled = cpu_backend.choose(
+        lambda: step.lower(state, batch),
+        state,
+        batch,
+        configured=self.run.parallelism.cpu_backend,
+        signature=self.signature(),
+    )
+    self._compile_eval_step()
+    return compiled
 
   def check_same_run(self, accept: frozenset[str]) -> list[str]:
     """The changes of config this training run makes to the workdir's run (field old -> new),
@@ -217,6 +255,7 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
   console.print(
       f'{run.model.name} on {setup.data.name}: {num_steps} steps of {run.batch.size} images on'
       f' {jax.device_count()} {jax.devices()[0].platform} device(s)'
+      + (f' ({parallel.cpu_split[1]})' if jax.default_backend() == 'cpu' else '')
       + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '')
       + (f', resumed at step {start_step}' if start_step else '')
       + ''.join(f'; changed: {change}' for change in changes)
@@ -234,7 +273,14 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
   )
 
   # ---------------------------------------------------------------- the compiled step
-  step_fn = data_parallel.compile_train_step(make_train_step(run, model=setup.model, tx=setup.tx))
+  # Compiled on the first batch, which the loop then trains on; on a CPU the convolution backend
+  # may be measured first (not counted as training time: throughput starts after the first step).
+  first_batch = step_fn = None
+  if start_step < num_steps:
+    first_batch = next(train_batches)
+    step_fn = setup.compile_train_step(state, first_batch)
+  if setup.backend.describe():
+    console.print(setup.backend.describe())
 
   # ---------------------------------------------------------------- the loop
   logger = metric_logging.MetricLogger(setup.workdir, config)
@@ -244,7 +290,9 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
   eval_metrics, step = {}, start_step
   try:
     for step in range(start_step + 1, num_steps + 1):
-      state, metrics = step_fn(state, next(train_batches))
+      batch = next(train_batches) if first_batch is None else first_batch
+      first_batch = None
+      state, metrics = step_fn(state, batch)
       pending_metrics.append(metrics)
       if step == start_step + 1:
         jax.block_until_ready(state)  # the first step compiles: throughput is timed from here

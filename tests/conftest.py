@@ -1,4 +1,5 @@
-"""Every test sees 8 simulated CPU devices, like a small TPU slice, so sharding is exercised.
+"""Every test sees 8 simulated CPU devices, like a small TPU slice, so sharding is exercised, and
+one CPU backend.
 
 Also the training helpers that several test modules share, as fixtures: test modules do not import
 each other, nor this file (pytest imports it under its own name, so an import would run it twice).
@@ -11,6 +12,10 @@ os.environ['XLA_FLAGS'] = ' '.join(
     f for f in (os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8') if f
 )
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One CPU backend for every test and CLI run (cpu_backend.ENV_OVERRIDE): runs that tests compare
+# are compiled alike, and no test spends time measuring (tests/test_cpu_backend.py measures).
+# Eigen: on every CPU measured at least as fast as XLA's default (BENCHMARKS.md).
+os.environ.setdefault('RESNET_JAX_CPU_BACKEND', 'eigen')
 
 # Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
 import jax  # noqa: E402

@@ -1,0 +1,241 @@
+"""The CPU convolution backend of a compiled step, chosen by measurement (`parallelism.cpu_backend`).
+
+Why: XLA's CPU backend runs convolutions either through YNNPACK (its default) or through Eigen, and
+which is faster depends on the processor: on an AVX2 AMD EPYC (Zen 3) Eigen runs a ResNet step about
+twice as fast, on an AVX-512 Zen 5 YNNPACK is as fast or a little faster (BENCHMARKS.md, "CPU
+backend by processor"). A fixed default is wrong on one kind of machine or the other, so, in the
+spirit of `torch.backends.cudnn.benchmark`, the first time a step of a given signature is compiled
+on a given processor and jaxlib, both are compiled and timed for a few steps, the faster kept, and
+the choice cached in a small JSON file (`cache_path()`), so that later runs start at once.
+
+The choice is a per-compilation option (`Lowered.compile(compiler_options=...)`, `jax.jit(...,
+compiler_options=...)`): nothing is process-wide, and GPU and TPU compilations never see it
+(`options_for` gives them none; tests/test_export.py lowers the steps for cuda and tpu).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import platform
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+from resnet_jax.errors import UserError
+
+# The candidates, as XLA CPU debug options for one compilation. 'ynnpack' is XLA's own default.
+BACKENDS = {
+    'ynnpack': {},
+    # YNNPACK keeps only the dots; convolutions go to Eigen, threaded over the intra-op pool.
+    'eigen': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'},
+}
+CHOICES = ('auto', *BACKENDS)
+DEFAULT = 'ynnpack'
+# A launch's environment is more specific than the config (as XLA_FLAGS' device count is): the
+# test suite pins a backend so that runs it compares are compiled alike.
+ENV_OVERRIDE = 'RESNET_JAX_CPU_BACKEND'
+# Another backend replaces XLA's default only when it is clearly faster: two close timings are
+# noise, and a choice that flips between runs would change results in the last bits.
+MIN_GAIN = 1.05
+MEASURE_SECONDS = 6.0  # timed steps (after a warm-up step each), beyond the extra compilation
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  name: str  # a key of BACKENDS, or 'default' off the CPU
+  how: str  # 'measured' | 'cached' | 'set' (config or environment) | 'not a CPU'
+  seconds: float = 0.0  # spent measuring (compiling the other candidate and timing steps)
+  step_seconds: tuple[tuple[str, float], ...] = ()  # measured: each candidate's median step
+
+  @property
+  def options(self) -> dict[str, Any]:
+    return dict(BACKENDS.get(self.name, {}))
+
+  def describe(self) -> str:
+    if self.how == 'not a CPU':
+      return ''
+    text = f'cpu backend {self.name} ({self.how}'
+    if self.step_seconds:
+      text += ' in {:.1f} s: {}'.format(
+          self.seconds, ', '.join(f'{n} {1e3 * s:,.0f} ms/step' for n, s in self.step_seconds)
+      )
+    return text + ')'
+
+
+@functools.cache
+def processor() -> dict[str, Any]:
+  """The CPU as lscpu names it (from /proc/cpuinfo, which lscpu reads): model name, family, model,
+  and whether it has AVX-512, the facts that decide which backend wins."""
+  fields, flags = {}, set()
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      key, _, value = line.partition(':')
+      key = key.strip()
+      if key == 'flags':
+        flags = set(value.split())
+        break
+      fields.setdefault(key, value.strip())
+  except OSError:  # not Linux
+    pass
+  return {
+      'model_name': fields.get('model name') or platform.processor() or platform.machine(),
+      'family': fields.get('cpu family', ''),
+      'model': fields.get('model', ''),
+      'avx512': 'avx512f' in flags,
+      'cores': os.cpu_count(),
+  }
+
+
+def describe_processor() -> str:
+  p = processor()
+  family = f', family {p["family"]} model {p["model"]}' if p['family'] else ''
+  return (
+      f'{p["model_name"]}{family}, {"AVX-512" if p["avx512"] else "no AVX-512"}, {p["cores"]} cores'
+  )
+
+
+def cache_path() -> pathlib.Path:
+  root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return pathlib.Path(root) / 'resnet_jax' / 'cpu_backend.json'
+
+
+def cache_key(signature: dict[str, Any]) -> str:
+  return json.dumps(
+      {'processor': processor(), 'jaxlib': jaxlib.__version__, 'step': signature}, sort_keys=True
+  )
+
+
+def _read_cache(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    entries = json.loads(path.read_text())
+  except (OSError, ValueError):  # none yet, or unreadable: measure again
+    return {}
+  return entries if isinstance(entries, dict) else {}
+
+
+def _write_cache(path: pathlib.Path, key: str, entry: dict[str, Any]) -> None:
+  """Adds one entry (atomically: a run reading the file never sees half of it). A cache that
+  cannot be written costs a measurement next time, nothing else."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = _read_cache(path)
+    entries[key] = entry
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+  except OSError:
+    pass
+
+
+def requested(configured: str) -> str:
+  """The backend asked for: the environment's, else the config's (run.py checked that one)."""
+  name = os.environ.get(ENV_OVERRIDE) or configured
+  if name not in CHOICES:
+    raise UserError(
+        f'{ENV_OVERRIDE}={name!r} is not one of {", ".join(CHOICES)}; unset it or set one of'
+        ' those (--config.parallelism.cpu_backend sets the same per run)'
+    )
+  return name
+
+
+def lookup(configured: str, signature: dict[str, Any]) -> Choice:
+  """The choice without measuring (eval-only, predict, before training compiles its step): the
+  one asked for, else the cached one, else XLA's default."""
+  name = requested(configured)
+  if jax.default_backend() != 'cpu':
+    return Choice('default', 'not a CPU')
+  if name in BACKENDS:
+    return Choice(name, 'set')
+  cached = _read_cache(cache_path()).get(cache_key(signature)) or {}
+  if cached.get('backend') in BACKENDS:
+    return Choice(cached['backend'], 'cached')
+  return Choice(DEFAULT, 'XLA default, not measured')
+
+
+def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]:
+  """Median seconds a step of each candidate, the candidates interleaved (A B, B A, ...) so that a
+  change in the machine's load hits them alike: rounds until MEASURE_SECONDS are spent, at least
+  one (a fixed two in a multi-process job, whose processes must run the same steps). Each runs on
+  its own copy of `state` (the steps donate it); the caller's state is untouched."""
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  states, times = {name: copy(state) for name in compiled}, {name: [] for name in compiled}
+
+  def one_step(name):
+    start = time.perf_counter()
+    states[name], metrics = compiled[name](states[name], batch)
+    jax.block_until_ready((states[name], metrics))
+    return time.perf_counter() - start
+
+  spent = sum(one_step(name) for name in compiled)  # warm-up: a program's first call allocates
+  order, rounds = list(compiled), 0
+  while (spent < MEASURE_SECONDS and jax.process_count() == 1) or rounds < (
+      1 if jax.process_count() == 1 else 2
+  ):
+    for name in order:
+      seconds = one_step(name)
+      times[name].append(seconds)
+      spent += seconds
+    order.reverse()
+    rounds += 1
+  return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def choose(
+    lower: Callable[[], Any], state, batch, *, configured: str, signature: dict[str, Any]
+) -> tuple[Choice, Any]:
+  """(the choice, the step compiled with it) for the step that `lower()` lowers.
+
+  `state` and `batch` are real inputs of the step, used (on copies) only when measuring.
+  """
+  name = requested(configured)
+  if jax.default_backend() != 'cpu':
+    return Choice('default', 'not a CPU'), lower().compile()
+  if name in BACKENDS:
+    return Choice(name, 'set'), lower().compile(compiler_options=BACKENDS[name] or None)
+  key, path = cache_key(signature), cache_path()
+  cached = _read_cache(path).get(key)
+  if jax.process_count() > 1:  # every process must run the same candidates: process 0 decides
+    cached = _agree(cached)
+  if cached and cached.get('backend') in BACKENDS:
+    choice = Choice(cached['backend'], 'cached')
+    return choice, lower().compile(compiler_options=choice.options or None)
+  start = time.perf_counter()
+  lowered = lower()
+  compiled = {n: lowered.compile(compiler_options=o or None) for n, o in BACKENDS.items()}
+  step_seconds = _time_steps(compiled, state, batch)
+  fastest = min(step_seconds, key=step_seconds.get)
+  if step_seconds[DEFAULT] < MIN_GAIN * step_seconds[fastest]:
+    fastest = DEFAULT
+  if jax.process_count() > 1:
+    fastest = _agree({'backend': fastest})['backend']
+  choice = Choice(
+      fastest,
+      'measured',
+      seconds=time.perf_counter() - start,
+      step_seconds=tuple(sorted(step_seconds.items(), key=lambda item: item[1])),
+  )
+  if jax.process_index() == 0:
+    _write_cache(path, key, {'backend': fastest, 'step_seconds': step_seconds, 'when': time.time()})
+  return choice, compiled[fastest]
+
+
+def _agree(entry: dict | None) -> dict | None:
+  """Process 0's cache entry (or decision), on every process."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  names = list(BACKENDS)
+  index = names.index(entry['backend']) if entry and entry.get('backend') in BACKENDS else -1
+  index = int(multihost_utils.broadcast_one_to_all(jnp.int32(index)))
+  return {'backend': names[index]} if index >= 0 else None
+
+
+def options_for(choice_name: str) -> dict[str, Any] | None:
+  """The compiler options of a step compiled for the chosen backend: none off the CPU."""
+  if jax.default_backend() != 'cpu':
+    return None
+  return BACKENDS.get(choice_name) or None
