@@ -1,4 +1,4 @@
-"""The CPU convolution backend of a compiled step, chosen by measurement (`parallelism.cpu_backend`).
+"""The CPU convolution backend of a compiled step, chosen by measurement (parallelism.cpu_backend).
 
 Why: XLA's CPU backend runs convolutions either through YNNPACK (its default) or through Eigen, and
 which is faster depends on the processor: on an AVX2 AMD EPYC (Zen 3) Eigen runs a ResNet step about
