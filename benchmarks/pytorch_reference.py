@@ -11,9 +11,17 @@ CPU layout), the plain Flax baseline (benchmarks/baseline_resnet20.py), and the 
 `resnet_jax.train` builds it, on 1 CPU device and, with --devices N, on N CPU devices
 (parallelism.cpu_devices=N). Every figure is also a ratio to PyTorch's, call by call.
 
+--cpu_table times the defaults beside each CPU candidate (1 device and the automatic split, on
+either backend): the rows of README's and BENCHMARKS.md's CPU tables, with the processor named.
+
 --variants replaces the project's two steps by a list of steps, each '+'-joined levers, all timed in
 the same rounds (the process has max(devicesN) CPU devices):
+  defaults         what a user who passes no flag gets: the CPU split of parallelism.cpu_devices=0
+                   (parallel.auto_cpu_devices) and the backend of parallelism.cpu_backend=auto
+                   (cpu_backend.choose: measured on first use, then cached)
   devicesN         the step on the first N CPU devices (parallelism.cpu_devices=N), same batch
+  ynnpack, eigen   parallelism.cpu_backend=NAME (XLA's convolutions on YNNPACK, its default, or
+                   on Eigen)
   matmul_grad      model.conv_kernel_grad='matmul' (resnet_jax/conv.py)
   conv=NAME        model.conv_kernel_grad=NAME (any of models.CONV_KERNEL_GRADS)
   xla:OPTION=VALUE an XLA debug option for this step's compilation only (e.g.
@@ -101,11 +109,18 @@ class TorchRunner:
     self.optimizer.step()
 
 
-def parse_variant(spec: str) -> dict:
+def parse_variant(spec: str, batch: int = 128) -> dict:
   """'devices2+matmul_grad+xla:xla_cpu_multi_thread_eigen=false' -> the levers it names."""
+  from resnet_jax import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
+
   variant = {'name': spec, 'devices': 1, 'conv_kernel_grad': 'xla', 'compiler_options': {}}
   for part in spec.split('+'):
-    if part.startswith('devices') and part[7:].isdigit():
+    if part == 'defaults':
+      variant['devices'] = parallel.auto_cpu_devices(32, (batch, batch))[0]
+      variant['compiler_options'] = 'auto'
+    elif part in cpu_backend.BACKENDS:
+      variant['compiler_options'].update(cpu_backend.BACKENDS[part])
+    elif part.startswith('devices') and part[7:].isdigit():
       variant['devices'] = int(part[7:])
     elif part == 'matmul_grad':
       variant['conv_kernel_grad'] = 'matmul'
@@ -117,6 +132,12 @@ def parse_variant(spec: str) -> dict:
     else:
       raise SystemExit(f'unknown lever {part!r} in variant {spec!r}; see --help')
   return variant
+
+
+def parallel_split(batch: int) -> int:
+  from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
+
+  return max(parallel.auto_cpu_devices(32, (batch, batch))[0], 2)
 
 
 def main():
@@ -132,11 +153,19 @@ def main():
       '--variants', help='instead of the product on 1 (and --devices) devices: see above'
   )
   parser.add_argument('--no_baseline', action='store_true', help='skip the plain Flax baseline')
+  parser.add_argument(
+      '--cpu_table', action='store_true', help='the defaults and each CPU candidate: see above'
+  )
   parser.add_argument('--json')
   args = parser.parse_args()
   from benchmarks import baseline_resnet20, common, train_step  # pylint: disable=import-outside-toplevel
 
-  variants = [parse_variant(v) for v in args.variants.split(',')] if args.variants else []
+  if args.cpu_table:
+    split = f'devices{parallel_split(args.batch)}'
+    args.variants = f'defaults,devices1+ynnpack,devices1+eigen,{split}+ynnpack,{split}+eigen'
+  variants = (
+      [parse_variant(v, args.batch) for v in args.variants.split(',')] if args.variants else []
+  )
   devices = max([args.devices or 0] + [v['devices'] for v in variants])
   train_step.ensure_devices(devices if devices > 1 else None, 'benchmarks.pytorch_reference')
   import jax  # pylint: disable=import-outside-toplevel
@@ -155,11 +184,14 @@ def main():
     config = train_step.config_for(
         'resnet20', batch=args.batch, conv_kernel_grad=v['conv_kernel_grad']
     )
-    runs[v['name']] = train_step.ProductStep(
+    step = train_step.ProductStep(
         config,
         mesh=parallel.make_mesh(jax.devices()[: v['devices']]),
         compiler_options=v['compiler_options'] or None,
     )
+    if step.backend:  # the defaults: say what they came to
+      v['name'] += f" = devices{v['devices']}+{step.backend.name} ({step.backend.how})"
+    runs[v['name']] = step
   first = variants[0]['name']
   start = time.perf_counter()
   times = common.interleaved(runs, rounds=args.rounds)
@@ -174,10 +206,15 @@ def main():
       # (PyTorch's OpenMP step slows down far more than XLA's on a busy machine).
       r['ratio_to_first'] = common.paired_ratio(times, name, first)
     results.append(r)
+  from resnet_jax import cpu_backend  # pylint: disable=import-outside-toplevel
+
   lines = [
-      f'ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__}'
-      f' ({torch.get_num_threads()} threads, channels_last) vs JAX {jax.__version__}; load'
-      f' {common.load_average()}'
+      f'CPU: {cpu_backend.describe_processor()}',
+      (
+          f'ResNet-20 batch {args.batch} float32, PyTorch {torch.__version__}'
+          f' ({torch.get_num_threads()} threads, channels_last) vs JAX {jax.__version__}; load'
+          f' {common.load_average()}'
+      ),
   ]
   lines += [
       f"  {r['name']:<24} {r['step_seconds'] * 1e3:8.1f} ms/step {r['images_per_second']:6.1f}"
@@ -205,6 +242,7 @@ def main():
           'results': results,
           'seconds': time.perf_counter() - start,
           'machine': common.machine(),
+          'processor': cpu_backend.processor(),
       },
       '\n'.join(lines),
       args.json,

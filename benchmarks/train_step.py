@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import baseline_resnet20, candidates, common
 from configs import cifar10, imagenet
-from resnet_jax import models, optim, parallel
+from resnet_jax import cpu_backend, models, optim, parallel
 from resnet_jax import run as run_lib
 from resnet_jax.train_step import create_train_state, make_train_step
 
@@ -185,7 +185,20 @@ class ProductStep:
           donate_argnums=0 if donate else (),
       )
     # compiler_options: XLA debug options for this compilation only (e.g.
-    # {'xla_cpu_multi_thread_eigen': False}), so that variants compare within one process.
+    # {'xla_cpu_multi_thread_eigen': False}), so that variants compare within one process;
+    # 'auto': the CPU backend the product picks (cpu_backend.choose: measured, or cached).
+    self.backend = None
+    if compiler_options == 'auto':
+      self.backend, _ = cpu_backend.choose(
+          lambda: step.lower(self.state, self.batch),
+          self.state,
+          self.batch,
+          configured='auto',
+          signature=cpu_backend.step_signature(
+              run, devices=self.data_parallel.mesh.size, processes=jax.process_count()
+          ),
+      )
+      compiler_options = self.backend.options or None
     self.step, self.compile_seconds, flops = common.compile_timed(
         step, self.state, self.batch, compiler_options=compiler_options
     )

@@ -104,6 +104,21 @@ def cache_path() -> pathlib.Path:
   return pathlib.Path(root) / 'resnet_jax' / 'cpu_backend.json'
 
 
+def step_signature(run, *, devices: int, processes: int) -> dict[str, Any]:
+  """What decides which backend runs a run's (run.Run) train step faster: the cache's key."""
+  return {
+      'model': dict(run.model.fields),
+      'image_shape': list(run.dataset.image_shape),
+      'num_classes': run.dataset.num_classes,
+      'batch': run.batch.size,
+      'devices': devices,
+      'processes': processes,
+      'mode': run.parallelism.mode,
+      'batch_norm': run.parallelism.batch_norm,
+      'diagnostics': run.loop.log_diagnostics,
+  }
+
+
 def cache_key(signature: dict[str, Any]) -> str:
   return json.dumps(
       {'processor': processor(), 'jaxlib': jaxlib.__version__, 'step': signature}, sort_keys=True

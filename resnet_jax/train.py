@@ -106,18 +106,9 @@ class Setup:
     self._compile_eval_step()
 
   def signature(self) -> dict:
-    """What decides which CPU backend runs this run's step faster (cpu_backend's cache key)."""
-    return {
-        'model': dict(self.run.model.fields),
-        'image_shape': list(self.run.dataset.image_shape),
-        'num_classes': self.run.dataset.num_classes,
-        'batch': self.run.batch.size,
-        'devices': jax.device_count(),
-        'processes': jax.process_count(),
-        'mode': self.run.parallelism.mode,
-        'batch_norm': self.run.parallelism.batch_norm,
-        'diagnostics': self.run.loop.log_diagnostics,
-    }
+    return cpu_backend.step_signature(
+        self.run, devices=jax.device_count(), processes=jax.process_count()
+    )
 
   def _compile_eval_step(self):
     self.eval_step = self.data_parallel.compile_eval_step(

@@ -106,11 +106,18 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
   assert (
       time.monotonic() - started < 120
   )  # the collective fails at once; heartbeats catch a silent hang
-  # Usually a collective fails first and main prints its one line; when the runtime's error polling
-  # wins the race, JAX itself terminates the process with its own message naming the cause.
-  ours = 'error: process 0 lost contact with the rest of the job'
-  jaxs = 'Terminating process because the JAX distributed service detected fatal errors'
-  assert ours in stderr or jaxs in stderr, stderr[-3000:]
+  # Three endings race, and which comes first is up to the libraries: usually a collective fails
+  # and main prints its one line; when the runtime's error polling wins, JAX terminates the process
+  # with its own message; when gloo's TCP transport sees the reset inside a collective, gloo throws
+  # from its own thread and the C++ runtime aborts the process (SIGABRT) before Python can act.
+  # What a user can rely on in every case is what follows: exit non-zero, in time, with the last
+  # complete checkpoint intact (README, "When something goes wrong").
+  endings = (
+      'error: process 0 lost contact with the rest of the job',
+      'Terminating process because the JAX distributed service detected fatal errors',
+      "terminate called after throwing an instance of 'gloo::EnforceNotMet'",
+  )
+  assert any(ending in stderr for ending in endings), stderr[-3000:]
   # The last complete checkpoint is intact and restores.
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps and restored_state(tmp_path, steps[-1])['step'] == steps[-1]
