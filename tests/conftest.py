@@ -16,6 +16,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # are compiled alike, and no test spends time measuring (tests/test_cpu_backend.py measures).
 # Eigen: on every CPU measured at least as fast as XLA's default (BENCHMARKS.md).
 os.environ.setdefault('RESNET_JAX_CPU_BACKEND', 'eigen')
+# JAX's persistent compilation cache, shared by the test processes and the CLIs they start: the
+# many short runs of the same small configs compile each program once per machine, not once per
+# process. Keyed by the program, the compile options and jaxlib, so a hit is the same executable.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), '.pytest_cache', 'jax_compilation'),
+)
 
 # Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
 import jax  # noqa: E402
