@@ -75,8 +75,9 @@ def resolve_evaluation(config) -> EvalSpec:
   _require(
       not isinstance(scales, str)
       and len(scales) > 0
-      and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales),
-      f'--config.evaluation.scales={scales!r} must be positive whole numbers, e.g.'
+      and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales)
+      and len(set(scales)) == len(scales),
+      f'--config.evaluation.scales={scales!r} must be distinct positive whole numbers, e.g.'
       " --config.evaluation.scales='(224, 256, 384, 480, 640)'",
   )
   for field in ('resize', 'forward_batch'):
