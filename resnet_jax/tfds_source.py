@@ -443,17 +443,70 @@ def scale_augmentation_size(seed: tf.Tensor, low: int, high: int) -> tf.Tensor:
   return tf.random.stateless_uniform([], seed, minval=low, maxval=high + 1, dtype=tf.int32)
 
 
+def scale_augmentation_choice(seed: tf.Tensor, shape: tf.Tensor, spec: DataSpec) -> tf.Tensor:
+  """[new_h, new_w, top, left] of one scale-augmented crop of an image of `shape` [h, w, ...]: the
+  image resized to shorter side scale_augmentation_size, and a crop of the input size at an offset
+  uniform over the positions that fit."""
+  out_h, out_w, _ = spec.image_shape
+  size_seed, top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
+  new_shape = _shorter_side_shape(shape, scale_augmentation_size(size_seed, *spec.scale_range))
+  top = tf.random.stateless_uniform([], top_seed, 0, new_shape[0] - out_h + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], left_seed, 0, new_shape[1] - out_w + 1, dtype=tf.int32)
+  return tf.stack([new_shape[0], new_shape[1], top, left])
+
+
+def _source_span(offset, length: int, scale, size):
+  """[start, end) of the input pixels that output pixels offset .. offset + length - 1 of a resize
+  by `scale` read: TF's antialiased triangle kernel reaches max(1, 1 / scale) input pixels each
+  side of an output pixel's centre, (o + 0.5) / scale - 0.5; one more for rounding."""
+  reach = tf.maximum(1.0, 1.0 / scale) + 1.0
+  first = (tf.cast(offset, tf.float32) + 0.5) / scale - 0.5 - reach
+  last = (tf.cast(offset + length, tf.float32) - 0.5) / scale - 0.5 + reach
+  start = tf.maximum(0, tf.cast(tf.math.floor(first), tf.int32))
+  end = tf.minimum(size, tf.cast(tf.math.ceil(last), tf.int32) + 1)
+  return start, end
+
+
 def _scale_augmented(data: tf.Tensor, seed: tf.Tensor, spec: DataSpec) -> tf.Tensor:
-  """float32 [H, W, C] in 0..255: the image with its shorter side resized to
-  scale_augmentation_size (bilinear, antialiased when it shrinks), then a random crop of the
-  model's input size (section 3.4, after Simonyan & Zisserman's scale jittering)."""
+  """float32 [H, W, C] in 0..255: the crop scale_augmentation_choice picks of the image resized to
+  a random shorter side (bilinear, antialiased when it shrinks): section 3.4's scale augmentation,
+  after Simonyan & Zisserman's scale jittering.
+
+  Computed on the crop alone: only the part of the JPEG that the crop's pixels read is decoded,
+  and the resize (tf.raw_ops.ScaleAndTranslate, which tf.image.resize runs) is shifted to compute
+  just the crop's pixels, the same numbers as resizing the whole image and cropping it up to
+  float rounding (tests/test_paper_augmentation.py), for a fraction of the work.
+  """
   out_h, out_w, channels = spec.image_shape
-  size_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-  image = _decode(data, channels)
-  size = scale_augmentation_size(size_seed, *spec.scale_range)
-  shape = _shorter_side_shape(tf.shape(image), size)
-  x = tf.image.resize(image, shape, method='bilinear', antialias=True)
-  return tf.image.stateless_random_crop(x, [out_h, out_w, channels], seed=crop_seed)
+  shape = _image_size(data)
+  new_h, new_w, top, left = tf.unstack(scale_augmentation_choice(seed, shape, spec))
+  scale = tf.stack([new_h / shape[0], new_w / shape[1]])  # float64 -> float32 below, as resize's
+  scale = tf.cast(scale, tf.float32)
+  y0, y1 = _source_span(top, out_h, scale[0], shape[0])
+  x0, x1 = _source_span(left, out_w, scale[1], shape[1])
+  window = _decode_crop(data, lambda _: tf.stack([y0, x0, y1 - y0, x1 - x0]), channels)
+  translation = tf.stack([
+      tf.cast(y0, tf.float32) * scale[0] - tf.cast(top, tf.float32),
+      tf.cast(x0, tf.float32) * scale[1] - tf.cast(left, tf.float32),
+  ])
+  x = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(window, tf.float32)[None],
+      size=[out_h, out_w],
+      scale=scale,
+      translation=translation,
+      kernel_type='triangle',
+      antialias=True,
+  )[0]
+  return tf.ensure_shape(x, [out_h, out_w, channels])
+
+
+def _image_size(data: tf.Tensor) -> tf.Tensor:
+  """[h, w] of encoded bytes, from a JPEG's header (no decode) or by decoding other formats."""
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.image.extract_jpeg_shape(data)[:2],
+      lambda: tf.shape(tf.io.decode_image(data, channels=1, expand_animations=False))[:2],
+  )
 
 
 def lighting_offset(seed: tf.Tensor, std: float, eigval, eigvec) -> tf.Tensor:

@@ -63,6 +63,55 @@ def test_scale_augmentation_sizes_are_uniform_over_256_to_480():
   )
 
 
+def _jpegs() -> dict[str, bytes]:
+  folder = importlib.resources.files('sklearn.datasets') / 'images'
+  china = (folder / 'china.jpg').read_bytes()  # 640x427, 4:4:4
+  image = Image.open(io.BytesIO(china)).convert('RGB')
+  out = {'china': china}
+  for name, box in (('portrait', (100, 0, 400, 427)), ('small', (200, 100, 330, 197))):
+    buffer = io.BytesIO()
+    image.crop(box).save(buffer, format='JPEG', quality=90)  # 4:2:0, as most of ImageNet
+    out[name] = buffer.getvalue()
+  return out
+
+
+def _spec(**fields) -> run_lib.DataSpec:
+  return run_lib.DataSpec(
+      name='imagenet2012',
+      data_dir=None,
+      manual_dir=None,
+      train_split='train',
+      eval_split='validation',
+      augment='scale_augmentation',
+      pad=0,
+      flip=True,
+      shuffle_buffer=1,
+      cache=False,
+      image_shape=(224, 224, 3),
+      mean=(0.0,) * 3,
+      std=(1.0,) * 3,
+      **fields,
+  )
+
+
+@pytest.mark.parametrize('name, data', list(_jpegs().items()))
+def test_scale_augmented_crop_is_the_crop_of_the_whole_resized_image(name, data):
+  # The pipeline decodes and resizes only what the crop reads; by definition the crop is that of
+  # the whole image resized to the drawn shorter side (PIL-exact decode, TF's antialiased resize).
+  spec = _spec(scale_range=(LOW, HIGH))
+  image = tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
+  for i in range(4):
+    seed = tf.constant([1, i], tf.int64)
+    ours = tfds_source._scale_augmented(tf.constant(data), seed, spec).numpy()
+    new_h, new_w, top, left = tfds_source.scale_augmentation_choice(
+        seed, tf.shape(image)[:2], spec
+    ).numpy()
+    assert min(new_h, new_w) in range(LOW, HIGH + 1)
+    whole = tf.image.resize(image, [new_h, new_w], method='bilinear', antialias=True).numpy()
+    reference = whole[top : top + 224, left : left + 224]
+    np.testing.assert_allclose(ours, reference, atol=0.01, err_msg=f'{name} seed {i}')
+
+
 EIGVAL = np.array(tfds_source.FB_RESNET_TORCH_EIGVAL)
 EIGVEC = np.array(tfds_source.FB_RESNET_TORCH_EIGVEC)
 
