@@ -30,9 +30,10 @@ LOW, HIGH = 256, 480
 
 
 def _sizes(sample, count: int = 20_000) -> np.ndarray:
-  """`sample(seed)` on `count` seeds [7, i], as the pipeline keys its examples, in tf.data."""
-  seeds = tf.data.Dataset.range(count).map(lambda i: tf.stack([tf.constant(7, tf.int64), i]))
-  return next(iter(seeds.map(sample).batch(count))).numpy()
+  """`sample(seed)` on `count` seeds [7, i], as the pipeline keys its examples (one graph)."""
+  seeds = tf.stack([tf.fill([count], tf.constant(7, tf.int64)), tf.range(count, dtype=tf.int64)], 1)
+  draw = tf.function(lambda s: tf.map_fn(sample, s, fn_output_signature=tf.int32))
+  return draw(seeds).numpy()
 
 
 def _uniform_over(sizes: np.ndarray, low: int, high: int) -> bool:
