@@ -332,6 +332,7 @@ def test_views_cover_the_split_once_over_processes(digits_dir):
   assert total == 359 and seen == expected
 
 
+@pytest.mark.slow
 def test_training_and_eval_mode_name_the_protocol_and_count_each_image_once(
     tmp_path, digits_dir, capsys
 ):
