@@ -141,7 +141,12 @@ def test_lighting_is_fb_resnet_torchs_on_a_fixed_seed():
 
 
 def test_lighting_offsets_spread_along_the_eigenvectors_by_eigval_times_std():
-  offsets = np.stack([_ours(np.zeros((1, 1, 3)), [5, i])[0, 0] for i in range(2_000)])
+  seeds = tf.stack([tf.fill([2_000], tf.constant(5, tf.int64)), tf.range(2_000, dtype=tf.int64)], 1)
+  offsets = tf.function(
+      lambda s: tf.map_fn(
+          lambda seed: tfds_source.lighting_offset(seed, 0.1, EIGVAL, EIGVEC), s, dtype=tf.float32
+      )
+  )(seeds).numpy()
   # In the eigenvectors' basis the components are alpha_j * eigval_j: std 0.1 * eigval_j.
   components = offsets @ np.linalg.inv(EIGVEC).T
   np.testing.assert_allclose(components.std(axis=0), 0.1 * EIGVAL, rtol=0.08)
