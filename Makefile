@@ -45,7 +45,8 @@ $(TORCH_INSTALLED): requirements.txt
 	    $$(grep -E '^(jax|jaxlib|flax|optax|chex|numpy|safetensors|pillow|ml_collections|absl-py)==' requirements.txt | cut -d' ' -f1)
 	touch $@
 
-# Our networks and ImageNet eval preprocessing against torchvision's and the CIFAR reference's.
+# Our networks and ImageNet eval preprocessing (the centre crop and the ten crops) against
+# torchvision's and the CIFAR reference's.
 parity: $(INSTALLED) $(TORCH_INSTALLED)
 	$(TORCH_VENV)/bin/python -m benchmarks.reference_parity
 	$(PYTHON) -m benchmarks.preprocessing_parity --torch_python $(TORCH_VENV)/bin/python

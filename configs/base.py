@@ -43,12 +43,31 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           manual_dir=ml_collections.FieldReference(None, field_type=str),
           train_split='train',
           eval_split='test',
-          augment='cifar',  # 'cifar' | 'imagenet' | 'none'
+          # Training augmentation: 'cifar' (pad, random crop, flip: the paper's CIFAR, section 4.2)
+          # | 'scale_augmentation' (the paper's ImageNet, section 3.4: shorter side uniform in
+          # scale_range, random image_size crop, flip) | 'inception_crop' (torchvision's
+          # RandomResizedCrop: area 8-100%, aspect 3/4-4/3, then image_size) | 'none'
+          augment='cifar',
           pad=4,
           flip=True,
           image_size=ml_collections.FieldReference(None, field_type=int),
+          # scale_augmentation: the shorter side is resized to an integer drawn uniformly from
+          # [low, high], both included ([256, 480] in the paper, section 3.4)
+          scale_range=(256, 480),
+          # 'per_channel': (x / 255 - mean) / std per channel (torchvision's) | 'per_pixel_mean':
+          # x / 255 minus the training split's mean image, no std division (the paper's, sections
+          # 3.4 and 4.2; computed once per process from train_split, like the computed mean/std)
+          normalisation='per_channel',
+          # per_channel only; None: known constants, else computed from train_split
           mean=ml_collections.FieldReference(None, field_type=tuple),
           std=ml_collections.FieldReference(None, field_type=tuple),
+          # Krizhevsky et al. 2012's PCA colour augmentation (the paper's "standard colour
+          # augmentation", section 3.4): each training image gets eigvec @ (alpha * eigval) added
+          # to its RGB values in [0, 1], alpha ~ N(0, lighting_std^2); 0 = off, 0.1 as the paper
+          lighting_std=0.0,
+          # where eigval/eigvec come from: 'train_split' (the covariance of the training split's
+          # RGB values, as the paper says) | 'fb_resnet_torch' (the constants of fb.resnet.torch)
+          lighting_pca='train_split',
           shuffle_buffer=50_000,
           cache=True,
           # Streams the training split is read as (0 = one per process). Fix it to get the same
@@ -101,6 +120,26 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           # threshold.
           warmup_lr=0.0,  # 0 = off
           warmup_until_error=0.8,
+      )
+  )
+
+  # How evaluation scores a network (training's periodic eval, --mode=eval, sweeps): the metrics
+  # and the console name the protocol. resnet_jax/evaluation.py.
+  config.evaluation = ml_collections.ConfigDict(
+      dict(
+          # 'center': one view (ImageNet: torchvision's Resize(256) + CenterCrop(224); others: the
+          # image itself) | '10crop': the 4 corners and the centre of the image resized to
+          # shorter side `resize`, and of its mirror image (the paper's Tables 2 and 3) |
+          # 'multiscale': the fully-convolutional form, scores averaged over `scales` and their
+          # mirror images (Table 4). 10crop and multiscale average softmax probabilities.
+          protocol='center',
+          resize=0,  # 10crop: the shorter side the crops come from; 0 = round(image_size / 0.875)
+          # multiscale: shorter sides; each view is the centred s x s square (fixed shapes)
+          scales=(224, 256, 384, 480, 640),
+          # 10crop/multiscale: images of image_size x image_size per device in one forward pass; a
+          # larger view gets proportionally fewer (640 px: 32 x (224/640)^2 -> 3), so device memory
+          # is that of one such forward at every scale
+          forward_batch=32,
       )
   )
 

@@ -34,4 +34,5 @@ def get_config(preset: str = 'resnet50'):
       checkpoint_every_steps=1_000,
   )
   config.schedule.update(boundaries_epochs=None, boundaries=(500, 750))
+  config.evaluation.protocol = 'center'  # the batches are made on the devices: one view each
   return config

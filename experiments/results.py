@@ -57,6 +57,12 @@ class Run:
     evals = [r for r in self.records if 'eval_top1_error' in r]
     return evals[-1]['eval_top1_error'] if evals else None
 
+  @property
+  def test_protocol(self) -> str | None:
+    """The evaluation protocol of the last evaluation (rows from before protocols: center)."""
+    evals = [r for r in self.records if 'eval_top1_error' in r]
+    return evals[-1].get('eval_protocol', 'center') if evals else None
+
   def series(self, key: str) -> tuple[list[int], list[float]]:
     pairs = [(r['step'], r[key]) for r in self.records if key in r]
     return [s for s, _ in pairs], [v for _, v in pairs]
@@ -103,6 +109,8 @@ def parameter_count(run: Run, root) -> int | None:
 
 def table_rows(runs: list[Run], root) -> list[dict]:
   on_cifar10 = runs and all(r.config['dataset']['name'] == 'cifar10' for r in runs)
+  # A column only where some run was not scored on the single view (10crop, multiscale sweeps).
+  protocols = {r.test_protocol for r in runs} - {None}
   rows = []
   for run in runs:
     row = {
@@ -116,6 +124,8 @@ def table_rows(runs: list[Run], root) -> list[dict]:
     }
     for key in ('train_error_percent', 'test_error_percent'):
       row[key] = None if row[key] is None else round(100 * row[key], 2)
+    if protocols - {'center'}:
+      row['test_protocol'] = run.test_protocol
     if on_cifar10:
       row['paper_test_error_percent'] = (
           PAPER_TABLE6.get(run.depth) if run.family == 'resnet' else None
@@ -140,6 +150,7 @@ def markdown_table(rows: list[dict]) -> str:
       'steps': 'iterations',
       'train_error_percent': 'train error (%)',
       'test_error_percent': 'test error (%)',
+      'test_protocol': 'test protocol',
       'paper_test_error_percent': 'paper test error (%)',
   }
   keys = list(rows[0]) if rows else list(headers)[:7]

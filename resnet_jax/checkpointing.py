@@ -128,8 +128,10 @@ class Checkpoints:
     self.wait()  # orbax waits for the previous save anyway; this names the step if it failed
     self._writing = step
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    # Numbers only: the eval's protocol name is in the run's config.
+    metrics = {k: v for k, v in (eval_metrics or {}).items() if not isinstance(v, str)}
     with self._stop_on_failed_save():
-      self.manager.save(step, args=args, metrics=eval_metrics or None, force=True)
+      self.manager.save(step, args=args, metrics=metrics or None, force=True)
 
   def check_for_errors(self) -> None:
     """CheckpointSaveError if a background save has failed (cheap: called after every step)."""

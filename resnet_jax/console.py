@@ -27,6 +27,13 @@ def _percent(fraction: float) -> str:
   return f'{100 * fraction:.2f}%'
 
 
+def _protocol(metrics: dict) -> str:
+  """The evaluation protocol and its views per image: `center`, `10crop, 10 views`."""
+  protocol = metrics.get('eval_protocol', 'center')  # rows written before protocols: center
+  views = int(metrics.get('eval_views', 1))
+  return protocol if views == 1 else f'{protocol}, {views} views'
+
+
 class Throughput:
   """Images per second of training alone: counted from the end of the invocation's first step (so
   compilation is left out), with evaluation time taken out."""
@@ -110,7 +117,8 @@ class Console:
 
   def eval_line(self, step: int, metrics: dict) -> None:
     self.print(
-        f'eval at step {step}: top-1 {_percent(1 - metrics["eval_top1_error"])} (error'
+        f'eval at step {step} ({_protocol(metrics)}): top-1'
+        f' {_percent(1 - metrics["eval_top1_error"])} (error'
         f' {_percent(metrics["eval_top1_error"])}), top-5'
         f' {_percent(1 - metrics["eval_top5_error"])}, loss {metrics["eval_loss"]:.4f} on'
         f' {metrics["eval_examples"]:,.0f} images'
@@ -127,7 +135,7 @@ class Console:
       best = min(evals, key=lambda r: (r['eval_top1_error'], r['step']))
       for name, row in (('final', evals[-1]), ('best', best)):
         rows.append((
-            f'{name} eval (step {row["step"]})',
+            f'{name} eval (step {row["step"]}, {_protocol(row)})',
             (
                 f'top-1 {_percent(1 - row["eval_top1_error"])} (error'
                 f' {_percent(row["eval_top1_error"])}), top-5'

@@ -33,8 +33,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config',
     None,
-    'import: the config the workdir is for (default: configs/imagenet.py:<model> for '
-    'torchvision weights, configs/cifar10.py:<model> for the CIFAR reference).',
+    'import: the config the workdir is for (default: configs/imagenet.py:<model>,torchvision for '
+    'torchvision weights, configs/cifar10.py:<model> with per-channel normalisation for the CIFAR'
+    ' reference).',
     lock_config=True,
 )
 flags.DEFINE_string(
@@ -119,10 +120,13 @@ def _default_config(preset: str, layout: str):
   if layout == 'torchvision':
     from configs import imagenet  # pylint: disable=import-outside-toplevel
 
-    return imagenet.get_config(preset)
+    # torchvision's recipe: its normalisation, which its weights were trained and are scored with
+    return imagenet.get_config(f'{preset},torchvision')
   from configs import cifar10  # pylint: disable=import-outside-toplevel
 
-  return cifar10.get_config(preset)
+  config = cifar10.get_config(preset)
+  config.dataset.normalisation = 'per_channel'  # the reference's (and this import's until now)
+  return config
 
 
 def _image_shape(config) -> tuple[int, int, int]:

@@ -72,15 +72,23 @@ def device_train_batches(
 
 
 def create_eval_iterator(
-    data, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
+    data,
+    *,
+    local_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    eval_spec=None,
 ) -> Iterator[dict[str, Any]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of the eval split;
-  padding examples have mask 0. Synthetic batches come already on the devices."""
+  padding examples have mask 0. Synthetic batches come already on the devices. With `eval_spec`
+  (evaluation.EvalSpec) of the 10crop or multiscale protocol, {'views', 'label', 'mask'}."""
+  views = eval_spec is not None and eval_spec.protocol != 'center'
   return _source(data).create_eval_iterator(
       data,
       local_batch_size=local_batch_size,
       process_index=process_index,
       process_count=process_count,
+      **({'eval_spec': eval_spec} if views else {}),
   )
 
 

@@ -58,6 +58,14 @@ flags.DEFINE_string(
     'latest',
     'eval, predict: the checkpoint to read: latest, best (the lowest eval top-1 error), or a step.',
 )
+flags.DEFINE_enum(
+    'eval_protocol',
+    None,
+    ['center', '10crop', 'multiscale'],
+    "eval: the evaluation protocol, instead of the config's evaluation.protocol: center (one"
+    ' view), 10crop (corners and centre, and mirrored), multiscale (fully-convolutional, the'
+    ' scales of evaluation.scales and mirrored); resnet_jax/evaluation.py.',
+)
 flags.DEFINE_list(
     'accept_changes',
     [],
@@ -223,7 +231,9 @@ def main(argv):
         jax.devices()[0].platform,
     )
     if FLAGS.mode == 'eval':
-      metrics = train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.checkpoint_step)
+      metrics = train.evaluate_checkpoint(
+          config, FLAGS.workdir, FLAGS.checkpoint_step, protocol=FLAGS.eval_protocol
+      )
       print(train.dumps(metrics))
     else:
       train.train_and_evaluate(

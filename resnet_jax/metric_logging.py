@@ -60,12 +60,18 @@ class MetricLogger:
       self.writer.write_hparams(_hparams(config))
       self.writer.write_texts(0, {'config': f'```\n{config.to_json_best_effort(indent=2)}\n```'})
 
-  def write(self, step: int, scalars: dict[str, float]) -> None:
+  def write(self, step: int, scalars: dict[str, float | str]) -> None:
+    """Numbers go to TensorBoard and metrics.jsonl; strings (the eval protocol's name) to
+    metrics.jsonl only (TensorBoard holds the config's text)."""
     if not self.is_writer:
       return
+    numbers = {k: float(v) for k, v in scalars.items() if not isinstance(v, str)}
     if self.writer is not None:
-      self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in scalars.items()})
-    record = {'step': step, **{k: float(v) for k, v in scalars.items()}}
+      self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in numbers.items()})
+    record = {
+        'step': step,
+        **{k: v if isinstance(v, str) else float(v) for k, v in scalars.items()},
+    }
     with self.jsonl_path.open('a') as f:
       f.write(json.dumps(record) + '\n')
 

@@ -241,7 +241,11 @@ class ResNet(nn.Module):
   scan_blocks: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, score_map: bool = False):
+    """Logits [N, classes]; with `score_map`, the classifier applied as a 1x1 convolution at every
+    position of the last feature map, [N, h, w, classes]: the fully-convolutional form of the
+    paper's multi-scale testing (section 3.4, after [41]), whose spatial average is the logits.
+    The last feature map is sown as `intermediates/features`."""
     conv = functools.partial(
         reference_conv,
         use_bias=False,
@@ -300,8 +304,11 @@ class ResNet(nn.Module):
 
     if self.preact:
       x = nn.relu(norm(name='final_bn')(x))
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
+    if not self.is_initializing():
+      self.sow('intermediates', 'features', x)
+    head = nn.Dense(self.num_classes, dtype=self.dtype, name='head')
+    # Dense acts on the last axis, so on a feature map it is the 1x1 convolution.
+    x = head(x) if score_map else head(jnp.mean(x, axis=(1, 2)))
     # The loss is computed in float32 or wider whatever the compute dtype (bfloat16 -> float32).
     return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 

@@ -53,7 +53,8 @@ def _config_lines() -> list[str]:
   for path, module in config_files():
     parameters = list(inspect.signature(module.get_config).parameters.values())
     default = parameters[0].default if parameters else ''
-    recipes = ''.join(f'[,{r}]' for r in getattr(module, 'RECIPES', ()))
+    recipes = getattr(module, 'RECIPES', ())
+    recipes = f"[{'|'.join(f',{r}' for r in recipes)}]" if recipes else ''  # one of them, or none
     # The docstring's first line, less the example command most of them end with.
     summary = re.sub(r':\s*`[^`]*`\.?$', '', (module.__doc__ or '').strip().split('\n')[0])
     rows.append((f'{path}:MODEL{recipes}', str(default), summary))

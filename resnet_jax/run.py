@@ -13,10 +13,16 @@ from typing import Any
 import ml_collections
 
 from resnet_jax import cpu_backend, models, parallel
+from resnet_jax import evaluation as evaluation_lib
 from resnet_jax.errors import UserError
 
 SCHEDULES = ('piecewise', 'cosine')
-AUGMENTS = ('cifar', 'imagenet', 'none')
+# 'scale_augmentation' is the paper's ImageNet augmentation (section 3.4), 'inception_crop'
+# torchvision's (called 'imagenet' before the paper's existed); both read encoded images.
+AUGMENTS = ('cifar', 'scale_augmentation', 'inception_crop', 'none')
+ENCODED_AUGMENTS = ('scale_augmentation', 'inception_crop')
+NORMALISATIONS = ('per_channel', 'per_pixel_mean')
+LIGHTING_PCAS = ('train_split', 'fb_resnet_torch')
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 
@@ -48,8 +54,21 @@ class DataSpec:
   shuffle_buffer: int
   cache: bool
   image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after crop or resize
-  mean: tuple[float, ...]  # per channel, of x / 255
-  std: tuple[float, ...]
+  mean: tuple[float, ...]  # per channel, of x / 255 ('per_pixel_mean': the mean image's average)
+  std: tuple[float, ...]  # ('per_pixel_mean': ones)
+  normalisation: str = 'per_channel'  # NORMALISATIONS
+  scale_range: tuple[int, int] = (256, 480)  # scale_augmentation's shorter sides, both included
+  lighting_std: float = 0.0  # PCA colour augmentation (0 = off)
+  lighting_eigval: tuple[float, ...] = ()  # largest first
+  lighting_eigvec: tuple[tuple[float, ...], ...] = ()  # rows: R, G, B; column j: eigval[j]'s
+  # 'per_pixel_mean': float32 [H, W, C] of x / 255 over the training split; an array, so left out
+  # of comparisons (the fields above determine it)
+  pixel_mean: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+  @property
+  def encoded(self) -> bool:
+    """Images are read as their encoded bytes and decoded after the shuffle (ImageNet-style)."""
+    return self.augment in ENCODED_AUGMENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +150,7 @@ class Run:
   optimizer: OptimizerSpec
   parallelism: ParallelSpec
   loop: LoopSpec
+  evaluation: evaluation_lib.EvalSpec = evaluation_lib.EvalSpec()
 
 
 def _require(ok: bool, message: str) -> None:
@@ -320,9 +340,23 @@ def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
 def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
   """The dataset fields that need no data to check (input_pipeline.resolve_data reads the rest)."""
   section = _Section('dataset', dataset)
+  _require(
+      dataset.augment != 'imagenet',
+      "--config.dataset.augment='imagenet' is now 'inception_crop' (torchvision's random-resized"
+      " crop) or 'scale_augmentation' (the paper's, section 3.4)",
+  )
   _choice(section, 'augment', AUGMENTS)
   _not_negative(section, 'num_shards')
   _not_negative(section, 'pad')
+  _choice(section, 'normalisation', NORMALISATIONS)
+  _choice(section, 'lighting_pca', LIGHTING_PCAS)
+  _not_negative(section, 'lighting_std')
+  low_high = _numbers(section, 'scale_range') or ()
+  _require(
+      len(low_high) == 2 and all(int(v) == v for v in low_high) and 0 < low_high[0] <= low_high[1],
+      f'--config.dataset.scale_range={tuple(low_high)!r} must be two whole numbers 0 < low <= high,'
+      " e.g. --config.dataset.scale_range='(256, 480)'",
+  )
 
 
 def check_without_data(
@@ -335,6 +369,7 @@ def check_without_data(
   resolve_optimizer(config)
   resolve_parallelism(config)
   check_dataset_fields(config.dataset)
+  evaluation_lib.resolve_evaluation(config)
   _loop(config)
   _schedule(config, BatchSpec(1, 1, 1, 1, 1, 1, 1))  # the schedule's own fields
 
@@ -360,4 +395,5 @@ def resolve(
       optimizer=resolve_optimizer(config),
       parallelism=resolve_parallelism(config),
       loop=_loop(config),
+      evaluation=evaluation_lib.resolve_evaluation(config),
   )

@@ -40,7 +40,28 @@ MAY_CHANGE = frozenset({
     'parallelism.mode',  # jit and pmap train the same steps
     'parallelism.cpu_devices',  # the device count matters only to per-device BN (derived below)
     'parallelism.cpu_backend',  # the same step, another convolution library
+    # how evaluation scores the network, not what is trained
+    'evaluation.protocol',
+    'evaluation.resize',
+    'evaluation.scales',
+    'evaluation.forward_batch',
 })
+
+# Fields added after workdirs were written, with the value that those runs trained with, so that a
+# resume compares like with like: a run that now gets the paper's per-pixel mean instead of the
+# per-channel normalisation it was trained with is told so, and refused unless accepted.
+ADDED_FIELDS = {
+    'dataset.normalisation': 'per_channel',
+    'dataset.scale_range': [256, 480],
+    'dataset.lighting_std': 0.0,
+    'dataset.lighting_pca': 'train_split',
+    'evaluation.protocol': 'center',
+    'evaluation.resize': 0,
+    'evaluation.scales': [224, 256, 384, 480, 640],
+    'evaluation.forward_batch': 32,
+}
+# Values renamed since: (field, old value) -> the name it has now.
+RENAMED_VALUES = {('dataset.augment', 'imagenet'): 'inception_crop'}
 
 
 class ChangedRunError(UserError):
@@ -82,10 +103,31 @@ def flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+def upgraded(config: dict) -> dict:
+  """A saved config (JSON) in today's terms: fields added since filled with the values its run
+  used (ADDED_FIELDS), renamed values given their new names (RENAMED_VALUES)."""
+  flat = flatten(config)
+  if not flat:
+    return config
+  for field, value in ADDED_FIELDS.items():
+    flat.setdefault(field, value)
+  for (field, old), new in RENAMED_VALUES.items():
+    if flat.get(field) == old:
+      flat[field] = new
+  nested = {}
+  for field, value in flat.items():
+    *sections, name = field.split('.')
+    target = nested
+    for section in sections:
+      target = target.setdefault(section, {})
+    target[name] = value
+  return nested
+
+
 def _fields(record: dict) -> dict:
   """A record's values by name: config fields by their flag name (`train.batch_size`), derived
   facts as `derived.<fact>`."""
-  return flatten({**record.get('config', {}), 'derived': record.get('derived', {})})
+  return flatten({**upgraded(record.get('config', {})), 'derived': record.get('derived', {})})
 
 
 def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
@@ -155,7 +197,7 @@ def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
 
   config = base.base_config(saved_config['model']['name'])
   with config.unlocked():
-    for field, value in flatten(saved_config).items():
+    for field, value in flatten(upgraded(saved_config)).items():
       section, _, name = field.rpartition('.')
       target = config.get(section) if section else config
       if target is None or name not in target:

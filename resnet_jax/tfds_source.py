@@ -18,8 +18,16 @@ whenever it is produced, and `create_train_iterator(..., start_step=k)` starts d
 k // steps_per_epoch, skipping the first (k % steps_per_epoch) * batch examples *before* decoding
 and augmentation.
 
+Training augmentation (`dataset.augment`): 'cifar' (the paper's CIFAR, section 4.2: pad, random
+crop, flip), 'scale_augmentation' (the paper's ImageNet, section 3.4: the shorter side resized to a
+size drawn uniformly from `scale_range`, a random image_size crop, flip), 'inception_crop'
+(torchvision's RandomResizedCrop), 'none'; PCA colour augmentation on any of them
+(`lighting_std`). Normalisation: per channel, or the training split's per-pixel mean.
+
 Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so
 every example is in exactly one process), pads to a common number of batches with mask 0 examples.
+The protocols' views (resnet_jax/evaluation.py) are made here: '10crop' as torchvision's TenCrop,
+'multiscale' one centred square per scale, all uint8 (normalised on the device).
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from resnet_jax import evaluation
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
-from resnet_jax.run import BatchSpec, DataSpec, DatasetFacts, check_dataset_fields
+from resnet_jax.run import ENCODED_AUGMENTS, BatchSpec, DataSpec, DatasetFacts
+from resnet_jax.run import check_dataset_fields
 
 try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -52,9 +62,17 @@ KNOWN_STATS = {
 STATS_NUM_EXAMPLES = (
     10_000  # computed statistics use the first (unshuffled) examples of train_split
 )
-# 'imagenet' eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224): shorter
-# side to round(size / 0.875) with PIL's antialiased bilinear, then the centre size x size crop.
-EVAL_CROP_FRACTION = 0.875
+# ImageNet-style eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224):
+# shorter side to round(size / 0.875) with PIL's antialiased bilinear, then the centre crop.
+EVAL_CROP_FRACTION = evaluation.CROP_FRACTION
+# fb.resnet.torch's PCA of ImageNet's RGB values in [0, 1] (datasets/imagenet.lua), which its
+# Lighting(0.1, eigval, eigvec) uses: eigenvalues, largest first, and the eigenvectors as columns.
+FB_RESNET_TORCH_EIGVAL = (0.2175, 0.0188, 0.0045)
+FB_RESNET_TORCH_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 
 
 # ------------------------------------------------------------------------------------ dataset facts
@@ -101,8 +119,10 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   size = dataset_config.image_size
   if size:
     return (int(size), int(size), int(channels))
-  if dataset_config.augment == 'imagenet':
-    raise UserError("dataset.image_size must be set for augment='imagenet' (e.g. 224)")
+  if dataset_config.augment in ENCODED_AUGMENTS:
+    raise UserError(
+        f'--config.dataset.image_size must be set for augment={dataset_config.augment!r} (e.g. 224)'
+    )
   if len(native) != 3 or any(d is None for d in native):
     raise UserError(
         f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
@@ -128,7 +148,29 @@ def resolve_data(dataset_config) -> DataSpec:
   check_dataset_fields(dataset_config)
   builder = get_dataset_builder(dataset_config)
   image_shape = _image_shape(dataset_config, builder)
-  mean, std = _normalisation_stats(dataset_config, builder, channels=image_shape[-1])
+  low, high = (int(v) for v in dataset_config.scale_range)
+  if dataset_config.augment == 'scale_augmentation' and low < min(image_shape[:2]):
+    raise UserError(
+        f'--config.dataset.scale_range=({low}, {high}) resizes the shorter side below the'
+        f' {min(image_shape[:2])} px crop; its low end must be at least image_size'
+    )
+  encoded = dataset_config.augment in ENCODED_AUGMENTS
+  lighting_std = float(dataset_config.lighting_std)
+  pixel_stats = None  # (mean image, RGB covariance) of the training split, when needed
+  if dataset_config.normalisation == 'per_pixel_mean' or (
+      lighting_std > 0 and dataset_config.lighting_pca == 'train_split'
+  ):
+    pixel_stats = _pixel_stats(builder, dataset_config.train_split, image_shape, encoded)
+  if dataset_config.normalisation == 'per_pixel_mean':
+    pixel_mean = pixel_stats[0]
+    mean = tuple(float(m) for m in pixel_mean.mean(axis=(0, 1)))
+    std = (1.0,) * image_shape[-1]
+  else:
+    pixel_mean = None
+    mean, std = _normalisation_stats(dataset_config, builder, channels=image_shape[-1])
+  eigval, eigvec = (), ()
+  if lighting_std > 0:
+    eigval, eigvec = _lighting_pca(dataset_config, pixel_stats, channels=image_shape[-1])
   return DataSpec(
       name=dataset_config.name,
       data_dir=dataset_config.data_dir,
@@ -143,6 +185,12 @@ def resolve_data(dataset_config) -> DataSpec:
       image_shape=image_shape,
       mean=mean,
       std=std,
+      normalisation=dataset_config.normalisation,
+      scale_range=(low, high),
+      lighting_std=lighting_std,
+      lighting_eigval=eigval,
+      lighting_eigvec=eigvec,
+      pixel_mean=pixel_mean,
   )
 
 
@@ -192,6 +240,83 @@ def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
   return _COMPUTED_STATS[key]
 
 
+_COMPUTED_PIXEL_STATS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pixel_stats(builder, split: str, image_shape, encoded: bool, num: int = STATS_NUM_EXAMPLES):
+  """(mean image float32 [H, W, C], covariance of the RGB values float64 [C, C]) of x / 255 over
+  the first `num` images of `split` as the model's input before normalisation: for encoded
+  (ImageNet-style) data their centre view (imagenet_eval_image: shorter side 256, centre 224),
+  for others the image, resized to the input shape where it differs as the pipeline resizes it.
+
+  The paper subtracts "the per-pixel mean" (sections 3.4 and 4.2, as Krizhevsky et al. 2012) and
+  takes the colour augmentation's PCA of "the set of RGB pixel values throughout the training set";
+  both come from one pass over the first examples in file order, unshuffled: the same numbers in
+  every process and run. Computed once per process, as the per-channel statistics are.
+  """
+  h, w, channels = image_shape
+  key = (str(builder.data_dir), builder.name, str(split), num, tuple(image_shape), encoded)
+  if key in _COMPUTED_PIXEL_STATS:
+    return _COMPUTED_PIXEL_STATS[key]
+  native = tuple(builder.info.features['image'].shape)
+  ds = builder.as_dataset(
+      split=split,
+      shuffle_files=False,
+      decoders=_image_decoders(builder) if encoded else None,
+      read_config=_read_config(),
+  ).take(num)
+
+  def view(ex):
+    if encoded:
+      x = tf.cast(imagenet_eval_image(ex['image'], h, channels), tf.float64)
+    else:
+      x = tf.cast(ex['image'], tf.float64)
+      if native[:2] != (h, w):
+        x = tf.cast(tf.image.resize(tf.cast(x, tf.float32), [h, w], method='bilinear'), tf.float64)
+    x = tf.ensure_shape(x / 255.0, [h, w, channels])
+    pixels = tf.reshape(x, [-1, channels])
+    return x, tf.reduce_sum(pixels, 0), tf.matmul(pixels, pixels, transpose_a=True)
+
+  total_image, total, total_outer, images = 0.0, 0.0, 0.0, 0
+  for x, s, outer in (
+      ds.map(view, num_parallel_calls=tf.data.AUTOTUNE).batch(256).as_numpy_iterator()
+  ):
+    total_image = total_image + x.sum(0)
+    total, total_outer, images = total + s.sum(0), total_outer + outer.sum(0), images + len(x)
+  if not images:
+    raise UserError(f"dataset '{builder.name}' split {split!r} has no images to compute statistics")
+  count = images * h * w
+  mean_rgb = total / count
+  covariance = total_outer / count - np.outer(mean_rgb, mean_rgb)
+  stats = (np.asarray(total_image / images, np.float32), covariance)
+  stats[0].flags.writeable = False
+  _COMPUTED_PIXEL_STATS[key] = stats
+  return stats
+
+
+def _lighting_pca(dataset_config, pixel_stats, *, channels: int):
+  """(eigval, eigvec) of the colour augmentation: the training split's RGB covariance's
+  eigenvalues, largest first, and unit eigenvectors as the columns of eigvec; or fb.resnet.torch's
+  constants."""
+  if dataset_config.lighting_pca == 'fb_resnet_torch':
+    if channels != 3:
+      raise UserError(
+          "--config.dataset.lighting_pca='fb_resnet_torch' is ImageNet's RGB PCA; this data has"
+          f" {channels} channel(s): use 'train_split'"
+      )
+    return FB_RESNET_TORCH_EIGVAL, FB_RESNET_TORCH_EIGVEC
+  values, vectors = np.linalg.eigh(pixel_stats[1])
+  order = np.argsort(values)[::-1]
+  values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+  vectors = vectors * np.where(
+      vectors.sum(axis=0) < 0, -1.0, 1.0
+  )  # a fixed sign: alpha is symmetric
+  return (
+      tuple(float(v) for v in values),
+      tuple(tuple(float(v) for v in row) for row in vectors),
+  )
+
+
 def _normalisation_stats(
     dataset_config, builder, *, channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -201,7 +326,7 @@ def _normalisation_stats(
   """
   mean, std = dataset_config.mean, dataset_config.std
   if mean is None or std is None:
-    if dataset_config.augment == 'imagenet' and channels == 3:
+    if dataset_config.augment in ENCODED_AUGMENTS and channels == 3:
       known = (IMAGENET_MEAN, IMAGENET_STD)
     else:
       known = KNOWN_STATS.get(dataset_config.name)
@@ -322,35 +447,137 @@ def imagenet_eval_image(data: tf.Tensor, image_size: int, channels: int = 3) -> 
   return tf.ensure_shape(image, [image_size, image_size, channels])
 
 
+def scale_augmentation_size(seed: tf.Tensor, low: int, high: int) -> tf.Tensor:
+  """The shorter side of a scale-augmented image: an integer uniform over [low, high], both
+  included (section 3.4: "randomly sampled in [256, 480]")."""
+  return tf.random.stateless_uniform([], seed, minval=low, maxval=high + 1, dtype=tf.int32)
+
+
+def scale_augmentation_choice(seed: tf.Tensor, shape: tf.Tensor, spec: DataSpec) -> tf.Tensor:
+  """[new_h, new_w, top, left] of one scale-augmented crop of an image of `shape` [h, w, ...]: the
+  image resized to shorter side scale_augmentation_size, and a crop of the input size at an offset
+  uniform over the positions that fit."""
+  out_h, out_w, _ = spec.image_shape
+  size_seed, top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
+  new_shape = _shorter_side_shape(shape, scale_augmentation_size(size_seed, *spec.scale_range))
+  top = tf.random.stateless_uniform([], top_seed, 0, new_shape[0] - out_h + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], left_seed, 0, new_shape[1] - out_w + 1, dtype=tf.int32)
+  return tf.stack([new_shape[0], new_shape[1], top, left])
+
+
+def _source_span(offset, length: int, scale, size):
+  """[start, end) of the input pixels that output pixels offset .. offset + length - 1 of a resize
+  by `scale` read: TF's antialiased triangle kernel reaches max(1, 1 / scale) input pixels each
+  side of an output pixel's centre, (o + 0.5) / scale - 0.5; one more for rounding."""
+  reach = tf.maximum(1.0, 1.0 / scale) + 1.0
+  first = (tf.cast(offset, tf.float32) + 0.5) / scale - 0.5 - reach
+  last = (tf.cast(offset + length, tf.float32) - 0.5) / scale - 0.5 + reach
+  start = tf.maximum(0, tf.cast(tf.math.floor(first), tf.int32))
+  end = tf.minimum(size, tf.cast(tf.math.ceil(last), tf.int32) + 1)
+  return start, end
+
+
+def _scale_augmented(data: tf.Tensor, seed: tf.Tensor, spec: DataSpec) -> tf.Tensor:
+  """float32 [H, W, C] in 0..255: the crop scale_augmentation_choice picks of the image resized to
+  a random shorter side (bilinear, antialiased when it shrinks): section 3.4's scale augmentation,
+  after Simonyan & Zisserman's scale jittering.
+
+  Computed on the crop alone: only the part of the JPEG that the crop's pixels read is decoded,
+  and the resize (tf.raw_ops.ScaleAndTranslate, which tf.image.resize runs) is shifted to compute
+  just the crop's pixels, the same numbers as resizing the whole image and cropping it up to
+  float rounding (tests/test_paper_augmentation.py), for a fraction of the work.
+  """
+  out_h, out_w, channels = spec.image_shape
+  shape = _image_size(data)
+  new_h, new_w, top, left = tf.unstack(scale_augmentation_choice(seed, shape, spec))
+  scale = tf.stack([new_h / shape[0], new_w / shape[1]])  # float64 -> float32 below, as resize's
+  scale = tf.cast(scale, tf.float32)
+  y0, y1 = _source_span(top, out_h, scale[0], shape[0])
+  x0, x1 = _source_span(left, out_w, scale[1], shape[1])
+  window = _decode_crop(data, lambda _: tf.stack([y0, x0, y1 - y0, x1 - x0]), channels)
+  translation = tf.stack([
+      tf.cast(y0, tf.float32) * scale[0] - tf.cast(top, tf.float32),
+      tf.cast(x0, tf.float32) * scale[1] - tf.cast(left, tf.float32),
+  ])
+  x = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(window, tf.float32)[None],
+      size=[out_h, out_w],
+      scale=scale,
+      translation=translation,
+      kernel_type='triangle',
+      antialias=True,
+  )[0]
+  return tf.ensure_shape(x, [out_h, out_w, channels])
+
+
+def _image_size(data: tf.Tensor) -> tf.Tensor:
+  """[h, w] of encoded bytes, from a JPEG's header (no decode) or by decoding other formats."""
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.image.extract_jpeg_shape(data)[:2],
+      lambda: tf.shape(tf.io.decode_image(data, channels=1, expand_animations=False))[:2],
+  )
+
+
+def lighting_offset(seed: tf.Tensor, std: float, eigval, eigvec) -> tf.Tensor:
+  """Krizhevsky et al. 2012's PCA colour noise, float32 [C] in units of x / 255: eigvec @ (alpha *
+  eigval), alpha ~ N(0, std^2) per component, eigvec's columns the eigenvectors, as
+  fb.resnet.torch's Lighting (transforms.lua) computes it. The same offset is added to every pixel
+  of the image."""
+  eigval = tf.constant(eigval, tf.float32)
+  alpha = tf.random.stateless_normal(tf.shape(eigval), seed, dtype=tf.float32) * std
+  return tf.linalg.matvec(tf.constant(eigvec, tf.float32), alpha * eigval)
+
+
 def _make_preprocess(data: DataSpec, builder, *, train: bool):
-  """fn(image, seed[2]) -> float32 normalised [H, W, C]; image is encoded bytes for 'imagenet'."""
+  """fn(image, seed[2]) -> float32 normalised [H, W, C]; image is encoded bytes for the encoded
+  augments (run.ENCODED_AUGMENTS)."""
   augment = data.augment
   out_h, out_w, channels = data.image_shape
   native = tuple(builder.info.features['image'].shape)
-  mean = tf.constant(data.mean, tf.float32)
-  std = tf.constant(data.std, tf.float32)
+  if data.normalisation == 'per_pixel_mean':
+    pixel_mean = tf.constant(data.pixel_mean, tf.float32)
+    normalise = lambda x: x / 255.0 - pixel_mean  # x: float32 in [0, 255]
+  else:
+    mean = tf.constant(data.mean, tf.float32)
+    std = tf.constant(data.std, tf.float32)
+    normalise = lambda x: (x / 255.0 - mean) / std
   flip = data.flip and train
+  lighting = train and data.lighting_std > 0
   pad = data.pad
-
-  def normalise(x):  # x: float32 in [0, 255]
-    return (x / 255.0 - mean) / std
 
   def resize(x):
     return tf.image.resize(x, [out_h, out_w], method='bilinear')
 
   def preprocess(image, seed):
     seeds = tf.random.experimental.stateless_split(seed, num=2)
-    if augment == 'imagenet':
-      if train:
+    if lighting or (train and augment == 'scale_augmentation'):
+      # Split from seeds[0], so that the older augmentations' streams (crop: seeds[0], flip:
+      # seeds[1]) stay what they always were.
+      scale_seed, lighting_seed = tf.unstack(
+          tf.random.experimental.stateless_split(seeds[0], num=2)
+      )
+    if data.encoded:
+      if train and augment == 'scale_augmentation':
+        x = _scale_augmented(image, scale_seed, data)
+      elif train:  # inception_crop
         window = _random_crop_window(seeds[0])
         x = resize(tf.cast(_decode_crop(image, window, channels), tf.float32))
       else:
         x = tf.cast(imagenet_eval_image(image, out_h, channels), tf.float32)
+      if lighting:
+        x = x + 255.0 * lighting_offset(
+            lighting_seed, data.lighting_std, data.lighting_eigval, data.lighting_eigvec
+        )
       x = normalise(x)
     else:
       x = tf.cast(image, tf.float32)
       if native[:2] != (out_h, out_w):
         x = resize(x)
+      if lighting:
+        x = x + 255.0 * lighting_offset(
+            lighting_seed, data.lighting_std, data.lighting_eigval, data.lighting_eigvec
+        )
       x = normalise(x)
       if augment == 'cifar' and train and pad > 0:
         # As the paper: pad the mean-subtracted image with zeros, take a random crop of the
@@ -364,14 +591,58 @@ def _make_preprocess(data: DataSpec, builder, *, train: bool):
   return preprocess
 
 
+def _five_crops(image: tf.Tensor, h: int, w: int) -> list[tf.Tensor]:
+  """torchvision's five_crop: top-left, top-right, bottom-left, bottom-right, centre."""
+  shape = tf.shape(image)
+  bottom, right = shape[0] - h, shape[1] - w
+  return [
+      image[:h, :w],
+      image[:h, right : right + w],
+      image[bottom : bottom + h, :w],
+      image[bottom : bottom + h, right : right + w],
+      _center_crop(image, h, w),
+  ]
+
+
+def ten_crops(image: tf.Tensor, crop: int, resize: int) -> tf.Tensor:
+  """uint8 [10, crop, crop, C] of a decoded uint8 image, as torchvision's Resize(resize) +
+  TenCrop(crop) on a PIL image: the five crops of the resized image, then the five of its mirror
+  image (not the five mirrored: the centre crop's offset rounds the other way on an odd margin)."""
+  resized = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), resize))
+  crops = _five_crops(resized, crop, crop) + _five_crops(resized[:, ::-1], crop, crop)
+  return tf.ensure_shape(tf.stack(crops), [10, crop, crop, None])
+
+
+def scale_view(image: tf.Tensor, scale: int) -> tf.Tensor:
+  """uint8 [scale, scale, C]: the multiscale protocol's view, the centred square of the image
+  resized (as torchvision's Resize) to shorter side `scale`."""
+  resized = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), scale))
+  return tf.ensure_shape(_center_crop(resized, scale, scale), [scale, scale, None])
+
+
+def _make_eval_views(data: DataSpec, spec: evaluation.EvalSpec):
+  """fn(image) -> {group name: uint8 [count, h, w, C]}: the protocol's views
+  (evaluation.view_groups), from encoded bytes or a decoded image."""
+  channels = data.image_shape[-1]
+  crop = data.image_shape[0]
+
+  def views(image):
+    image = _decode(image, channels) if data.encoded else tf.cast(image, tf.uint8)
+    if spec.protocol == '10crop':
+      return {'crops': ten_crops(image, crop, evaluation.ten_crop_resize(spec, crop))}
+    return {f'scale{s}': scale_view(image, s)[None] for s in spec.scales}
+
+  return views
+
+
 def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
   """An image file's bytes (PNG, JPEG, GIF or BMP, any size) as evaluation sees the eval split's
-  images: float32 [H, W, C], decoded to the run's channel count; for 'imagenet', resized and
+  images: float32 [H, W, C], decoded to the run's channel count; for encoded data, resized and
   centre-cropped by imagenet_eval_image; otherwise resized (bilinear) to the run's image shape
   where it differs, as the pipeline resizes a dataset of another size; then the same normalisation.
   Bytes that are not an image raise tf.errors.InvalidArgumentError."""
   image = tf.constant(encoded)
-  if data.augment != 'imagenet':
+  if not data.encoded:
     image = _decode(image, data.image_shape[-1])
     if tuple(image.shape[:2]) != data.image_shape[:2]:
       image = tf.image.resize(tf.cast(image, tf.float32), data.image_shape[:2], method='bilinear')
@@ -380,8 +651,8 @@ def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
 
 
 def _decoders(data: DataSpec, builder):
-  # 'imagenet' decodes (and crops) after the shuffle and resume skip, from the encoded bytes.
-  return _image_decoders(builder) if data.augment == 'imagenet' else None
+  # Encoded augments decode (and crop) after the shuffle and resume skip, from the encoded bytes.
+  return _image_decoders(builder) if data.encoded else None
 
 
 def _pipeline_options() -> tf.data.Options:
@@ -520,24 +791,32 @@ def num_eval_batches(data: DataSpec, *, local_batch_size: int, process_count: in
 _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.OrderedDict()
 
 
-def _eval_examples(data, builder, process_index: int, process_count: int) -> tf.data.Dataset:
-  cache = bool(data.cache)
-  key = (str(builder.data_dir), repr(data), process_index, process_count)
+def _eval_examples(
+    data, builder, process_index: int, process_count: int, spec: evaluation.EvalSpec | None
+) -> tf.data.Dataset:
+  views = spec is not None and spec.protocol != 'center'
+  cache = bool(data.cache) and not views  # views are up to 2.7 MB an image: made afresh
+  key = (str(builder.data_dir), repr(data), process_index, process_count, spec)
   if cache and key in _EVAL_DATASETS:
     _EVAL_DATASETS.move_to_end(key)
     return _EVAL_DATASETS[key]
   split = _eval_splits(data, process_count)[process_index]
-  preprocess = _make_preprocess(data, builder, train=False)
   ds = builder.as_dataset(
       split=split,
       shuffle_files=False,
       decoders=_decoders(data, builder),
       read_config=_read_config(),
   )
-  zero_seed = tf.zeros([2], tf.int64)
+  if views:
+    make_views = _make_eval_views(data, spec)
+    example = lambda ex: {'views': make_views(ex['image'])}
+  else:
+    preprocess = _make_preprocess(data, builder, train=False)
+    zero_seed = tf.zeros([2], tf.int64)
+    example = lambda ex: {'image': preprocess(ex['image'], zero_seed)}
   ds = ds.map(
       lambda ex: {
-          'image': preprocess(ex['image'], zero_seed),
+          **example(ex),
           'label': tf.cast(ex['label'], tf.int32),
           'mask': tf.constant(1.0, tf.float32),
       },
@@ -552,22 +831,41 @@ def _eval_examples(data, builder, process_index: int, process_count: int) -> tf.
 
 
 def create_eval_iterator(
-    data, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
+    data,
+    *,
+    local_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    eval_spec: evaluation.EvalSpec | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split.
+  """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split, or
+  {'views': {group: uint8 [B, count, h, w, C]}, 'label', 'mask'} for the 10crop and multiscale
+  protocols (resnet_jax/evaluation.py).
 
   Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
   """
+  spec = eval_spec
   builder = get_dataset_builder(data)
   total = (
       num_eval_batches(data, local_batch_size=local_batch_size, process_count=process_count)
       * local_batch_size
   )
-  ds = _eval_examples(data, builder, process_index, process_count)
+  ds = _eval_examples(data, builder, process_index, process_count, spec)
+  groups = evaluation.view_groups(spec, data.image_shape) if spec is not None else ()
+  if groups:
+    inputs = {
+        'views': {
+            g.name: tf.zeros([g.count, *g.size, data.image_shape[-1]], tf.uint8) for g in groups
+        }
+    }
+  else:
+    inputs = {'image': tf.zeros(data.image_shape, tf.float32)}
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros(data.image_shape, tf.float32),
+      **inputs,
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32),
   }).repeat()
   ds = ds.concatenate(padding).take(total).batch(local_batch_size, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options()).as_numpy_iterator()
+  # A batch of the paper's five scales is 2.7 MB an image: one batch ahead is enough.
+  prefetch = 1 if groups else tf.data.AUTOTUNE
+  return ds.prefetch(prefetch).with_options(_pipeline_options()).as_numpy_iterator()

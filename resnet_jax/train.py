@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnet_jax import checkpointing, cpu_backend, input_pipeline, metric_logging, optim, parallel
+from resnet_jax import checkpointing, cpu_backend, evaluation, input_pipeline, metric_logging
+from resnet_jax import optim, parallel
 from resnet_jax import run_record
 from resnet_jax import run as run_lib
 from resnet_jax.console import Console, Throughput
@@ -111,10 +112,19 @@ class Setup:
     )
 
   def _compile_eval_step(self):
-    self.eval_step = self.data_parallel.compile_eval_step(
-        functools.partial(eval_step, model=self.model),
-        compiler_options=cpu_backend.options_for(self.backend.name),
-    )
+    options = cpu_backend.options_for(self.backend.name)
+    if self.run.evaluation.protocol == 'center':
+      self.eval_step = self.data_parallel.compile_eval_step(
+          functools.partial(eval_step, model=self.model), compiler_options=options
+      )
+    else:  # 10crop, multiscale: the views' averaged probabilities, in bounded memory
+      self.eval_step = evaluation.Evaluator(
+          self.run.evaluation,
+          model=self.model,
+          data_parallel=self.data_parallel,
+          data=self.data,
+          compiler_options=options,
+      )
 
   def compile_train_step(self, state, batch):
     """The train step compiled for this machine: on a CPU with the backend cpu_backend.choose
@@ -175,7 +185,8 @@ class Setup:
     return state  # the global replicated form: parallel.to_devices gives the mode's own
 
   def evaluate(self, state) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over every example of the eval split, each counted once.
+    """Loss, top-1 and top-5 error over every example of the eval split, each counted once, by the
+    run's evaluation protocol (named in the result, with the views averaged per image).
 
     `state` is in the global replicated form (parallel.to_global).
     """
@@ -184,6 +195,7 @@ class Setup:
         local_batch_size=self.run.batch.eval_per_process,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        eval_spec=self.run.evaluation,
     )
     totals = None
     for batch in batches:
@@ -196,6 +208,8 @@ class Setup:
         'eval_top1_error': float(totals['top1_errors']) / count,
         'eval_top5_error': float(totals['top5_errors']) / count,
         'eval_examples': count,
+        'eval_protocol': self.run.evaluation.protocol,
+        'eval_views': float(evaluation.num_views(self.run.evaluation, self.data.image_shape)),
     }
 
 
@@ -351,16 +365,22 @@ def _plot(workdir: epath.Path):
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict | None, workdir, step: int | None = None
+    config: ml_collections.ConfigDict | None,
+    workdir,
+    step: int | None = None,
+    protocol: str | None = None,
 ) -> dict[str, float]:
   """Eval-only mode: the checkpoint at `step` (default: latest) of an existing workdir on the eval
-  split, with `config`, or the config that checkpoint was trained with. Writes nothing."""
+  split, with `config`, or the config that checkpoint was trained with, by `protocol` (default:
+  the config's evaluation.protocol). Writes nothing."""
   workdir = existing_workdir(workdir)
   checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
   step = checkpoints.find_step(step)
   if config is None:
     config = run_record.config_of_checkpoint(checkpoints.read_meta(step), workdir)
   checkpoints.close()
+  if protocol:
+    config.evaluation.protocol = protocol
   run_lib.check_without_data(config, **device_counts())
   setup = Setup(config, workdir, training=False)
   state = setup.initial_state(step)

@@ -13,7 +13,9 @@ def test_list_presets_shows_the_zoo_and_the_config_files():
   out = check(run_main('--list_presets', devices=1, timeout=120)).stdout
   resnet56 = next(line for line in out.splitlines() if line.split()[:1] == ['resnet56'])
   assert resnet56.split() == ['resnet56', '56', 'basic', 'identity', '32x32x3', '853,018']
-  assert 'configs/cifar10.py:MODEL' in out and 'configs/imagenet.py:MODEL[,modern]' in out
+  assert (
+      'configs/cifar10.py:MODEL' in out and 'configs/imagenet.py:MODEL[,torchvision|,modern]' in out
+  )
 
 
 def test_missing_required_flags_are_one_line():

@@ -1,4 +1,4 @@
-"""'imagenet' evaluation preprocessing against torchvision's reference, reproduced here with PIL.
+"""ImageNet-style ('center') evaluation preprocessing against torchvision's, reproduced with PIL.
 
 torchvision's ImageNet evaluation, Compose([Resize(256), CenterCrop(224), ToTensor(),
 Normalize(...)]) on `PIL.Image.open(path).convert('RGB')`, is PIL's antialiased bilinear resize of
@@ -113,7 +113,9 @@ def eval_images() -> dict[str, np.ndarray]:
     )
 
   config = base.base_config('resnet50').dataset
-  config.update(name='imagenet2012', eval_split='validation', augment='imagenet', image_size=SIZE)
+  config.update(
+      name='imagenet2012', eval_split='validation', augment='inception_crop', image_size=SIZE
+  )
   config.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     (batch,) = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=len(names)))

@@ -127,9 +127,12 @@ def raw_examples(data_dir, split):
         (make_config(name='cifar10'), (32, 32, 3), 10),
         (make_config(name='mnist', pad=2, flip=False), (28, 28, 1), 10),
         (
-            make_config(
+            make_config(  # the paper's ImageNet inputs (section 3.4), shorter side >= 64
                 name='imagenet2012',
-                augment='imagenet',
+                augment='scale_augmentation',
+                scale_range=(64, 96),
+                normalisation='per_pixel_mean',
+                lighting_std=0.1,
                 image_size=64,
                 eval_split='validation',
                 shuffle_buffer=10,
@@ -138,10 +141,10 @@ def raw_examples(data_dir, split):
             (64, 64, 3),
             1000,
         ),
-        # 'imagenet' augment on PNG-encoded images (the non-JPEG decode path).
-        (make_config(name='cifar10', augment='imagenet', image_size=24), (24, 24, 3), 10),
+        # torchvision's random-resized crop on PNG-encoded images (the non-JPEG decode path).
+        (make_config(name='cifar10', augment='inception_crop', image_size=24), (24, 24, 3), 10),
     ],
-    ids=['cifar10', 'mnist', 'imagenet2012', 'cifar10-imagenet-augment'],
+    ids=['cifar10', 'mnist', 'imagenet2012-paper', 'cifar10-inception-crop'],
 )
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
@@ -154,7 +157,7 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
       assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
       assert np.all(np.isfinite(batch['image']))
       assert np.all((batch['label'] >= 0) & (batch['label'] < num_classes))
-    # Resume also works on the 'imagenet' (random resized crop) path.
+    # Resume also works on the encoded paths (scale augmentation, random-resized crop).
     resumed = take(train_iterator(config, 8, seed=0, start_step=2), 2)
     assert_same_batches(resumed, batches[2:4])
     evals = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=10))
@@ -186,7 +189,9 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
   )
   with tfds.testing.mock_data(num_examples=2):
     assert normalisation(make_config(name='cifar10')) == tfds_source.KNOWN_STATS['cifar10']
-    assert normalisation(make_config(name='imagenet2012', augment='imagenet', image_size=32)) == (
+    assert normalisation(
+        make_config(name='imagenet2012', augment='inception_crop', image_size=32)
+    ) == (
         tfds_source.IMAGENET_MEAN,
         tfds_source.IMAGENET_STD,
     )
