@@ -133,7 +133,6 @@ STANDARD = {
     'checkpoint': ('benchmarks.checkpoint', ['--model', 'resnet20']),
     'checkpoint_cpu8': ('benchmarks.checkpoint', ['--model', 'resnet20', '--devices', '8']),
     'memory': ('benchmarks.memory', []),
-    'xla_flags': ('benchmarks.xla_flags', ['--model', 'resnet20', '--batch', '128']),
 }
 
 
@@ -272,13 +271,6 @@ def markdown(results: dict) -> str:
           f" (+{r['step_peak_mib']:.0f} MiB over start-up; XLA temporaries {r['xla_temp_mib']:.0f}"
           f" MiB; step compiled in {r['compile_seconds']:.0f} s) |"
           f" {run_cell('memory', results['memory'])} |"
-      )
-  if 'xla_flags' in results:
-    for r in results['xla_flags']['results']:
-      out.append(
-          f"| XLA flags `{r['xla_flags'] or '(none)'}` | x{r['speedup_vs_default']:.2f} vs default"
-          f" ({', '.join(f'{x:.0f}' for x in r['images_per_second'])} images/s) |"
-          f" {run_cell('xla_flags', results['xla_flags'])} |"
       )
   machine = next(
       (r['machine'] for r in results.values() if isinstance(r, dict) and 'machine' in r), {}

@@ -21,7 +21,6 @@ Variants are levers switched without editing the product, joined with '+':
   scan_blocks      model.scan_blocks=True (each stage's repeated blocks as one scan: compile time)
   matmul_grad      model.conv_kernel_grad='matmul'
                    (conv kernel gradients as one matmul, resnet_jax/conv.py)
-  fused_bn         candidate product change: BatchNorm with a hand-written backward pass
 """
 
 import argparse
@@ -33,7 +32,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from benchmarks import baseline_resnet20, candidates, common
+from benchmarks import baseline_resnet20, common
 from configs import cifar10, imagenet
 from resnet_jax import cpu_backend, models, optim, parallel
 from resnet_jax import run as run_lib
@@ -82,7 +81,6 @@ def parse_variant(spec: str) -> dict:
       'remat': None,
       'conv_kernel_grad': 'xla',
       'scan_blocks': False,
-      'candidates': set(),
   }
   for part in spec.split('+'):
     if part == 'product':
@@ -103,8 +101,6 @@ def parse_variant(spec: str) -> dict:
       options['remat'] = True
     elif part == 'matmul_grad':
       options['conv_kernel_grad'] = 'matmul'
-    elif part == 'fused_bn':
-      options['candidates'].add(part)
     else:
       raise SystemExit(f'unknown variant {part!r} in {spec!r}; see --help')
   return options
@@ -277,14 +273,13 @@ def measure(
         conv_kernel_grad=options['conv_kernel_grad'],
         scan_blocks=options['scan_blocks'],
     )
-    with candidates.patched(options['candidates']):  # the model is traced and compiled here
-      built[spec] = ProductStep(
-          config,
-          donate=options['donate'],
-          per_dispatch=options['per_dispatch'],
-          sync_every=options['sync_every'],
-          mesh=mesh,
-      )
+    built[spec] = ProductStep(
+        config,
+        donate=options['donate'],
+        per_dispatch=options['per_dispatch'],
+        sync_every=options['sync_every'],
+        mesh=mesh,
+    )
     runs[spec] = built[spec]
   if with_baseline:
     baseline = baseline_resnet20.Runner(baseline_batch)
