@@ -42,7 +42,7 @@ ENV_OVERRIDE = 'RESNET_JAX_CPU_BACKEND'
 # Another backend replaces XLA's default only when it is clearly faster: two close timings are
 # noise, and a choice that flips between runs would change results in the last bits.
 MIN_GAIN = 1.05
-MEASURE_SECONDS = 6.0  # timed steps (after a warm-up step each), beyond the extra compilation
+MEASURE_SECONDS = 10.0  # timed steps (after a warm-up step each), beyond the extra compilation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Choice:
   name: str  # a key of BACKENDS, or 'default' off the CPU
   how: str  # 'measured' | 'cached' | 'set' (config or environment) | 'not a CPU'
   seconds: float = 0.0  # spent measuring (compiling the other candidate and timing steps)
-  step_seconds: tuple[tuple[str, float], ...] = ()  # measured: each candidate's median step
+  step_seconds: tuple[tuple[str, float], ...] = ()  # measured: each candidate's fastest step
 
   @property
   def options(self) -> dict[str, Any]:
@@ -173,7 +173,8 @@ def lookup(configured: str, signature: dict[str, Any]) -> Choice:
 
 
 def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]:
-  """Median seconds a step of each candidate, the candidates interleaved (A B, B A, ...) so that a
+  """The fastest step of each candidate, in seconds (the least disturbed by the machine's other
+  work, which only ever adds time), the candidates interleaved (A B, B A, ...) so that a
   change in the machine's load hits them alike: rounds until MEASURE_SECONDS are spent, at least
   one (a fixed two in a multi-process job, whose processes must run the same steps). Each runs on
   its own copy of `state` (the steps donate it); the caller's state is untouched."""
@@ -197,7 +198,7 @@ def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]
       spent += seconds
     order.reverse()
     rounds += 1
-  return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+  return {name: min(t) for name, t in times.items()}
 
 
 def choose(
