@@ -102,11 +102,13 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
   if size:
     return (int(size), int(size), int(channels))
   if dataset_config.augment == 'imagenet':
-    raise UserError("dataset.image_size must be set for augment='imagenet' (e.g. 224)")
+    raise UserError(
+        "--config.dataset.image_size must be set for --config.dataset.augment='imagenet' (e.g. 224)"
+    )
   if len(native) != 3 or any(d is None for d in native):
     raise UserError(
         f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
-        'dataset.image_size'
+        '--config.dataset.image_size'
     )
   return tuple(int(d) for d in native)
 
@@ -202,7 +204,8 @@ def _normalisation_stats(
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
   if len(mean) != channels or len(std) != channels:
     raise UserError(
-        f'dataset.mean/std need {channels} values (one per channel), got {mean} and {std}'
+        f'--config.dataset.mean and --config.dataset.std need {channels} values (one per channel'
+        f' of the images), got {mean} and {std}'
     )
   return mean, std
 

@@ -125,5 +125,7 @@ def test_init_from_names_a_workdir_a_step_or_the_best(tmp_path, named, expected)
   checkpoints.close()
   ours = {'head': {'kernel': np.zeros((2, 3), np.float32)}}
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params, _, step = checkpointing.restore_for_fine_tuning(f'{tmp_path}{named}', ours, {}, sharding)
+  params, _, step, _ = checkpointing.restore_for_fine_tuning(
+      f'{tmp_path}{named}', ours, {}, sharding
+  )
   assert step == expected and float(params['head']['kernel'][0, 0]) == expected
