@@ -4,6 +4,7 @@ Each is a ValueError, so library callers can catch them the usual way; any other
 and keeps its traceback.
 """
 
+import ast
 import difflib
 import logging
 import os
@@ -209,6 +210,24 @@ class _NoNoneWarning(logging.Filter):
     return 'returned None' not in record.getMessage()
 
 
+def _flag_error(error: Exception) -> str:
+  """absl's message for a value it cannot parse, on one line and without Python's tuple syntax:
+  `flag --config.train.cache=maybe: ('Non-boolean argument to boolean flag', 'maybe')`."""
+  text = str(error).strip().splitlines()[0]
+  said = re.match(r'flag (--config\.\S+?)=(.*?): (.*)$', text)
+  if not said:
+    return text
+  flag, value, reason = said.groups()
+  try:
+    reason = ast.literal_eval(reason)[0] if reason.startswith('(') else reason
+  except (ValueError, SyntaxError, IndexError):
+    pass
+  return (
+      f'{flag}={value} cannot be read as that field\'s type ({reason}); configs/base.py shows each'
+      " field's default, e.g. True/False, 128, 0.1 or '(32000, 48000)'"
+  )
+
+
 def parse_flags_or_exit(flag_values, argv):
   """absl's flag parsing (which also builds --config), with errors as one line and exit status 2."""
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -220,7 +239,7 @@ def parse_flags_or_exit(flag_values, argv):
   except Exception as e:  # pylint: disable=broad-except
     error = config_error(e, _config_flag_value(argv[1:]))
     if error is None and isinstance(e, flags.Error):
-      error = str(e).strip().splitlines()[0]
+      error = _flag_error(e)
     if error is None:
       raise
     exit_with(error)

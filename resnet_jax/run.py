@@ -253,9 +253,10 @@ def _directory(section, field: str) -> None:
 def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
   model = _Section('model', config.model)
   _choice(model, 'dtype', DTYPES)
+  _choice(model, 'shortcut', ('', *models.SHORTCUTS))  # '': the preset's own
+  _choice(model, 'conv_kernel_grad', tuple(models.CONV_KERNEL_GRADS))
   spec = ModelSpec(fields=tuple(config.model.items()))
-  # models.create_model checks the preset, shortcut and kernel gradient
-  net = spec.build(num_classes=1)
+  net = spec.build(num_classes=1)  # models.create_model checks the preset
   _require(
       not model['stride_in_1x1'] or net.block == 'bottleneck',
       '--config.model.stride_in_1x1=True places the stride of bottleneck blocks, and'
