@@ -223,7 +223,7 @@ def _flag_error(error: Exception) -> str:
   except (ValueError, SyntaxError, IndexError):
     pass
   return (
-      f'{flag}={value} cannot be read as that field\'s type ({reason}); configs/base.py shows each'
+      f"{flag}={value} cannot be read as that field's type ({reason}); configs/base.py shows each"
       " field's default, e.g. True/False, 128, 0.1 or '(32000, 48000)'"
   )
 

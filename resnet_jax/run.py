@@ -182,15 +182,11 @@ def _not_negative(section, field: str, *, positive: bool = False, integer: bool 
   return value
 
 
-def _fraction(section, field: str, *, low_open: bool, high_open: bool) -> float:
-  """A number in [0, 1], each end open or closed."""
+def _fraction(section, field: str) -> float:
+  """A number in [0, 1)."""
   value = section[field]
-  low, high = ('(' if low_open else '['), (')' if high_open else ']')
   _require(
-      _is_number(value)
-      and (0 < value if low_open else 0 <= value)
-      and (value < 1 if high_open else value <= 1),
-      f'{section.flag(field)}={value!r} must be in {low}0, 1{high}',
+      _is_number(value) and 0 <= value < 1, f'{section.flag(field)}={value!r} must be in [0, 1)'
   )
   return float(value)
 
@@ -268,7 +264,7 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
   opt = _Section('optimizer', config.optimizer)
   return OptimizerSpec(
-      momentum=_fraction(opt, 'momentum', low_open=False, high_open=True),
+      momentum=_fraction(opt, 'momentum'),
       nesterov=bool(opt['nesterov']),
       weight_decay=float(_not_negative(opt, 'weight_decay')),
       decoupled_weight_decay=bool(opt['decoupled_weight_decay']),
@@ -389,7 +385,8 @@ def _schedule(config, batch: BatchSpec | None) -> ScheduleSpec:
       warmup_steps=int(warmup_steps),
       num_steps=int(num_steps),
       warmup_lr=float(_not_negative(schedule, 'warmup_lr')),
-      warmup_until_error=_fraction(schedule, 'warmup_until_error', low_open=True, high_open=False),
+      # 0: the warm-up never ends; above 1: it ends after the first step
+      warmup_until_error=float(_not_negative(schedule, 'warmup_until_error')),
   )
 
 
@@ -407,7 +404,7 @@ def _loop(config) -> LoopSpec:
       },
       async_checkpoints=bool(train['async_checkpoints']),
       max_skipped_steps=int(_not_negative(train, 'max_skipped_steps', integer=True)),
-      label_smoothing=_fraction(train, 'label_smoothing', low_open=False, high_open=True),
+      label_smoothing=_fraction(train, 'label_smoothing'),
       log_diagnostics=bool(train['log_diagnostics']),
   )
 

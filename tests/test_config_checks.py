@@ -88,7 +88,7 @@ BAD_VALUES = [
     ('schedule.warmup_steps', ['--config.schedule.warmup_steps=5'], 'schedule.name=cosine'),
     ('schedule.warmup_epochs', ['--config.schedule.warmup_epochs=-1'], 'must not be negative'),
     ('schedule.warmup_lr', ['--config.schedule.warmup_lr=-0.01'], 'warmup_lr=-0.01 must not be'),
-    ('schedule.warmup_until_error', ['--config.schedule.warmup_until_error=0'], 'in (0, 1]'),
+    ('schedule.warmup_until_error', ['--config.schedule.warmup_until_error=-1'], 'must not be'),
     ('parallelism.mode', ['--config.parallelism.mode=pjit'], "mode='pjit' is not one of"),
     ('parallelism.batch_norm', ['--config.parallelism.batch_norm=sync'], "'sync' is not one of"),
     ('parallelism.cpu_devices', ['--config.parallelism.cpu_devices=-1'], 'must not be negative'),
