@@ -22,6 +22,7 @@ from resnet_jax import run_record
 from resnet_jax import run as run_lib
 from resnet_jax.console import Console, Throughput
 from resnet_jax.errors import UserError
+from resnet_jax.workdir_lock import FILE_NAME as WORKDIR_LOCK_FILE
 from resnet_jax.workdir_lock import WorkdirLock
 from resnet_jax.preemption import Stopped, StopRequests
 from resnet_jax.train_step import create_train_state, eval_step, make_train_step
@@ -263,9 +264,22 @@ def train_and_evaluate(
   if config.init_from and not (path / 'checkpoints').exists():
     checkpointing.fine_tuning_source(config.init_from)  # a missing folder, before the data
   resolved = resolve(config, training=True)
+  created = not path.exists()
   workdir = create_workdir(workdir)
-  with WorkdirLock.acquire(workdir) as lock:
-    return _train(config, workdir, lock, accept_changes, resolved)
+  try:
+    with WorkdirLock.acquire(workdir) as lock:
+      return _train(config, workdir, lock, accept_changes, resolved)
+  except UserError:
+    if created and jax.process_index() == 0:
+      _remove_if_unused(workdir)
+    raise
+
+
+def _remove_if_unused(workdir: epath.Path) -> None:
+  """A workdir this invocation created and that holds no file but its lock (a fine-tuning source
+  that does not fit, a refused start): removed, so a mistake leaves nothing behind."""
+  if all(p.name == WORKDIR_LOCK_FILE or p.is_dir() for p in workdir.rglob('*')):
+    workdir.rmtree()
 
 
 def _write_record(setup: Setup, config, changes: list[str], start_step: int) -> list[str]:

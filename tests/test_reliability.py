@@ -288,6 +288,9 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(
   assert not (tmp_path / 'typo').exists()
   if prepare is not None:
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+  else:  # nothing is created: no workdir, no empty dataset folders
+    assert not workdir.exists() and not (tmp_path / 'empty').exists()
+  assert not (tmp_path / 'fresh').exists()
 
 
 @pytest.mark.parametrize(
