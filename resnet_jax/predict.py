@@ -8,7 +8,6 @@ classes, named by the dataset's label names.
 
 import json
 import sys
-import warnings
 
 import jax
 import numpy as np
@@ -90,19 +89,17 @@ class Classifier:
 def _check_size(path) -> None:
   """Refuses an image of more pixels than PIL's decompression-bomb limit before decoding it: a
   small file can hold a huge image (a 20000x20000 PNG of 380 KB decodes to 1.2 GB of pixels)."""
+  limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # to read the size of any image
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-      with Image.open(path) as image:  # reads the header only
-        size = f'{image.width}x{image.height} pixels'
-        pixels = image.width * image.height
+    with Image.open(path) as image:  # reads the header only
+      width, height = image.size
   except Image.UnidentifiedImageError:
     return  # not an image PIL reads: TensorFlow's decoder says what it is
-  except Image.DecompressionBombError:
-    size, pixels = f'over {2 * Image.MAX_IMAGE_PIXELS:,} pixels', None
-  if pixels is None or pixels > Image.MAX_IMAGE_PIXELS:
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
+  if width * height > limit:
     raise UserError(
-        f"{path} is {size}, more than the {Image.MAX_IMAGE_PIXELS:,} that predict decodes (PIL's"
+        f"{path} is {width}x{height} pixels, more than the {limit:,} that predict decodes (PIL's"
         ' limit against decompression bombs); resize it first (evaluation resizes it anyway)'
     )
 
