@@ -13,7 +13,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from resnet_jax import jsonl, library_noise, run_record
+from resnet_jax import errors, jsonl, library_noise, run_record
 
 _DIAGNOSTICS = ('grad_norm', 'residual_ratio', 'nonfinite', 'skipped_steps')
 
@@ -40,13 +40,6 @@ def _hparams(config) -> dict:
 class SummaryWriteError(Exception):
   """TensorBoard's events could not be written (TensorFlow's writer raises its own errors, from a
   background thread); train.stop_on_failed_write turns it into one line."""
-
-
-def _innermost(error: BaseException) -> BaseException:
-  chain = [error]
-  while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
-  return chain[-1]
 
 
 class MetricLogger:
@@ -80,7 +73,7 @@ class MetricLogger:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except  (TensorFlow's errors, of many types)
-      raise SummaryWriteError(f'TensorBoard: {_innermost(e)}') from e
+      raise SummaryWriteError(f'TensorBoard: {list(errors.causes(e))[-1]}') from e
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.is_writer:
