@@ -277,7 +277,9 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
       'layout': interop.layout(model),
   }
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  safetensors.numpy.save_file(state_dict, out, metadata=metadata)
+  staged = f'{out}.tmp'  # renamed into place: a crash never leaves a torn `out` to refuse later
+  safetensors.numpy.save_file(state_dict, staged, metadata=metadata)
+  os.replace(staged, out)
   return {'file': out, 'step': step, 'layout': interop.layout(model), 'tensors': len(state_dict)}
 
 

@@ -229,6 +229,11 @@ def mutated(state_dict, drop=(), add=None, reshape=None):
         ),
         ({}, ['--model=resnet50'], 'looks like a resnet18 with 1000 classes'),
         ({'drop': ['fc.weight', 'fc.bias']}, [], 'not a ResNet state dict'),
+        (
+            {'add': {'layer1.0.bn1.running_var': np.full(64, np.nan, np.float32)}},
+            [],
+            'holds NaN or infinite values in layer1.0.bn1.running_var',
+        ),
     ],
 )
 def test_a_state_dict_that_does_not_fit_is_refused_in_one_line(
@@ -277,3 +282,13 @@ def test_pytorch_files_without_torch_say_how_to_convert(tmp_path):
     pytest.skip('PyTorch is installed here')
   with pytest.raises(UserError, match='safetensors.torch as s; s.save_file'):
     convert.read_state_dict(str(path))
+
+
+def test_an_import_whose_classifier_does_not_fit_the_configs_dataset_is_refused(
+    tmp_path, resnet18_file
+):
+  from configs import digits
+
+  with pytest.raises(UserError, match="classifier has 1000 classes, but dataset 'sklearn_digits'"):
+    convert.import_weights(resnet18_file, str(tmp_path / 'w'), config=digits.get_config('resnet18'))
+  assert not (tmp_path / 'w').exists()  # else eval would refuse the workdir it wrote
