@@ -13,6 +13,11 @@ import json
 from etils import epath
 
 
+def _text(path: epath.Path) -> str:
+  # bytes: a torn line may end inside a character
+  return path.read_bytes().decode('utf-8', errors='replace')
+
+
 def _parse(line: str) -> dict | None:
   try:
     record = json.loads(line)
@@ -27,7 +32,7 @@ def read(path) -> tuple[list[dict], int]:
   path = epath.Path(path)
   if not path.exists():
     return [], 0
-  lines = [line for line in path.read_text(errors='replace').splitlines() if line.strip()]
+  lines = [line for line in _text(path).splitlines() if line.strip()]
   records = [r for r in map(_parse, lines) if r is not None]
   return records, len(lines) - len(records)
 
@@ -58,7 +63,7 @@ def repair(path, keep=lambda record: True) -> int:
 def _ends_with_newline(path: epath.Path) -> bool:
   if not path.exists():
     return True
-  text = path.read_text(errors='replace')
+  text = _text(path)
   return not text or text.endswith('\n')
 
 
@@ -73,4 +78,4 @@ def read_object(path) -> dict | None:
   path = epath.Path(path)
   if not path.exists():
     return None
-  return _parse(path.read_text(errors='replace'))
+  return _parse(_text(path))
