@@ -144,7 +144,7 @@ def _unreadable_config_file(error: BaseException) -> UserError | None:
         '--config configs/cifar10.py:resnet56'
     )
   if isinstance(error, IsADirectoryError):
-    files = sorted(p.name for p in pathlib.Path(error.filename).glob('*.py'))
+    files = sorted(p.name for p in pathlib.Path(error.filename).glob('[!_]*.py'))
     holds = f' (it holds {", ".join(files)})' if files else ''
     return UserError(
         f'--config {error.filename} is a directory{holds}; give a config file and its preset, e.g.'
