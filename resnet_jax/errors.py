@@ -4,7 +4,6 @@ Each is a ValueError, so library callers can catch them the usual way; any other
 and keeps its traceback.
 """
 
-import ast
 import difflib
 import logging
 import os
@@ -118,7 +117,8 @@ def _config_file_failure(chain: list[BaseException], file: str) -> UserError | N
   """The error of a config file that raised while it was imported or its get_config() ran (an
   ImportError, a bug, a preset argument it does not take), named by the file's line."""
   loading = any(
-      frame.name == 'parse' and 'config_flags' in frame.filename
+      _in_file(frame, file)
+      or ('config_flags' in frame.filename and 'get_config(' in (frame.line or ''))
       for error in chain
       for frame in _frames(error)
   )
@@ -218,10 +218,8 @@ def _flag_error(error: Exception) -> str:
   if not said:
     return text
   flag, value, reason = said.groups()
-  try:
-    reason = ast.literal_eval(reason)[0] if reason.startswith('(') else reason
-  except (ValueError, SyntaxError, IndexError):
-    pass
+  if 'Non-boolean argument' in reason:
+    return f'{flag}={value} must be True or False'
   return (
       f"{flag}={value} cannot be read as that field's type ({reason}); configs/base.py shows each"
       " field's default, e.g. True/False, 128, 0.1 or '(32000, 48000)'"

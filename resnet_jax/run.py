@@ -251,6 +251,10 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
   _choice(model, 'dtype', DTYPES)
   _choice(model, 'shortcut', ('', *models.SHORTCUTS))  # '': the preset's own
   _choice(model, 'conv_kernel_grad', tuple(models.CONV_KERNEL_GRADS))
+  try:
+    models.model_spec(model['name'])
+  except UserError as e:
+    raise UserError(f'--config.model.name={model["name"]!r}: {e}') from None
   spec = ModelSpec(fields=tuple(config.model.items()))
   net = spec.build(num_classes=1)  # models.create_model checks the preset
   _require(
@@ -353,12 +357,12 @@ def _boundaries(schedule, batch: BatchSpec | None) -> tuple[int, ...]:
 def _warmup_steps(schedule, batch: BatchSpec | None) -> int:
   steps = _not_negative(schedule, 'warmup_steps', integer=True)
   epochs = _not_negative(schedule, 'warmup_epochs')
+  given = f'warmup_steps={steps}' if steps else f'warmup_epochs={epochs}'
   _require(
       schedule['name'] == 'cosine' or not (steps or epochs),
-      f'--config.schedule.warmup_steps={steps} and --config.schedule.warmup_epochs={epochs} are'
-      " the cosine schedule's linear warm-up, which the piecewise schedule does not have; set"
-      " --config.schedule.name=cosine, or --config.schedule.warmup_lr for the paper's constant"
-      ' warm-up',
+      f"--config.schedule.{given} is the cosine schedule's linear warm-up, which the piecewise"
+      ' schedule does not have; set --config.schedule.name=cosine, or --config.schedule.warmup_lr'
+      " for the paper's constant warm-up",
   )
   return steps or round(epochs * (batch.steps_per_epoch if batch else 1))
 

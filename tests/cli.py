@@ -47,8 +47,9 @@ for argv in json.loads(sys.stdin.read()):
       os.dup2(out.fileno(), 1)
       os.dup2(err.fileno(), 2)
       status = 0
+      sys.argv = ['resnet_jax.main', *argv]  # config_flags reads its overrides from sys.argv
       try:
-        app.run(main.main, argv=['resnet_jax.main', *argv], flags_parser=main.parse_flags)
+        app.run(main.main, argv=sys.argv, flags_parser=main.parse_flags)
       except SystemExit as e:
         status = e.code if isinstance(e.code, int) else 1
       except BaseException:
