@@ -278,7 +278,8 @@ def train_and_evaluate(
 def _remove_if_unused(workdir: epath.Path) -> None:
   """A workdir this invocation created and that holds no file but its lock (a fine-tuning source
   that does not fit, a refused start): removed, so a mistake leaves nothing behind."""
-  if all(p.name == WORKDIR_LOCK_FILE or p.is_dir() for p in workdir.rglob('*')):
+  files = [name for _, _, names in workdir.walk() for name in names]
+  if all(name == WORKDIR_LOCK_FILE for name in files):
     workdir.rmtree()
 
 
