@@ -160,7 +160,7 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
 ):
   source, target = imported, tmp_path / 'digits'
   # 8x8 grey digits, 10 classes, lr 0: one step keeps every imported weight.
-  check(
+  result = check(
       run_main(
           '--config=configs/digits.py:resnet18',
           f'--workdir={target}',
@@ -174,6 +174,11 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
           devices=1,
       )
   )
+  # The console says what fine-tuning took: all but the head (2 arrays) and the stem (adapted).
+  assert f'fine-tuning from {source}/checkpoints/0: loaded 99 of 102 arrays' in result.stdout
+  assert '  re-initialised the classifier (head): another number of classes' in result.stdout
+  assert '  adapted the stem (stem_conv) to another number of image channels' in result.stdout
+  assert 're-initialised 0' not in result.stdout and 'left out' not in result.stdout
   before, after = restored_state(source, 0)['params'], restored_state(target, 1)['params']
   assert after['head']['kernel'].shape == (512, 10) and before['head']['kernel'].shape == (
       512,
