@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -10,7 +11,6 @@ import time
 
 import pytest
 
-from resnet_jax import metric_logging
 from resnet_jax.preemption import EXIT_STATUS
 from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
 
@@ -109,6 +109,12 @@ def test_sigterm_saves_at_the_current_step_and_resume_ends_bit_for_bit_equal(
 def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_checkpoint(
     tmp_path, data, uninterrupted
 ):
+  # A first run that crashed before any checkpoint left another config and a torn history line:
+  # neither holds the workdir.
+  crashed = json.loads((uninterrupted / 'config.json').read_text())
+  crashed['train']['batch_size'] = 64
+  (tmp_path / 'config.json').write_text(json.dumps(crashed))
+  (tmp_path / 'history.jsonl').write_text('{"time": "2026-12-01T21:00:00+00:00", "comm')
   # A checkpoint every step, written in the background: the kill lands in or near a write.
   process = start(
       tmp_path, data, '--config.train.num_steps=30', '--config.train.checkpoint_every_steps=1'
@@ -119,6 +125,9 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   process.communicate()
   steps = checkpoint_steps(tmp_path)
   assert steps and steps[-1] < 30
+  for name in ('metrics.jsonl', 'history.jsonl'):  # what a kill during an append leaves
+    with (tmp_path / name).open('a') as f:
+      f.write('\n{"step": 99, "train_lo')
   # The dead run's lock file still names it; its flock died with it, so the resume takes over.
   assert json.loads((tmp_path / 'lock.json').read_text())['pid'] == process.pid
   # A half-written checkpoint beyond the last complete one must be ignored, and must not replace it.
@@ -126,7 +135,7 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   shutil.copytree(tmp_path / 'checkpoints' / str(steps[-1]), partial, dirs_exist_ok=True)
   shutil.rmtree(partial / 'state')
 
-  check(
+  result = check(
       run_main(
           *RUN,
           data,
@@ -139,51 +148,11 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   assert_trees_equal(restored_state(uninterrupted, 30), restored_state(tmp_path, 30))
   # The steps logged after the restored checkpoint were trained again: each logged once.
   assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == list(range(2, 31, 2))
-
-
-def wait_for_rows(workdir, process, rows, timeout=300):
-  """Until metrics.jsonl holds `rows` readable rows (or the run has ended)."""
-  deadline = time.monotonic() + timeout
-  while process.poll() is None and len(metric_logging.read_metrics(workdir)) < rows:
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
-
-
-@pytest.mark.slow
-def test_kill_9_at_many_instants_with_torn_files_each_resumes_to_the_uninterrupted_end(
-    tmp_path, data, uninterrupted
-):
-  """Killed again and again while it logs and saves every step, and its JSON lines torn as a kill
-  mid-append tears them: every resume goes on, and the last one ends bit for bit where the
-  uninterrupted run did, with one row a step and one history line per invocation."""
-  args = [
-      '--config.train.num_steps=30',
-      '--config.train.checkpoint_every_steps=1',
-      '--config.train.log_every_steps=1',
-  ]
-  # A first run that crashed before any checkpoint left another config and a torn history line:
-  # neither holds the workdir.
-  crashed = json.loads((uninterrupted / 'config.json').read_text())
-  crashed['train']['batch_size'] = 64
-  (tmp_path / 'config.json').write_text(json.dumps(crashed))
-  (tmp_path / 'history.jsonl').write_text('{"time": "2026-12-01T21:00:00+00:00", "comm')
-  for new_rows in (2, 4):
-    rows = len(metric_logging.read_metrics(tmp_path))
-    process = start(tmp_path, data, *args)
-    wait_for_rows(tmp_path, process, rows + new_rows)
-    process.kill()
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    for name in ('metrics.jsonl', 'history.jsonl'):  # a kill during an append
-      with (tmp_path / name).open('a') as f:
-        f.write('{"step": 99, "train_lo')
-  result = check(run_main(*RUN, data, f'--workdir={tmp_path}', *args, devices=1))
-  assert 'metrics.jsonl: dropped 1 torn line(s)' in result.stdout
-  assert 'history.jsonl: dropped 1 torn line(s)' in result.stdout
-  assert_trees_equal(restored_state(uninterrupted, 30), restored_state(tmp_path, 30))
-  assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == list(range(1, 31))
+  # The torn lines were dropped, and said so; one history line per invocation.
+  for name in ('metrics.jsonl', 'history.jsonl'):  # 1, or 2 had the kill torn one too
+    assert re.search(f'{name}: dropped [12] torn line', result.stdout), result.stdout
   history = read_jsonl(tmp_path / 'history.jsonl')
-  assert len(history) == 3 and 'train.batch_size 64 -> 16' in history[0]['changes']
+  assert len(history) == 2 and 'train.batch_size 64 -> 16' in history[0]['changes']
   assert json.loads((tmp_path / 'config.json').read_text())['train']['batch_size'] == 16
 
 
