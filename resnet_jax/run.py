@@ -1,10 +1,12 @@
 """One resolved run: the config read, checked and derived once.
 
-`resolve(config, dataset=..., device_count=..., process_count=...)` turns the ml_collections config,
-the dataset's facts and the device and process counts into a frozen `Run`. Every field is checked
-there, once, with a one-line UserError naming the flag and the fix; everything after reads the
-`Run` (model, batch sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and
-derives nothing again.
+`check_config(config)` checks every field that needs neither devices nor data (types, ranges,
+orderings, facts across fields) with a one-line UserError naming the flag and the fix; main.py runs
+it as soon as the config is built, before anything is started or created
+(tests/test_config_checks.py walks every field of configs/base.py).
+`resolve(config, dataset=..., device_count=..., process_count=...)` adds what the devices and the
+data decide and turns it all into a frozen `Run`; everything after reads the `Run` (model, batch
+sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and derives nothing again.
 """
 
 import dataclasses
