@@ -7,8 +7,10 @@ accepted and logged; any other difference (model, data, batch, optimizer, schedu
 BatchNorm's device count) stops the run with one line that lists each field old -> new, unless the
 user accepts those fields deliberately with --accept_changes.
 
-`workdir/config.json` keeps the first run's config; each training invocation appends a line to
-`workdir/history.jsonl` (when, which command, from which step, which fields changed).
+`workdir/config.json` keeps the config of the run that trained the first checkpoint (until one
+exists, the latest run's: a workdir without checkpoints has trained nothing); each training
+invocation appends a line to `workdir/history.jsonl` (when, which command, from which step, which
+fields changed) once its state is restored.
 """
 
 import datetime
