@@ -310,11 +310,12 @@ def restore_for_fine_tuning(
   unfit = [key for key, kind in how.items() if kind in ('missing', 'shape')]
   if (unfit or left_out) and not partial:
     raise CheckpointMismatchError(
-        f'--config.init_from={source} does not fit this model: {len(unfit)} of its arrays are'
-        f' missing or of another shape ({_module_names(unfit) or "none"}), {len(left_out)} are'
-        f' not in this model ({_module_names(left_out) or "none"}); give a checkpoint of the same'
-        ' network, or load what matches and re-initialise the rest with'
-        ' --config.init_from_partial=True'
+        f'--config.init_from={source} does not fit this model: it lacks {len(unfit)} of the'
+        f" model's arrays or holds them in another shape ({_module_names(unfit) or 'none'}), and"
+        f' {len(left_out)} of its arrays are not in the model'
+        f' ({_module_names(left_out) or "none"});'
+        ' give a checkpoint of the same network, or load what matches and re-initialise the rest'
+        ' with --config.init_from_partial=True'
     )
   taken = traverse_util.unflatten_dict({key: value for key, (value, _) in fitted.items()})
   report = _fine_tuning_report(f'{source}/checkpoints/{step}', how, left_out)

@@ -160,8 +160,8 @@ def test_fine_tuning_takes_exactly_what_matches_and_says_what_it_did(tmp_path):
   with pytest.raises(checkpointing.CheckpointMismatchError) as refused:
     checkpointing.restore_for_fine_tuning(tmp_path, ours, {}, sharding)
   message = str(refused.value)
-  assert '1 of its arrays are missing or of another shape (stage2_block1)' in message
-  assert '1 are not in this model (stage1_block2)' in message
+  assert "lacks 1 of the model's arrays or holds them in another shape (stage2_block1)" in message
+  assert '1 of its arrays are not in the model (stage1_block2)' in message
   assert message.endswith('--config.init_from_partial=True') and '\n' not in message
   params, _, step, report = checkpointing.restore_for_fine_tuning(
       tmp_path, ours, {}, sharding, partial=True
