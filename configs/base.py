@@ -15,6 +15,9 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   config.seed = 0
   # a workdir or checkpoint dir to fine-tune from; the head is re-initialised if classes differ
   config.init_from = ''
+  # True: take from init_from only what matches by name and shape (a deeper net into a shallower
+  # one), re-initialising the rest; False: any mismatch but the head's and the stem's is an error
+  config.init_from_partial = False
 
   config.model = ml_collections.ConfigDict(
       dict(

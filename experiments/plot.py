@@ -10,9 +10,8 @@ import pathlib
 import sys
 
 from experiments import results
-from resnet_jax import errors
+from resnet_jax import errors, jsonl
 from resnet_jax.errors import UserError
-from resnet_jax.metric_logging import read_metrics
 
 plt = results.plt  # matplotlib with the Agg backend
 
@@ -39,7 +38,12 @@ def series(records: list[dict], keys) -> tuple[list[int], list[float]]:
 
 def plot_run(workdir) -> pathlib.Path:
   """Writes workdir/curves.png from workdir/metrics.jsonl; returns its path."""
-  records = read_metrics(workdir)
+  records, torn = jsonl.read(pathlib.Path(workdir) / 'metrics.jsonl')
+  if torn:  # a run killed while writing: the next resume drops the line too
+    print(
+        f'note: skipped {torn} torn line(s) of {pathlib.Path(workdir) / "metrics.jsonl"}',
+        file=sys.stderr,
+    )
   if not records:
     raise UserError(f'{pathlib.Path(workdir) / "metrics.jsonl"} holds no metrics to plot')
   fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))

@@ -14,7 +14,6 @@ Every subdirectory of the root holding a config.json counts as a run.
 import argparse
 import csv
 import dataclasses
-import json
 import math
 import pathlib
 import re
@@ -25,7 +24,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from resnet_jax import model_stats, models
+from resnet_jax import model_stats, models, run_record
 from resnet_jax.metric_logging import read_metrics
 
 FAMILY_ORDER = ('plain', 'resnet', 'preact_resnet')
@@ -71,9 +70,9 @@ class Run:
 def load_runs(root) -> list[Run]:
   runs = []
   for workdir in sorted(pathlib.Path(root).iterdir()):
-    if not (workdir / 'config.json').is_file():
+    config = run_record.read_first_config(workdir)
+    if config is None:  # not a run's workdir, or one whose first run died writing config.json
       continue
-    config = json.loads((workdir / 'config.json').read_text())
     name = config['model']['name']
     family = re.sub(r'^cifar_|\d+$', '', name)
     if config['model'].get('shortcut') == 'none':

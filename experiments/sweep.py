@@ -30,6 +30,7 @@ import time
 import ml_collections
 
 from experiments.launcher_cli import REPO, ArgumentParser, add_override_argument, check_overrides
+from resnet_jax import jsonl
 
 MARKER = 'sweep_finished.json'  # written after a point's run exits 0
 FAMILIES = ('plain', 'resnet', 'preact_resnet')
@@ -146,8 +147,10 @@ def start(args: list[str], launcher: list[str], workdir: pathlib.Path, cpus: lis
 
 
 def finished_args(workdir: pathlib.Path) -> list[str] | None:
-  marker = workdir / MARKER
-  return json.loads(marker.read_text())['args'] if marker.exists() else None
+  """The arguments a point finished with, or None (not finished, or its marker torn: the point's
+  run resumes, and finishes at once if it had)."""
+  marker = jsonl.read_object(workdir / MARKER)
+  return marker.get('args') if marker else None
 
 
 def run_locally(
@@ -193,8 +196,9 @@ def run_locally(
         free.append(cpus)
         seconds = time.time() - started
         if process.returncode == 0:
-          (root / name / MARKER).write_text(
-              json.dumps({'args': args_of[name], 'seconds': round(seconds, 1)})
+          jsonl.write_atomically(
+              root / name / MARKER,
+              json.dumps({'args': args_of[name], 'seconds': round(seconds, 1)}),
           )
           print(f'{name}: finished in {seconds:.0f} s', flush=True)
         else:

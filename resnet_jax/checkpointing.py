@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
@@ -31,8 +32,11 @@ class CheckpointSaveError(UserError):
   """A checkpoint could not be written (a full disk, lost permissions): the run stops at once."""
 
 
-def _best_metric(metrics: dict) -> float:
-  return metrics['eval_top1_error']
+def best_rank(metrics: dict) -> tuple[float, int]:
+  """What "best" means, everywhere (the checkpoint kept, --checkpoint_step=best, the summary):
+  the lowest eval top-1 error; of equal errors, the earliest step, which reached it first.
+  `metrics`: a metrics.jsonl row, or the metrics a checkpoint was saved with."""
+  return metrics['eval_top1_error'], metrics.get('step', 0)
 
 
 def _cause(error: Exception) -> str:
@@ -64,13 +68,13 @@ class Checkpoints:
         else policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(
-                get_metric_fn=_best_metric,
+                get_metric_fn=best_rank,
                 reverse=True,
                 n=1,
                 keep_checkpoints_without_metrics=False,
             ),
         ]),
-        best_fn=_best_metric,
+        best_fn=best_rank,  # orbax keeps and returns the smallest: see best_rank
         best_mode='min',
         create=not read_only,
         read_only=read_only,
@@ -131,7 +135,8 @@ class Checkpoints:
     # Numbers only: the eval's protocol name is in the run's config.
     metrics = {k: v for k, v in (eval_metrics or {}).items() if not isinstance(v, str)}
     with self._stop_on_failed_save():
-      self.manager.save(step, args=args, metrics=metrics or None, force=True)
+      metrics = {**metrics, 'step': step} if metrics else None
+      self.manager.save(step, args=args, metrics=metrics, force=True)
 
   def check_for_errors(self) -> None:
     """CheckpointSaveError if a background save has failed (cheap: called after every step)."""
@@ -230,50 +235,90 @@ def fine_tuning_source(source) -> tuple[epath.Path, str]:
   return path, step
 
 
-def restore_for_fine_tuning(source, params, batch_stats, sharding: jax.sharding.Sharding):
-  """`params`/`batch_stats` with every array of the checkpoint --config.init_from names that fits.
+def _module_names(keys) -> str:
+  """The modules of flattened variable keys, ('params', 'stage1_block2', ...) -> 'stage1_block2',
+  at most six, in order."""
+  names = list(dict.fromkeys('/'.join(key[1:2]) for key in keys))
+  return ', '.join(names[:6]) + (f', ... ({len(names)} modules)' if len(names) > 6 else '')
+
+
+def _fit(key, ours, theirs):
+  """(the array to start from, how it was taken): 'loaded', 'head' (another number of classes:
+  a new classifier, the paper's transfer setting), 'stem' (another number of image channels:
+  adapt_input_channels), 'missing' or 'shape' (neither: ours stays fresh)."""
+  if theirs is None:
+    return ours, 'missing'
+  if theirs.shape == ours.shape:
+    return theirs.astype(ours.dtype), 'loaded'
+  if key[1] == 'head':
+    return ours, 'head'
+  same_but_channels = theirs.shape[:2] + theirs.shape[3:] == ours.shape[:2] + ours.shape[3:]
+  if key[1:] == ('stem_conv', 'kernel') and same_but_channels:
+    return adapt_input_channels(theirs, ours.shape[2]).astype(ours.dtype), 'stem'
+  return ours, 'shape'
+
+
+def _fine_tuning_report(where, how: dict, left_out: list) -> list[str]:
+  """The console's lines: what init_from loaded, adapted and re-initialised."""
+  by_kind = {kind: [k for k, h in how.items() if h == kind] for kind in set(how.values())}
+  lines = [
+      f'fine-tuning from {where}: loaded {len(by_kind.get("loaded", []))} of {len(how)} arrays'
+  ]
+  if 'head' in by_kind:
+    lines.append('  re-initialised the classifier (head): another number of classes')
+  if 'stem' in by_kind:
+    lines.append('  adapted the stem (stem_conv) to another number of image channels')
+  fresh = by_kind.get('missing', []) + by_kind.get('shape', [])
+  if fresh:
+    lines.append(
+        f'  re-initialised {len(fresh)} arrays it lacks or holds in another shape:'
+        f' {_module_names(fresh)}'
+    )
+  if left_out:
+    lines.append(
+        f'  left out {len(left_out)} of its arrays this model lacks: {_module_names(left_out)}'
+    )
+  return lines
+
+
+def restore_for_fine_tuning(
+    source, params, batch_stats, sharding: jax.sharding.Sharding, *, partial: bool = False
+):
+  """(params, batch_stats, step, report): the variables of the checkpoint --config.init_from names
+  that match ours by name and shape, and the lines saying what was loaded.
 
   The classifier head keeps its fresh initialisation when the number of classes differs (the
-  paper's transfer setting), the stem is adapted to another number of image channels
-  (`adapt_input_channels`); any other difference in shape is an error. Convolutions do not depend
-  on the image size, so a net trained at 224 px starts a 32 px one.
+  paper's transfer setting), and the stem is adapted to another number of image channels
+  (`adapt_input_channels`); convolutions do not depend on the image size, so a net trained at
+  224 px starts a 32 px one. Any other variable that does not match (a deeper or another
+  network) is an error, unless `partial` (--config.init_from_partial): then ours stays fresh.
   """
   source, step = fine_tuning_source(source)
   checkpoints = Checkpoints(source, read_only=True)
   try:
     step = checkpoints.find_step(step)
+    saved = checkpoints.restore_as_saved(step, sharding)
   except NoCheckpointError as e:
     raise NoCheckpointError(f'--config.init_from: {e}') from None
-  saved = checkpoints.restore_as_saved(step, sharding)
-
-  def take(path, ours, theirs_tree):
-    keys = [k.key for k in path]
-    theirs = theirs_tree
-    for k in keys:
-      if not isinstance(theirs, dict) or k not in theirs:
-        raise CheckpointMismatchError(
-            f'--config.init_from={source} has no {"/".join(keys)}; it holds a different'
-            ' architecture'
-        )
-      theirs = theirs[k]
-    if keys[0] == 'head' and theirs.shape != ours.shape:
-      return ours  # a new classifier for a new number of classes
-    if (
-        keys == ['stem_conv', 'kernel']
-        and theirs.shape[2] != ours.shape[2]
-        and (theirs.shape[:2] + theirs.shape[3:] == ours.shape[:2] + ours.shape[3:])
-    ):
-      return adapt_input_channels(theirs, ours.shape[2]).astype(ours.dtype)
-    if theirs.shape != ours.shape:
-      raise CheckpointMismatchError(
-          f'--config.init_from={source}: {"/".join(keys)} has shape {theirs.shape}, this model'
-          f' needs {ours.shape}'
-      )
-    return theirs.astype(ours.dtype)
-
-  params = jax.tree_util.tree_map_with_path(lambda p, x: take(p, x, saved['params']), params)
-  batch_stats = jax.tree_util.tree_map_with_path(
-      lambda p, x: take(p, x, saved['batch_stats']), batch_stats
+  finally:
+    checkpoints.close()
+  ours = traverse_util.flatten_dict({'params': params, 'batch_stats': batch_stats})
+  theirs = traverse_util.flatten_dict(
+      {'params': saved.get('params', {}), 'batch_stats': saved.get('batch_stats', {})}
   )
-  checkpoints.close()
-  return params, batch_stats, step
+  fitted = {key: _fit(key, value, theirs.get(key)) for key, value in ours.items()}
+  how = {key: kind for key, (_, kind) in fitted.items()}
+  left_out = [key for key in theirs if key not in ours]
+  unfit = [key for key, kind in how.items() if kind in ('missing', 'shape')]
+  if (unfit or left_out) and not partial:
+    raise CheckpointMismatchError(
+        f'--config.init_from={source} does not fit this model: it lacks {len(unfit)} of the'
+        f" model's arrays or holds them in another shape ({_module_names(unfit) or 'none'}), and"
+        f' {len(left_out)} of its arrays are not in the model'
+        f' ({_module_names(left_out) or "none"});'
+        ' give a checkpoint of the same network, or load what matches and re-initialise the rest'
+        ' with --config.init_from_partial=True'
+    )
+  taken = traverse_util.unflatten_dict({key: value for key, (value, _) in fitted.items()})
+  report = _fine_tuning_report(f'{source}/checkpoints/{step}', how, left_out)
+  return taken['params'], taken.get('batch_stats', {}), step, report

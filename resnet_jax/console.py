@@ -12,7 +12,7 @@ import time
 import jax
 import tqdm
 
-from resnet_jax import metric_logging
+from resnet_jax import checkpointing, metric_logging
 
 _STARTED = time.perf_counter()  # main() imports the trainer, and with it this, as it starts
 
@@ -132,7 +132,7 @@ class Console:
     evals = [r for r in metric_logging.read_metrics(workdir) if 'eval_top1_error' in r]
     rows = []
     if evals:
-      best = min(evals, key=lambda r: (r['eval_top1_error'], r['step']))
+      best = min(evals, key=checkpointing.best_rank)
       for name, row in (('final', evals[-1]), ('best', best)):
         rows.append((
             f'{name} eval (step {row["step"]}, {_protocol(row)})',

@@ -82,6 +82,22 @@ def _numpy_state_dict(loaded, path) -> dict:
   return state_dict
 
 
+def check_finite(state_dict: dict, path) -> None:
+  """Weights holding NaN or inf cannot be trained or evaluated (every step would be skipped):
+  refused, naming the tensors."""
+  bad = [
+      key
+      for key, value in state_dict.items()
+      if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all()
+  ]
+  if bad:
+    shown = ', '.join(bad[:5]) + (f', ... ({len(bad)} tensors)' if len(bad) > 5 else '')
+    raise UserError(
+        f'{path} holds NaN or infinite values in {shown}; a network with them cannot be trained or'
+        ' evaluated: give an intact file'
+    )
+
+
 def read_state_dict(path: str) -> dict:
   """{name: numpy array} of a .safetensors file, or of a PyTorch file when torch is importable."""
   if not os.path.isfile(path):
@@ -116,7 +132,7 @@ def read_state_dict(path: str) -> dict:
 # ----------------------------------------------------------------------------- import
 
 
-def _default_config(preset: str, layout: str):
+def _default_config(preset: str, layout: str, num_classes: int):
   if layout == 'torchvision':
     from configs import imagenet  # pylint: disable=import-outside-toplevel
 
@@ -124,30 +140,36 @@ def _default_config(preset: str, layout: str):
     return imagenet.get_config(f'{preset},torchvision')
   from configs import cifar10  # pylint: disable=import-outside-toplevel
 
-  config = cifar10.get_config(preset)
+  config = cifar10.get_config(preset, dataset='cifar100' if num_classes == 100 else 'cifar10')
   config.dataset.normalisation = 'per_channel'  # the reference's (and this import's until now)
   return config
 
 
-def _image_shape(config) -> tuple[int, int, int]:
+def _image_shape(config, num_classes: int) -> tuple[int, int, int]:
   """The shape a run of `config` feeds the model, as the input pipeline computes it, from the
-  dataset's description alone (no data needed)."""
+  dataset's description alone (no data needed); a UserError if the dataset has another number of
+  classes than the weights' classifier (eval would refuse the workdir)."""
   try:
     # Only here: the rest of the conversion needs no TensorFlow.
     # `datasets` registers sklearn_digits.
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     import resnet_jax.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
-    native = tuple(
-        tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
-        .info.features['image']
-        .shape
-    )
+    features = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features
+    native, classes = tuple(features['image'].shape), features['label'].num_classes
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(
         f"cannot tell the image shape of dataset '{config.dataset.name}' ({one_line(e, 200)}); set "
         '--config.dataset.image_size'
     ) from None
+  if classes != num_classes:
+    raise UserError(
+        f"the weights' classifier has {num_classes} classes, but dataset"
+        f" '{config.dataset.name}' of --config has {classes}: eval would refuse the workdir."
+        f' Import them with a config of a {num_classes}-class dataset (without --config: the'
+        " preset's ImageNet or CIFAR-10 one), then start your run from that workdir with"
+        ' --config.init_from, which gives the network a new classifier'
+    )
   channels = native[-1] if native and native[-1] else 3
   if config.dataset.image_size:
     return (config.dataset.image_size, config.dataset.image_size, channels)
@@ -168,18 +190,19 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
         f'--workdir {workdir} already holds files; import writes a new workdir, give another'
     )
   state_dict = read_state_dict(path)
+  check_finite(state_dict, path)
   detected, num_classes = interop.detect(state_dict)
   model_name = model_name or (config.model.name if config is not None else detected)
   models.model_spec(model_name)  # an unknown name lists the valid ones
   layout = interop.LAYOUTS[models.model_spec(model_name)['stem']]
-  config = config if config is not None else _default_config(model_name, layout)
+  config = config if config is not None else _default_config(model_name, layout, num_classes)
   if config.model.name != model_name:
     raise UserError(
         f'--config builds {config.model.name} but the weights are read as {model_name}; '
         f'use --config ...:{model_name} or --model {config.model.name}'
     )
   model = run_lib.resolve_model(config).build(num_classes)
-  image_shape = _image_shape(config)
+  image_shape = _image_shape(config, num_classes)
   tx = optim.create_optimizer(run_lib.resolve_optimizer(config))
 
   def init(rng):
@@ -258,7 +281,9 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
       'layout': interop.layout(model),
   }
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  safetensors.numpy.save_file(state_dict, out, metadata=metadata)
+  staged = f'{out}.tmp'  # renamed into place: a crash never leaves a torn `out` to refuse later
+  safetensors.numpy.save_file(state_dict, staged, metadata=metadata)
+  os.replace(staged, out)
   return {'file': out, 'step': step, 'layout': interop.layout(model), 'tensors': len(state_dict)}
 
 
@@ -267,6 +292,14 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
 
 def parse_flags(argv):
   return errors.parse_flags_or_exit(FLAGS, argv)
+
+
+def _checked_config():
+  config = errors.read_config_or_exit(
+      lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
+  )
+  run_lib.check_config(config)
+  return config
 
 
 def main(argv):
@@ -278,9 +311,7 @@ def main(argv):
           args[0],
           FLAGS.workdir,
           model_name=FLAGS.model,
-          config=errors.read_config_or_exit(lambda: FLAGS.config)
-          if FLAGS['config'].present
-          else None,
+          config=_checked_config() if FLAGS['config'].present else None,
       )
       print(
           f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another'

@@ -87,17 +87,22 @@ _MORE_HELP = (
     'Every config field is documented, with a comment, in configs/base.py; set any of them with\n'
     '--config.<section>.<field>=value, e.g. --config.train.batch_size=256. --list_presets lists\n'
     'the models and config files. Classify images with a trained run:\n'
-    '  --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N] [--json]'
+    '  --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N] [--json]\n'
+    "--verbosity=0 shows the libraries' own logs (TensorFlow, XLA, TFDS, orbax), which are off"
+    ' by default.'
 )
 
 
 class _QuietLibraries(logging_std.Filter):
   """Orbax logs every step of every save at INFO, its read-only mode at WARNING, and a failed save
-  as pages of tracebacks at ERROR; the failures come back to us as exceptions and are reported in
-  one line. Its logs show with --verbosity."""
+  as pages of tracebacks at ERROR; CLU's TensorBoard writer logs a failed write's traceback. The
+  failures come back to us as exceptions and are reported in one line. Their logs show with
+  --verbosity."""
 
   def filter(self, record):
-    return library_noise.verbose or '/orbax/' not in record.pathname
+    return library_noise.verbose or not any(
+        library in record.pathname for library in ('/orbax/', '/clu/')
+    )
 
 
 def _print_and_exit(text: str) -> None:
@@ -133,6 +138,25 @@ def parse_flags(argv):
     FLAGS.images = [*FLAGS.images, *argv[1:]]
     argv = argv[:1]
   return argv
+
+
+def checked_config():
+  """--config built and every field checked (run.check_config), or None when it is not given; a
+  mistake is one `error:` line and exit status 2, before JAX, data or the workdir are touched."""
+  if not FLAGS['config'].present:
+    return None
+  from resnet_jax import run, run_record  # pylint: disable=import-outside-toplevel
+
+  config = errors.read_config_or_exit(
+      lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
+  )
+  try:
+    run.check_config(config)
+    if FLAGS.mode == 'train':
+      run_record.check_accept_changes(FLAGS.accept_changes, config)
+  except errors.UserError as e:
+    errors.exit_with(e)
+  return config
 
 
 def _quiet_libraries_unless_verbose() -> None:
@@ -202,17 +226,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _quiet_libraries_unless_verbose()
   _defer_background_tracebacks()
-  if FLAGS.mode == 'predict':  # the run's own config, from its workdir: no --config
+  config = checked_config()
+  if FLAGS.mode == 'predict':  # the run's own config from its workdir, unless --config is given
     with library_noise.silenced():  # it imports TensorFlow
       from resnet_jax import predict
 
     status = predict.predict_files(
-        FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json
+        FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json, config=config
     )
     if status:
       _exit_after_error_lines(status)
     sys.exit(0)
-  config = FLAGS.config and errors.read_config_or_exit(lambda: FLAGS.config)
   try:
     _split_cpu(config)  # before JAX starts its CPU backend
     distributed.initialize(

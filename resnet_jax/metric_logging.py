@@ -7,13 +7,13 @@ sweep compare side by side. CLU's writers import TensorFlow: where it is not ins
 machine with JAX alone), the run says so once and writes metrics.jsonl only. Only process 0 writes.
 """
 
-import json
+import contextlib
 
 import jax
 from absl import logging
 from etils import epath
 
-from resnet_jax import library_noise, run_record
+from resnet_jax import errors, jsonl, library_noise, run_record
 
 _DIAGNOSTICS = ('grad_norm', 'residual_ratio', 'nonfinite', 'skipped_steps')
 
@@ -37,7 +37,14 @@ def _hparams(config) -> dict:
   }
 
 
+class SummaryWriteError(Exception):
+  """TensorBoard's events could not be written (TensorFlow's writer raises its own errors, from a
+  background thread); train.stop_on_failed_write turns it into one line."""
+
+
 class MetricLogger:
+  """metrics.jsonl and TensorBoard's events of process 0. A write that fails raises OSError
+  (metrics.jsonl) or SummaryWriteError (TensorBoard)."""
 
   def __init__(self, workdir, config=None):
     self.is_writer = jax.process_index() == 0
@@ -55,10 +62,18 @@ class MetricLogger:
           self.jsonl_path,
       )
       return
-    self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
-    if config is not None:
-      self.writer.write_hparams(_hparams(config))
-      self.writer.write_texts(0, {'config': f'```\n{config.to_json_best_effort(indent=2)}\n```'})
+    with self._summaries():
+      self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
+      if config is not None:
+        self.writer.write_hparams(_hparams(config))
+        self.writer.write_texts(0, {'config': f'```\n{config.to_json_best_effort(indent=2)}\n```'})
+
+  @contextlib.contextmanager
+  def _summaries(self):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (TensorFlow's errors, of many types)
+      raise SummaryWriteError(f'TensorBoard: {list(errors.causes(e))[-1]}') from e
 
   def write(self, step: int, scalars: dict[str, float | str]) -> None:
     """Numbers go to TensorBoard and metrics.jsonl; strings (the eval protocol's name) to
@@ -67,37 +82,35 @@ class MetricLogger:
       return
     numbers = {k: float(v) for k, v in scalars.items() if not isinstance(v, str)}
     if self.writer is not None:
-      self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in numbers.items()})
-    record = {
-        'step': step,
-        **{k: v if isinstance(v, str) else float(v) for k, v in scalars.items()},
-    }
-    with self.jsonl_path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+      with self._summaries():
+        self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in numbers.items()})
+    record = {k: v if isinstance(v, str) else float(v) for k, v in scalars.items()}
+    jsonl.append(self.jsonl_path, {'step': step, **record})
 
-  def close(self) -> None:
-    if self.writer is not None:
-      self.writer.flush()
-      self.writer.close()
+  def close(self, *, quietly: bool = False) -> None:
+    """Flushes and closes TensorBoard's writer; `quietly`: a failure is dropped (the run is
+    already ending with another error)."""
+    if self.writer is None:
+      return
+    writer, self.writer = self.writer, None
+    try:
+      with self._summaries():
+        writer.close()  # flushes first
+    except SummaryWriteError:
+      if not quietly:
+        raise
 
 
 def read_metrics(workdir) -> list[dict]:
-  path = epath.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  """The rows of metrics.jsonl; a torn line (a run killed while writing it) is skipped."""
+  return jsonl.read(epath.Path(workdir) / 'metrics.jsonl')[0]
 
 
-def drop_rows_after(workdir, step: int) -> None:
-  """Removes the rows of steps after `step` from metrics.jsonl: a run resumed from its checkpoint
-  at `step` trains and logs them again, so curves stay continuous, one row a step. (TensorBoard
-  drops its own orphaned events when the steps start again lower.)"""
-  path = epath.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    return
-  lines = path.read_text().splitlines()
-  kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
-  if len(kept) != len(lines):
-    staged = path.parent / (path.name + '.tmp')
-    staged.write_text(''.join(line + '\n' for line in kept))
-    staged.replace(path)  # atomic: a crash leaves the old or the new file, never half of one
+def drop_rows_after(workdir, step: int) -> int:
+  """Removes the rows of steps after `step` from metrics.jsonl, and a torn last line; returns the
+  number of torn lines dropped. A run resumed from its checkpoint at `step` trains and logs those
+  steps again, so curves stay continuous, one row a step. (TensorBoard drops its own orphaned
+  events when the steps start again lower.)"""
+  return jsonl.repair(
+      epath.Path(workdir) / 'metrics.jsonl', keep=lambda r: r.get('step', 0) <= step
+  )

@@ -1,9 +1,9 @@
 """Classifies image files with a trained run: `--mode=predict --workdir DIR --images a.png b.jpg`.
 
-The run is rebuilt from what its workdir holds: the config it was trained with and its classes and
-image shape (the checkpoint's record), and the weights. Each image is preprocessed as the run's
-evaluation preprocesses its eval split (tfds_source.eval_image) and gets its top-5 classes,
-named by the dataset's label names.
+The run is rebuilt from what its workdir holds: the config it was trained with (or --config), its
+classes and image shape (the checkpoint's record), and the weights. Each image is preprocessed as
+the run's evaluation preprocesses its eval split (tfds_source.eval_image) and gets its top-5
+classes, named by the dataset's label names.
 """
 
 import json
@@ -12,8 +12,10 @@ import sys
 import jax
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
-from resnet_jax import checkpointing, input_pipeline, library_noise, run_record, tfds_source, train
+from resnet_jax import checkpointing, input_pipeline, library_noise, run_record, synthetic_source
+from resnet_jax import tfds_source, train
 from resnet_jax import run as run_lib
 from resnet_jax.datasets.prepare import get_dataset_builder
 from resnet_jax.errors import UserError, one_line
@@ -25,13 +27,19 @@ CHUNK = 64  # images a forward pass classifies at once
 class Classifier:
   """A workdir's trained network in inference mode, with its eval preprocessing and class names."""
 
-  def __init__(self, workdir, step: int | None = None):
+  def __init__(self, workdir, step: int | None = None, config=None):
     workdir = train.existing_workdir(workdir)
     checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
     try:
       self.step = checkpoints.find_step(step)
       meta = checkpoints.read_meta(self.step)
-      config = run_record.config_of_checkpoint(meta, workdir)
+      config = config or run_record.config_of_checkpoint(meta, workdir)
+      if config.dataset.name == synthetic_source.NAME:
+        raise UserError(
+            f'--workdir {workdir} was trained on synthetic data (random images and labels): it has'
+            ' no image preprocessing or class names to classify files with; use a run trained on'
+            ' a dataset, or give its --config'
+        )
       state = checkpoints.restore_as_saved(
           self.step, jax.sharding.SingleDeviceSharding(jax.devices()[0])
       )
@@ -51,9 +59,10 @@ class Classifier:
     self._logits = jax.jit(lambda images: model.apply(variables, images, train=False))
 
   def preprocess(self, path) -> np.ndarray:
-    """The image file as evaluation sees it; a UserError for a missing file or one that is not an
-    image."""
+    """The image file as evaluation sees it; a UserError for a missing file, one that is not an
+    image, or one too large to decode."""
     try:
+      _check_size(path)
       with open(path, 'rb') as f:
         encoded = f.read()
       with library_noise.silenced():  # TensorFlow's runtime logs a failed decode in C++ too
@@ -77,11 +86,31 @@ class Classifier:
     ]
 
 
+def _check_size(path) -> None:
+  """Refuses an image of more pixels than PIL's decompression-bomb limit before decoding it: a
+  small file can hold a huge image (a 20000x20000 PNG of 380 KB decodes to 1.2 GB of pixels)."""
+  limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # to read the size of any image
+  try:
+    with Image.open(path) as image:  # reads the header only
+      width, height = image.size
+  except Image.UnidentifiedImageError:
+    return  # not an image PIL reads: TensorFlow's decoder says what it is
+  finally:
+    Image.MAX_IMAGE_PIXELS = limit
+  if width * height > limit:
+    raise UserError(
+        f"{path} is {width}x{height} pixels, more than the {limit:,} that predict decodes (PIL's"
+        ' limit against decompression bombs); resize it first (evaluation resizes it anyway)'
+    )
+
+
 def _line(path, top: list[dict]) -> str:
   return f'{path}: ' + ', '.join(f"{c['name']} {100 * c['probability']:.1f}%" for c in top)
 
 
-def predict_files(workdir, paths, *, step: int | None = None, as_json: bool = False) -> int:
+def predict_files(
+    workdir, paths, *, step: int | None = None, as_json: bool = False, config=None
+) -> int:
   """Prints each image's top-5 classes (or one JSON object per image) and an `error:` line on
   stderr for each file that cannot be read as an image; returns the exit status: 2 if any
   failed, or if the workdir cannot serve."""
@@ -89,7 +118,7 @@ def predict_files(workdir, paths, *, step: int | None = None, as_json: bool = Fa
     print('error: --mode=predict needs --images, e.g. --images a.png b.jpg', file=sys.stderr)
     return 2
   try:
-    classifier = Classifier(workdir, step)
+    classifier = Classifier(workdir, step, config)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

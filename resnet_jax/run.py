@@ -1,13 +1,17 @@
 """One resolved run: the config read, checked and derived once.
 
-`resolve(config, dataset=..., device_count=..., process_count=...)` turns the ml_collections config,
-the dataset's facts and the device and process counts into a frozen `Run`. Every field is checked
-there, once, with a one-line UserError naming the flag and the fix; everything after reads the
-`Run` (model, batch sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and
-derives nothing again.
+`check_config(config)` checks every field that needs neither devices nor data (types, ranges,
+orderings, facts across fields) with a one-line UserError naming the flag and the fix; main.py runs
+it as soon as the config is built, before anything is started or created
+(tests/test_config_checks.py walks every field of configs/base.py).
+`resolve(config, dataset=..., device_count=..., process_count=...)` adds what the devices and the
+data decide and turns it all into a frozen `Run`; everything after reads the `Run` (model, batch
+sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and derives nothing again.
 """
 
 import dataclasses
+import math
+import os
 from typing import Any
 
 import ml_collections
@@ -143,6 +147,7 @@ class LoopSpec:
 class Run:
   seed: int
   init_from: str
+  init_from_partial: bool
   model: ModelSpec
   dataset: DatasetFacts
   batch: BatchSpec
@@ -158,38 +163,6 @@ def _require(ok: bool, message: str) -> None:
     raise UserError(message)
 
 
-def _choice(section, field: str, choices) -> str:
-  value = section[field]
-  _require(
-      value in choices,
-      f'--config.{section.name}.{field}={value!r} is not one of {", ".join(map(repr, choices))}',
-  )
-  return value
-
-
-def _not_negative(section, field: str, *, positive: bool = False):
-  value = section[field]
-  _require(
-      value > 0 if positive else value >= 0,
-      f'--config.{section.name}.{field}={value} must '
-      f'{"be positive" if positive else "not be negative"}',
-  )
-  return value
-
-
-def _numbers(section, field: str) -> tuple | None:
-  value = section[field]
-  if value is None:
-    return None
-  _require(
-      not isinstance(value, str)
-      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
-      f'--config.{section.name}.{field}={value!r} must be numbers, e.g. '
-      f"--config.{section.name}.{field}='(32000, 48000)'",
-  )
-  return tuple(value)
-
-
 class _Section:
   """A config section that knows its name, for error messages."""
 
@@ -199,21 +172,126 @@ class _Section:
   def __getitem__(self, field: str):
     return self._section[field]
 
+  def flag(self, field: str) -> str:
+    return f'--config.{self.name}.{field}'
+
+
+def _choice(section, field: str, choices) -> str:
+  value = section[field]
+  _require(
+      value in choices,
+      f'{section.flag(field)}={value!r} is not one of {", ".join(map(repr, choices))}',
+  )
+  return value
+
+
+def _is_number(value, integer: bool = False) -> bool:
+  kinds = int if integer else (int, float)
+  return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _not_negative(section, field: str, *, positive: bool = False, integer: bool = False):
+  """A finite number (an integer if `integer`), >= 0 (> 0 if `positive`)."""
+  value = section[field]
+  kind = 'an integer' if integer else 'a finite number'
+  _require(
+      _is_number(value, integer) and math.isfinite(value),
+      f'{section.flag(field)}={value!r} must be {kind}',
+  )
+  _require(
+      value > 0 if positive else value >= 0,
+      f'{section.flag(field)}={value!r} must {"be positive" if positive else "not be negative"}',
+  )
+  return value
+
+
+def _fraction(section, field: str) -> float:
+  """A number in [0, 1)."""
+  value = section[field]
+  _require(
+      _is_number(value) and 0 <= value < 1, f'{section.flag(field)}={value!r} must be in [0, 1)'
+  )
+  return float(value)
+
+
+def _numbers(section, field: str) -> tuple | None:
+  value = section[field]
+  if value is None:
+    return None
+  _require(
+      not isinstance(value, str) and all(_is_number(v) and math.isfinite(v) for v in value),
+      f'{section.flag(field)}={value!r} must be numbers, e.g. '
+      f"{section.flag(field)}='(32000, 48000)'",
+  )
+  return tuple(value)
+
+
+def _increasing(section, field: str, *, steps: bool) -> tuple | None:
+  """Positive, strictly increasing numbers (schedule boundaries; whole numbers if `steps`): an
+  unsorted or repeated boundary is a typo that would otherwise train at a rate nobody asked for."""
+  values = _numbers(section, field)
+  if values is None:
+    return None
+  _require(
+      not steps or all(float(v).is_integer() for v in values),
+      f'{section.flag(field)}={values!r} must be whole steps',
+  )
+  _require(
+      all(v > 0 for v in values),
+      f'{section.flag(field)}={values!r} must be positive: a boundary at step 0 or before decays'
+      ' the learning rate before training starts',
+  )
+  _require(
+      all(a < b for a, b in zip(values, values[1:])),
+      f'{section.flag(field)}={values!r} must increase strictly, e.g. '
+      f"{section.flag(field)}='{tuple(sorted(set(values)))}'",
+  )
+  return values
+
+
+def _text(section, field: str) -> str:
+  value = section[field]
+  _require(
+      isinstance(value, str) and value.strip() != '',
+      f'{section.flag(field)}={value!r} must not be empty',
+  )
+  return value
+
+
+def _directory(section, field: str) -> None:
+  """An optional directory that must not be an existing file (a mistyped path)."""
+  value = section[field]
+  if value is None:
+    return
+  _require(
+      isinstance(value, str) and value.strip() != '' and not os.path.isfile(value),
+      f'{section.flag(field)}={value!r} must name a directory (or be left unset)',
+  )
+
 
 def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
-  _choice(_Section('model', config.model), 'dtype', DTYPES)
+  model = _Section('model', config.model)
+  _choice(model, 'dtype', DTYPES)
+  _choice(model, 'shortcut', ('', *models.SHORTCUTS))  # '': the preset's own
+  _choice(model, 'conv_kernel_grad', tuple(models.CONV_KERNEL_GRADS))
+  try:
+    models.model_spec(model['name'])
+  except UserError as e:
+    raise UserError(f'--config.model.name={model["name"]!r}: {e}') from None
   spec = ModelSpec(fields=tuple(config.model.items()))
-  spec.build(num_classes=1)  # models.create_model checks the preset, shortcut and kernel gradient
+  net = spec.build(num_classes=1)  # models.create_model checks the preset
+  _require(
+      not model['stride_in_1x1'] or net.block == 'bottleneck',
+      '--config.model.stride_in_1x1=True places the stride of bottleneck blocks, and'
+      f' {model["name"]} has {net.block} blocks; leave it False, or use resnet50/101/152',
+  )
   return spec
 
 
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
   opt = _Section('optimizer', config.optimizer)
-  _require(
-      0 <= opt['momentum'] < 1, f'--config.optimizer.momentum={opt["momentum"]} must be in [0, 1)'
-  )
   return OptimizerSpec(
-      momentum=float(opt['momentum']),
+      momentum=_fraction(opt, 'momentum'),
       nesterov=bool(opt['nesterov']),
       weight_decay=float(_not_negative(opt, 'weight_decay')),
       decoupled_weight_decay=bool(opt['decoupled_weight_decay']),
@@ -226,7 +304,7 @@ def _batch_sizes(config, device_count: int, process_count: int) -> tuple[int, in
   train = _Section('train', config.train)
   sizes = []
   for field in ('batch_size', 'eval_batch_size'):
-    size = _not_negative(train, field, positive=True)
+    size = _not_negative(train, field, positive=True, integer=True)
     _require(
         size % device_count == 0,
         f'--config.train.{field}={size} does not divide over the {device_count} devices; use a '
@@ -243,7 +321,7 @@ def _batch_sizes(config, device_count: int, process_count: int) -> tuple[int, in
   _require(
       sizes[0] % num_shards == 0,
       f'--config.train.batch_size={sizes[0]} does not split into '
-      f'dataset.num_shards={num_shards} data shards; use a multiple of {num_shards}',
+      f'--config.dataset.num_shards={num_shards} data shards; use a multiple of {num_shards}',
   )
   return sizes[0], sizes[1], num_shards
 
@@ -271,48 +349,79 @@ def _batch(
   )
 
 
-def _schedule(config, batch: BatchSpec) -> ScheduleSpec:
-  train, schedule = _Section('train', config.train), _Section('schedule', config.schedule)
-  _not_negative(train, 'num_epochs')
-  if train['num_epochs'] > 0:
-    num_steps = int(round(train['num_epochs'] * batch.steps_per_epoch))
-  else:
-    num_steps = train['num_steps']
+def _num_steps(config, batch: BatchSpec) -> int:
+  train = _Section('train', config.train)
+  if _not_negative(train, 'num_epochs') > 0:
+    return int(round(train['num_epochs'] * batch.steps_per_epoch))
   _require(
-      num_steps > 0, '--config.train.num_steps must be positive (or set --config.train.num_epochs)'
+      _is_number(train['num_steps'], integer=True) and train['num_steps'] > 0,
+      f'--config.train.num_steps={train["num_steps"]!r} must be a positive integer (or set'
+      ' --config.train.num_epochs)',
   )
+  return train['num_steps']
+
+
+def _boundaries(schedule, batch: BatchSpec | None) -> tuple[int, ...]:
+  """The piecewise schedule's steps; `batch` None: the fields checked, epochs not converted."""
+  boundaries = _increasing(schedule, 'boundaries', steps=True) or ()
+  epochs = _increasing(schedule, 'boundaries_epochs', steps=False)
+  if epochs is None or batch is None:
+    return boundaries
+  boundaries = tuple(round(e * batch.steps_per_epoch) for e in epochs)
+  _require(
+      boundaries[0] > 0 and len(set(boundaries)) == len(boundaries),
+      f'--config.schedule.boundaries_epochs={epochs} fall on the steps {boundaries} at'
+      f' {batch.steps_per_epoch} steps an epoch: each must be a later step than the one before;'
+      ' space them further apart',
+  )
+  return boundaries
+
+
+def _warmup_steps(schedule, batch: BatchSpec | None) -> int:
+  steps = _not_negative(schedule, 'warmup_steps', integer=True)
+  epochs = _not_negative(schedule, 'warmup_epochs')
+  given = f'warmup_steps={steps}' if steps else f'warmup_epochs={epochs}'
+  _require(
+      schedule['name'] == 'cosine' or not (steps or epochs),
+      f"--config.schedule.{given} is the cosine schedule's linear warm-up, which the piecewise"
+      ' schedule does not have; set --config.schedule.name=cosine, or --config.schedule.warmup_lr'
+      " for the paper's constant warm-up",
+  )
+  return steps or round(epochs * (batch.steps_per_epoch if batch else 1))
+
+
+def _schedule(config, batch: BatchSpec | None) -> ScheduleSpec:
+  """The schedule in steps; `batch` None (no data yet): its fields checked, nothing derived."""
+  schedule = _Section('schedule', config.schedule)
+  num_steps = _num_steps(config, batch or BatchSpec(1, 1, 1, 1, 1, 1, 1))
   name = _choice(schedule, 'name', SCHEDULES)
   base_lr = _not_negative(schedule, 'base_lr')
-  if _not_negative(schedule, 'scale_lr_by_batch'):
+  if _not_negative(schedule, 'scale_lr_by_batch', integer=True) and batch is not None:
     base_lr *= batch.size / schedule['scale_lr_by_batch']  # the linear scaling rule
-  boundaries = _numbers(schedule, 'boundaries') or ()
-  epochs = _numbers(schedule, 'boundaries_epochs')
-  if epochs is not None:
-    boundaries = tuple(round(e * batch.steps_per_epoch) for e in epochs)
-  warmup_steps = _not_negative(schedule, 'warmup_steps') or round(
-      _not_negative(schedule, 'warmup_epochs') * batch.steps_per_epoch
+  warmup_steps = _warmup_steps(schedule, batch)
+  _require(
+      batch is None or warmup_steps < num_steps,
+      f'the warm-up ({warmup_steps} steps) is not shorter than the run ({num_steps} steps); lower'
+      ' --config.schedule.warmup_steps or --config.schedule.warmup_epochs',
   )
   return ScheduleSpec(
       name=name,
       base_lr=float(base_lr),
-      boundaries=tuple(int(b) for b in boundaries),
-      decay_factor=float(schedule['decay_factor']),
+      boundaries=tuple(int(b) for b in _boundaries(schedule, batch)),
+      decay_factor=float(_not_negative(schedule, 'decay_factor', positive=True)),
       warmup_steps=int(warmup_steps),
       num_steps=int(num_steps),
       warmup_lr=float(_not_negative(schedule, 'warmup_lr')),
-      warmup_until_error=float(schedule['warmup_until_error']),
+      # 0: the warm-up never ends; above 1: it ends after the first step
+      warmup_until_error=float(_not_negative(schedule, 'warmup_until_error')),
   )
 
 
 def _loop(config) -> LoopSpec:
   train = _Section('train', config.train)
-  _require(
-      0 <= train['label_smoothing'] < 1,
-      f'--config.train.label_smoothing={train["label_smoothing"]} must be in [0, 1)',
-  )
   return LoopSpec(
       **{
-          f: _not_negative(train, f, positive=True)
+          f: _not_negative(train, f, positive=True, integer=True)
           for f in (
               'log_every_steps',
               'eval_every_steps',
@@ -321,8 +430,8 @@ def _loop(config) -> LoopSpec:
           )
       },
       async_checkpoints=bool(train['async_checkpoints']),
-      max_skipped_steps=int(_not_negative(train, 'max_skipped_steps')),
-      label_smoothing=float(train['label_smoothing']),
+      max_skipped_steps=int(_not_negative(train, 'max_skipped_steps', integer=True)),
+      label_smoothing=_fraction(train, 'label_smoothing'),
       log_diagnostics=bool(train['log_diagnostics']),
   )
 
@@ -332,8 +441,21 @@ def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
   return ParallelSpec(
       mode=_choice(parallelism, 'mode', parallel.MODES),
       batch_norm=_choice(parallelism, 'batch_norm', parallel.BATCH_NORMS),
-      cpu_devices=int(_not_negative(parallelism, 'cpu_devices')),
+      cpu_devices=int(_not_negative(parallelism, 'cpu_devices', integer=True)),
       cpu_backend=_choice(parallelism, 'cpu_backend', cpu_backend.CHOICES),
+  )
+
+
+def _normalisation(section) -> None:
+  mean, std = _numbers(section, 'mean'), _numbers(section, 'std')
+  _require(
+      std is None or all(s > 0 for s in std),
+      f'--config.dataset.std={std} must be positive: images are divided by it',
+  )
+  _require(
+      mean is None or std is None or len(mean) == len(std),
+      f'--config.dataset.mean={mean} and --config.dataset.std={std} must have one value per'
+      ' channel each',
   )
 
 
@@ -345,9 +467,18 @@ def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
       "--config.dataset.augment='imagenet' is now 'inception_crop' (torchvision's random-resized"
       " crop) or 'scale_augmentation' (the paper's, section 3.4)",
   )
+  _text(section, 'name')
+  _text(section, 'train_split')
+  _text(section, 'eval_split')
+  _directory(section, 'data_dir')
+  _directory(section, 'manual_dir')
   _choice(section, 'augment', AUGMENTS)
-  _not_negative(section, 'num_shards')
-  _not_negative(section, 'pad')
+  _not_negative(section, 'num_shards', integer=True)
+  _not_negative(section, 'pad', integer=True)
+  _not_negative(section, 'shuffle_buffer', positive=True, integer=True)
+  if section['image_size'] is not None:
+    _not_negative(section, 'image_size', positive=True, integer=True)
+  _normalisation(section)
   _choice(section, 'normalisation', NORMALISATIONS)
   _choice(section, 'lighting_pca', LIGHTING_PCAS)
   _not_negative(section, 'lighting_std')
@@ -359,19 +490,39 @@ def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
   )
 
 
-def check_without_data(
-    config: ml_collections.ConfigDict, *, device_count: int, process_count: int
-) -> None:
-  """Everything `resolve` checks that needs no data: run first, a mistake is reported before any
-  data is read."""
-  _batch_sizes(config, device_count, process_count)
+def _check_run_fields(config) -> None:
+  _require(
+      _is_number(config.seed, integer=True) and 0 <= config.seed < 2**31,
+      f'--config.seed={config.seed!r} must be an integer in [0, 2**31)',
+  )
+  _require(
+      isinstance(config.init_from, str), f'--config.init_from={config.init_from!r} must be a path'
+  )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every field of the config that needs neither devices nor data: main.py runs this as soon as
+  the config is built, so a mistake is one line before anything is started or created."""
+  _check_run_fields(config)
   resolve_model(config)
   resolve_optimizer(config)
   resolve_parallelism(config)
   check_dataset_fields(config.dataset)
   evaluation_lib.resolve_evaluation(config)
+  train = _Section('train', config.train)
+  for field in ('batch_size', 'eval_batch_size'):
+    _not_negative(train, field, positive=True, integer=True)
   _loop(config)
-  _schedule(config, BatchSpec(1, 1, 1, 1, 1, 1, 1))  # the schedule's own fields
+  _schedule(config, None)
+
+
+def check_without_data(
+    config: ml_collections.ConfigDict, *, device_count: int, process_count: int
+) -> None:
+  """Everything `resolve` checks that needs no data: run first, a mistake is reported before any
+  data is read."""
+  check_config(config)
+  _batch_sizes(config, device_count, process_count)
 
 
 def resolve(
@@ -388,6 +539,7 @@ def resolve(
   return Run(
       seed=int(config.seed),
       init_from=config.init_from or '',
+      init_from_partial=bool(config.init_from_partial),
       model=resolve_model(config),
       dataset=dataset,
       batch=batch,

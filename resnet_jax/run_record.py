@@ -7,11 +7,14 @@ accepted and logged; any other difference (model, data, batch, optimizer, schedu
 BatchNorm's device count) stops the run with one line that lists each field old -> new, unless the
 user accepts those fields deliberately with --accept_changes.
 
-`workdir/config.json` keeps the first run's config; each training invocation appends a line to
-`workdir/history.jsonl` (when, which command, from which step, which fields changed).
+`workdir/config.json` keeps the config of the run that trained the first checkpoint (until one
+exists, the latest run's: a workdir without checkpoints has trained nothing); each training
+invocation appends a line to `workdir/history.jsonl` (when, which command, from which step, which
+fields changed) once its state is restored.
 """
 
 import datetime
+import difflib
 import json
 import socket
 import sys
@@ -19,11 +22,13 @@ import sys
 import ml_collections
 from etils import epath
 
+from resnet_jax import jsonl
 from resnet_jax import run as run_lib
 from resnet_jax.errors import UserError
 
 MAY_CHANGE = frozenset({
     'init_from',  # read only by a run's first start
+    'init_from_partial',
     'train.num_steps',
     'train.num_epochs',
     'train.log_every_steps',
@@ -75,6 +80,10 @@ def _as_json(value):
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
   return _as_json(json.loads(config.to_json_best_effort()))
+
+
+# The facts of the data and devices a record holds beside the config (`describe`).
+DERIVED = ('num_classes', 'image_shape', 'num_train_examples', 'num_shards', 'batch_norm_devices')
 
 
 def describe(config: ml_collections.ConfigDict, run: run_lib.Run, device_count: int) -> dict:
@@ -141,6 +150,28 @@ def _text(change: tuple[str, object, object]) -> str:
   return f'{field} {json.dumps(old)} -> {json.dumps(new)}'
 
 
+def changes(saved: dict, current: dict) -> list[str]:
+  """Every difference between two records, as `field old -> new` texts."""
+  return [_text(c) for c in differences(saved, current)]
+
+
+def check_accept_changes(names, config: ml_collections.ConfigDict) -> None:
+  """A UserError unless each of --accept_changes' `names` is a field a record holds: a mistyped
+  name would otherwise accept nothing, silently."""
+  known = [*flatten(config_dict(config)), *(f'derived.{fact}' for fact in DERIVED)]
+  unknown = [name for name in names if name not in known]
+  if unknown:
+    said = []
+    for name in unknown:
+      close = difflib.get_close_matches(name, known, n=1)
+      said.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    raise UserError(
+        f'--accept_changes names no config field {", ".join(said)}; give the fields that a refused'
+        ' resume lists, e.g. --accept_changes=train.batch_size,seed (configs/base.py lists every'
+        ' field)'
+    )
+
+
 def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -> list[str]:
   """The changes this resume makes (as `field old -> new` texts, for the history and the log), or
   ChangedRunError when a field outside MAY_CHANGE and `accept` differs."""
@@ -159,27 +190,37 @@ def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -
 
 
 def read_first_config(workdir: epath.Path) -> dict | None:
+  """config.json, or None if there is none (or a crash of an older version tore it)."""
+  return jsonl.read_object(workdir / 'config.json')
+
+
+def write_first_config(
+    workdir: epath.Path, config: ml_collections.ConfigDict, *, trained: bool
+) -> None:
+  """Writes config.json: the config of the run that trained the workdir's first checkpoint, never
+  rewritten once one exists (`trained`). Before that the workdir has trained nothing, and the
+  latest run's config is the record (a first run that crashed does not pin its config)."""
   path = workdir / 'config.json'
-  return json.loads(path.read_text()) if path.exists() else None
+  if not trained or read_first_config(workdir) is None:
+    jsonl.write_atomically(path, config.to_json_best_effort(indent=2))
 
 
-def write_first_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json once: the workdir's first run's config, never rewritten."""
-  path = workdir / 'config.json'
-  if not path.exists():
-    path.write_text(config.to_json_best_effort(indent=2))
-
-
-def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -> None:
-  entry = {
-      'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-      'host': socket.gethostname(),
-      'command': sys.argv,
-      'from_step': from_step,
-      'changes': changes,
-  }
-  with (workdir / 'history.jsonl').open('a') as f:
-    f.write(json.dumps(entry) + '\n')
+def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -> int:
+  """Appends this invocation to history.jsonl; returns the number of torn lines (a run killed
+  while appending) that were cut off first."""
+  path = workdir / 'history.jsonl'
+  torn = jsonl.repair(path)
+  jsonl.append(
+      path,
+      {
+          'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+          'host': socket.gethostname(),
+          'command': sys.argv,
+          'from_step': from_step,
+          'changes': changes,
+      },
+  )
+  return torn
 
 
 def config_of_checkpoint(meta: dict, workdir: epath.Path) -> ml_collections.ConfigDict:
@@ -200,8 +241,10 @@ def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
     for field, value in flatten(upgraded(saved_config)).items():
       section, _, name = field.rpartition('.')
       target = config.get(section) if section else config
-      if target is None or name not in target:
-        continue  # a field of an older version of the code
+      # A data source's own fields (configs/synthetic.py's image_size, channels, ...) are kept; a
+      # field of another section that base.py does not list is one of an older version.
+      if target is None or (name not in target and section != 'dataset'):
+        continue
       if isinstance(value, list):
         value = tuple(value)
       target[name] = value

@@ -121,12 +121,13 @@ def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
     return (int(size), int(size), int(channels))
   if dataset_config.augment in ENCODED_AUGMENTS:
     raise UserError(
-        f'--config.dataset.image_size must be set for augment={dataset_config.augment!r} (e.g. 224)'
+        '--config.dataset.image_size must be set for'
+        f' --config.dataset.augment={dataset_config.augment!r} (e.g. 224)'
     )
   if len(native) != 3 or any(d is None for d in native):
     raise UserError(
         f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
-        'dataset.image_size'
+        '--config.dataset.image_size'
     )
   return tuple(int(d) for d in native)
 
@@ -337,7 +338,8 @@ def _normalisation_stats(
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
   if len(mean) != channels or len(std) != channels:
     raise UserError(
-        f'dataset.mean/std need {channels} values (one per channel), got {mean} and {std}'
+        f'--config.dataset.mean and --config.dataset.std need {channels} values (one per channel'
+        f' of the images), got {mean} and {std}'
     )
   return mean, std
 

@@ -3,9 +3,12 @@
 Reads top to bottom.
 """
 
+import contextlib
 import functools
 import json
+import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +17,13 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnet_jax import checkpointing, cpu_backend, evaluation, input_pipeline, metric_logging
-from resnet_jax import optim, parallel
+from resnet_jax import checkpointing, cpu_backend, errors, evaluation, input_pipeline
+from resnet_jax import metric_logging, optim, parallel
 from resnet_jax import run_record
 from resnet_jax import run as run_lib
 from resnet_jax.console import Console, Throughput
 from resnet_jax.errors import UserError
+from resnet_jax.workdir_lock import FILE_NAME as WORKDIR_LOCK_FILE
 from resnet_jax.workdir_lock import WorkdirLock
 from resnet_jax.preemption import Stopped, StopRequests
 from resnet_jax.train_step import create_train_state, eval_step, make_train_step
@@ -33,13 +37,18 @@ def device_counts() -> dict[str, int]:
   return {'device_count': jax.device_count(), 'process_count': jax.process_count()}
 
 
-def create_workdir(workdir) -> epath.Path:
-  """The --workdir of a training run, created if new; checked writable before any training."""
+def workdir_path(workdir) -> epath.Path:
+  """The --workdir of a training run as a path; nothing is created."""
   if not str(workdir or '').strip():
     raise WorkdirError(
         '--workdir is empty; give the directory the run writes, e.g. --workdir runs/r56'
     )
-  path = checkpointing.absolute_path(workdir)
+  return checkpointing.absolute_path(workdir)
+
+
+def create_workdir(workdir) -> epath.Path:
+  """The --workdir of a training run, created if new; checked writable before any training."""
+  path = workdir_path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -70,20 +79,26 @@ def checkpoint_meta(run: run_lib.Run, data: run_lib.DataSpec) -> dict:
   }
 
 
+def resolve(config: ml_collections.ConfigDict, *, training: bool):
+  """(the data spec, the run): the dataset made ready and read, the whole config resolved."""
+  data = input_pipeline.resolve_data(config.dataset)
+  run = run_lib.resolve(
+      config, dataset=input_pipeline.dataset_facts(data), training=training, **device_counts()
+  )
+  return data, run
+
+
 class Setup:
   """What a run needs before its first step, built from its resolved description (`self.run`):
   shared by training and eval-only. The config has passed run.check_without_data; `workdir`
   exists (create_workdir or existing_workdir)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, *, training: bool):
+  def __init__(
+      self, config: ml_collections.ConfigDict, workdir: epath.Path, *, training: bool, resolved=None
+  ):
     self.workdir = workdir
-    self.data = input_pipeline.resolve_data(config.dataset)  # what the input pipeline reads
-    self.run = run_lib.resolve(
-        config,
-        dataset=input_pipeline.dataset_facts(self.data),
-        training=training,
-        **device_counts(),
-    )
+    # what the input pipeline reads, and the run
+    self.data, self.run = resolved or resolve(config, training=training)
     self.data_parallel = parallel.DataParallel(
         self.run.parallelism.mode, self.run.parallelism.batch_norm
     )
@@ -146,20 +161,17 @@ class Setup:
     """The changes of config this training run makes to the workdir's run (field old -> new),
     or ChangedRunError if it would continue another run. Nothing has been written yet."""
     step = self.checkpoints.latest_step()
-    if step is not None:
-      saved = self.checkpoints.read_meta(step).get('record')  # None: saved by an older version
-      where = f'checkpoint {self.checkpoints.directory / str(step)}'
-    else:  # a run that stopped before its first checkpoint still owns the workdir
+    if step is None:  # nothing trained yet: a first run that crashed does not pin its config
       first = run_record.read_first_config(self.workdir)
-      saved = first and {'config': first}
-      where = f'--workdir {self.workdir}'
+      return run_record.changes({'config': first or {}}, self.meta['record'])
+    saved = self.checkpoints.read_meta(step).get('record')  # None: saved by an older version
     if not saved:
       return []
+    where = f'checkpoint {self.checkpoints.directory / str(step)}'
     return run_record.check_resume(saved, self.meta['record'], accept=accept, where=where)
 
   def initial_state(self, step: int | None = None):
-    """A fresh state, this workdir's checkpoint at `step` (default: latest), or a fine-tuning start
-    from init_from."""
+    """A fresh state, or this workdir's checkpoint at `step` (default: latest)."""
     init = functools.partial(
         create_train_state,
         model=self.model,
@@ -176,13 +188,22 @@ class Setup:
       )
       state = self.checkpoints.restore(abstract, self.meta, step)
       logging.info('Resumed from %s at step %d.', self.checkpoints.directory, int(state.step))
-    elif self.run.init_from:
-      params, batch_stats, step = checkpointing.restore_for_fine_tuning(
-          self.run.init_from, state.params, state.batch_stats, self.data_parallel.replicated
-      )
-      state = state.replace(params=params, batch_stats=batch_stats)
-      logging.info('Fine-tuning from %s (its step %d).', self.run.init_from, step)
     return state  # the global replicated form: parallel.to_devices gives the mode's own
+
+  def starting_state(self) -> tuple[Any, list[str]]:
+    """Training's first state (the latest checkpoint, or a fresh one that init_from fine-tunes),
+    and the lines saying what fine-tuning loaded."""
+    state = self.initial_state()
+    if self.checkpoints.latest_step() is not None or not self.run.init_from:
+      return state, []
+    params, batch_stats, _, report = checkpointing.restore_for_fine_tuning(
+        self.run.init_from,
+        state.params,
+        state.batch_stats,
+        self.data_parallel.replicated,
+        partial=self.run.init_from_partial,
+    )
+    return state.replace(params=params, batch_stats=batch_stats), report
 
   def evaluate(self, state) -> dict[str, float]:
     """Loss, top-1 and top-5 error over every example of the eval split, each counted once, by the
@@ -217,44 +238,123 @@ class NonFiniteError(UserError):
   pass
 
 
+def last_good_checkpoint(checkpoints) -> str:
+  step = checkpoints.latest_step()
+  if step is None:
+    return 'no checkpoint was saved yet, so the run starts again from step 0'
+  return f'the last good checkpoint is step {step} in {checkpoints.directory}'
+
+
+def _nonfinite_advice(fetched: list[dict], index: int, step: int) -> str:
+  """What to change: the learning rate only when it can be the cause (a step after the first,
+  with a learning rate above 0); else the inputs or the compute dtype."""
+  learning_rate = float(fetched[index]['learning_rate'])
+  if step > 1 and learning_rate > 0:
+    return (
+        f'Lower --config.schedule.base_lr (this step trained at {learning_rate:g}) or add a'
+        ' warm-up (--config.schedule.warmup_lr)'
+    )
+  return (
+      f'At step {step}, with learning rate {learning_rate:g}, the learning rate is not the cause:'
+      ' check the inputs (--config.dataset.mean, --config.dataset.std) and'
+      ' --config.model.dtype'
+  )
+
+
 def check_finite(fetched: list[dict], first_step: int, max_skipped: int, checkpoints) -> None:
   """Stops the run once more than `max_skipped` steps had a non-finite loss or gradient."""
   if fetched[-1]['skipped_steps'] <= max_skipped:
     return
   index = next(i for i, m in enumerate(fetched) if m['nonfinite'])
+  step = first_step + index
   checkpoints.wait()
   raise NonFiniteError(
-      f'the loss or gradients became non-finite at step {first_step + index} (learning rate'
-      f' {float(fetched[index]["learning_rate"]):g}); the last good checkpoint is step'
-      f' {checkpoints.latest_step()} in {checkpoints.directory}. Lower --config.schedule.base_lr,'
-      ' or skip such steps with --run.loop.max_skipped_steps=N'
+      f'the loss or gradients became non-finite at step {step} (learning rate'
+      f' {float(fetched[index]["learning_rate"]):g}); {last_good_checkpoint(checkpoints)}.'
+      f' {_nonfinite_advice(fetched, index, step)}; or let the run skip up to N such steps with'
+      ' --config.train.max_skipped_steps=N'
   )
+
+
+class WriteError(UserError):
+  """A file of the workdir's record could not be written (a full disk, lost permissions)."""
+
+
+@contextlib.contextmanager
+def stop_on_failed_write(what, checkpoints):
+  """A failed write of the metrics, TensorBoard events or the record stops the run with one line:
+  nothing saved is lost, and the same command resumes."""
+  try:
+    yield
+  except (OSError, metric_logging.SummaryWriteError) as e:
+    cause = getattr(e, 'strerror', None) or errors.one_line(e, 160)
+    raise WriteError(
+        f'writing {what} failed ({cause}); {last_good_checkpoint(checkpoints)}. Free space or fix'
+        ' the directory, then run the same command to resume'
+    ) from e
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir, *, accept_changes: frozenset[str] = frozenset()
 ) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming its run), holding the workdir's lock throughout."""
-  run_lib.check_without_data(config, **device_counts())  # before any data is read or written
+  """Trains `config` in `workdir` (resuming its run), holding the workdir's lock throughout.
+
+  The config, init_from and the data are checked (the dataset made ready) before the workdir is
+  created: a mistake there leaves nothing behind."""
+  run_lib.check_without_data(config, **device_counts())
+  path = workdir_path(workdir)
+  if config.init_from and not (path / 'checkpoints').exists():
+    checkpointing.fine_tuning_source(config.init_from)  # a missing folder, before the data
+  resolved = resolve(config, training=True)
+  created = not path.exists()
   workdir = create_workdir(workdir)
-  with WorkdirLock.acquire(workdir) as lock:
-    if config.init_from and not (workdir / 'checkpoints').exists():
-      checkpointing.fine_tuning_source(config.init_from)  # a missing folder, before the data
-    return _train(config, workdir, lock, accept_changes)
+  try:
+    with WorkdirLock.acquire(workdir) as lock:
+      return _train(config, workdir, lock, accept_changes, resolved)
+  except UserError:
+    if created and jax.process_index() == 0:
+      _remove_if_unused(workdir)
+    raise
 
 
-def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> dict[str, float]:
+def _remove_if_unused(workdir: epath.Path) -> None:
+  """A workdir this invocation created and that holds no file but its lock (a fine-tuning source
+  that does not fit, a refused start): removed, so a mistake leaves nothing behind."""
+  files = [name for _, _, names in workdir.walk() for name in names]
+  if all(name == WORKDIR_LOCK_FILE for name in files):
+    workdir.rmtree()
+
+
+def _write_record(setup: Setup, config, changes: list[str], start_step: int) -> list[str]:
+  """config.json, this invocation in history.jsonl and metrics.jsonl cut back to `start_step`
+  (those steps are trained again); returns what was repaired, for the console."""
+  workdir, notes = setup.workdir, []
+  with stop_on_failed_write(f'the record in {workdir}', setup.checkpoints):
+    run_record.write_first_config(workdir, config, trained=start_step > 0)
+    for name, torn in (
+        (
+            'history.jsonl',
+            run_record.append_history(workdir, from_step=start_step, changes=changes),
+        ),
+        ('metrics.jsonl', metric_logging.drop_rows_after(workdir, start_step)),
+    ):
+      if torn:
+        notes.append(
+            f'{name}: dropped {torn} torn line(s) that a run stopped while writing left behind'
+        )
+  return notes
+
+
+def _train(
+    config, workdir: epath.Path, lock: WorkdirLock, accept_changes, resolved
+) -> dict[str, float]:
   # ---------------------------------------------------------------- setup
-  setup = Setup(config, workdir, training=True)
+  setup = Setup(config, workdir, training=True, resolved=resolved)
   run, data_parallel = setup.run, setup.data_parallel
   changes = setup.check_same_run(accept_changes)  # refuses to continue another run
-  start_step = setup.checkpoints.latest_step() or 0
-  if jax.process_index() == 0:  # the record: first config kept, this invocation in the history
-    run_record.write_first_config(workdir, config)
-    run_record.append_history(workdir, from_step=start_step, changes=changes)
-    metric_logging.drop_rows_after(workdir, start_step)  # those steps are trained again
-  state = setup.initial_state()
+  state, fine_tuned = setup.starting_state()  # the record is written once it is restored
   start_step, num_steps = int(state.step), run.schedule.num_steps
+  notes = _write_record(setup, config, changes, start_step) if jax.process_index() == 0 else []
   state = data_parallel.to_devices(state)
   console = Console(num_steps=num_steps, start_step=start_step)
   console.print(
@@ -266,6 +366,8 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
       + ''.join(f'; changed: {change}' for change in changes)
       + f' -> {workdir}'
   )
+  for note in [*notes, *fine_tuned]:
+    console.print(note)
 
   # ---------------------------------------------------------------- data
   train_batches = input_pipeline.device_train_batches(
@@ -288,7 +390,11 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
     console.print(setup.backend.describe())
 
   # ---------------------------------------------------------------- the loop
-  logger = metric_logging.MetricLogger(setup.workdir, config)
+  metrics_written = functools.partial(
+      stop_on_failed_write, f'metrics to {workdir}', setup.checkpoints
+  )
+  with metrics_written():
+    logger = metric_logging.MetricLogger(setup.workdir, config)
   stop_requests = StopRequests()
   pending_metrics = []  # device arrays: fetched only at log time, so the host never waits on a step
   throughput = Throughput(run.batch.size)
@@ -326,7 +432,8 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
         throughput.exclude(time.perf_counter() - eval_start)  # not training throughput
         console.eval_line(step, eval_metrics)
       if scalars:
-        logger.write(step, scalars)
+        with metrics_written():
+          logger.write(step, scalars)
       if step % run.loop.checkpoint_every_steps == 0 or is_last:
         lock.check()  # never write over the checkpoints of a run that took the workdir over
         setup.checkpoints.save(step, data_parallel.to_global(state), setup.meta, evaluated)
@@ -346,7 +453,8 @@ def _train(config, workdir: epath.Path, lock: WorkdirLock, accept_changes) -> di
     train_batches.close()
     setup.checkpoints.wait()
     setup.checkpoints.close()
-    logger.close()
+    with metrics_written():
+      logger.close(quietly=sys.exc_info()[0] is not None)  # the first error is the one to say
   if jax.process_index() == 0:
     console.summary(
         workdir, step=step, images_per_second=throughput.mean(step), plot=_plot(workdir)

@@ -7,6 +7,7 @@ def test_help_exits_0_and_points_at_the_config_fields():
   result = check(run_main('--help', devices=1, timeout=120))
   assert 'configs/base.py' in result.stdout and '--config.<section>.<field>=value' in result.stdout
   assert '--list_presets' in result.stdout and '--workdir' in result.stdout
+  assert '--verbosity=0' in result.stdout  # the libraries' logs, off by default
 
 
 def test_list_presets_shows_the_zoo_and_the_config_files():

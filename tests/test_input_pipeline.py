@@ -334,6 +334,8 @@ def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
       and 'tfds build cifar10' in message
       and str(tmp_path / 'empty') in message
   )
+  assert '--config.dataset.data_dir' in message  # the flag, not the field's name
+  assert not (tmp_path / 'empty').exists()  # the failed attempt's empty folders are removed
   assert elapsed < 30, elapsed
 
 

@@ -160,7 +160,7 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
 ):
   source, target = imported, tmp_path / 'digits'
   # 8x8 grey digits, 10 classes, lr 0: one step keeps every imported weight.
-  check(
+  result = check(
       run_main(
           '--config=configs/digits.py:resnet18',
           f'--workdir={target}',
@@ -174,6 +174,11 @@ def test_fine_tuning_from_imported_weights_adapts_the_stem_and_replaces_the_head
           devices=1,
       )
   )
+  # The console says what fine-tuning took: all but the head (2 arrays) and the stem (adapted).
+  assert f'fine-tuning from {source}/checkpoints/0: loaded 99 of 102 arrays' in result.stdout
+  assert '  re-initialised the classifier (head): another number of classes' in result.stdout
+  assert '  adapted the stem (stem_conv) to another number of image channels' in result.stdout
+  assert 're-initialised 0' not in result.stdout and 'left out' not in result.stdout
   before, after = restored_state(source, 0)['params'], restored_state(target, 1)['params']
   assert after['head']['kernel'].shape == (512, 10) and before['head']['kernel'].shape == (
       512,
@@ -229,6 +234,11 @@ def mutated(state_dict, drop=(), add=None, reshape=None):
         ),
         ({}, ['--model=resnet50'], 'looks like a resnet18 with 1000 classes'),
         ({'drop': ['fc.weight', 'fc.bias']}, [], 'not a ResNet state dict'),
+        (
+            {'add': {'layer1.0.bn1.running_var': np.full(64, np.nan, np.float32)}},
+            [],
+            'holds NaN or infinite values in layer1.0.bn1.running_var',
+        ),
     ],
 )
 def test_a_state_dict_that_does_not_fit_is_refused_in_one_line(
@@ -277,3 +287,13 @@ def test_pytorch_files_without_torch_say_how_to_convert(tmp_path):
     pytest.skip('PyTorch is installed here')
   with pytest.raises(UserError, match='safetensors.torch as s; s.save_file'):
     convert.read_state_dict(str(path))
+
+
+def test_an_import_whose_classifier_does_not_fit_the_configs_dataset_is_refused(
+    tmp_path, resnet18_file
+):
+  from configs import digits
+
+  with pytest.raises(UserError, match="classifier has 1000 classes, but dataset 'sklearn_digits'"):
+    convert.import_weights(resnet18_file, str(tmp_path / 'w'), config=digits.get_config('resnet18'))
+  assert not (tmp_path / 'w').exists()  # else eval would refuse the workdir it wrote

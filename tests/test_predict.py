@@ -1,6 +1,8 @@
 """`--mode=predict`: image files classified by a trained run as its evaluation would."""
 
 import json
+import struct
+import zlib
 
 import jax
 import numpy as np
@@ -113,3 +115,25 @@ def test_a_workdir_that_cannot_serve_is_one_line_and_creates_nothing(trained, tm
   assert "is not a run's workdir" in errors[0] and "is not a run's workdir" in errors[1]
   assert 'has no checkpoint 7: give latest, best, or one of the steps 40' in errors[2]
   assert not missing.exists() and [p.name for p in untrained.iterdir()] == ['config.json']
+
+
+def _huge_png(path, width=20000, height=20000):
+  """A PNG whose header says width x height (its pixel data is one pixel's: never decoded)."""
+  Image.new('L', (1, 1)).save(path)
+  data = bytearray(path.read_bytes())
+  data[16:24] = struct.pack('>II', width, height)  # IHDR's width and height
+  data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))
+  path.write_bytes(bytes(data))
+
+
+def test_an_image_of_too_many_pixels_is_refused_before_decoding(trained, test_images, capsys):
+  paths, _ = test_images
+  huge = paths[0].parent / 'huge.png'
+  _huge_png(huge)
+  assert predict.predict_files(trained[0], [huge, paths[0]]) == 2
+  out, err = capsys.readouterr()
+  assert err.splitlines() == [
+      f"error: {huge} is 20000x20000 pixels, more than the 89,478,485 that predict decodes (PIL's"
+      ' limit against decompression bombs); resize it first (evaluation resizes it anyway)'
+  ]
+  assert out.startswith(f'{paths[0]}: ')  # the other image is still classified

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,12 @@ def test_sigterm_saves_at_the_current_step_and_resume_ends_bit_for_bit_equal(
 def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_checkpoint(
     tmp_path, data, uninterrupted
 ):
+  # A first run that crashed before any checkpoint left another config and a torn history line:
+  # neither holds the workdir.
+  crashed = json.loads((uninterrupted / 'config.json').read_text())
+  crashed['train']['batch_size'] = 64
+  (tmp_path / 'config.json').write_text(json.dumps(crashed))
+  (tmp_path / 'history.jsonl').write_text('{"time": "2026-12-01T21:00:00+00:00", "comm')
   # A checkpoint every step, written in the background: the kill lands in or near a write.
   process = start(
       tmp_path, data, '--config.train.num_steps=30', '--config.train.checkpoint_every_steps=1'
@@ -118,6 +125,9 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   process.communicate()
   steps = checkpoint_steps(tmp_path)
   assert steps and steps[-1] < 30
+  for name in ('metrics.jsonl', 'history.jsonl'):  # what a kill during an append leaves
+    with (tmp_path / name).open('a') as f:
+      f.write('\n{"step": 99, "train_lo')
   # The dead run's lock file still names it; its flock died with it, so the resume takes over.
   assert json.loads((tmp_path / 'lock.json').read_text())['pid'] == process.pid
   # A half-written checkpoint beyond the last complete one must be ignored, and must not replace it.
@@ -125,7 +135,7 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   shutil.copytree(tmp_path / 'checkpoints' / str(steps[-1]), partial, dirs_exist_ok=True)
   shutil.rmtree(partial / 'state')
 
-  check(
+  result = check(
       run_main(
           *RUN,
           data,
@@ -138,6 +148,12 @@ def test_kill_9_during_training_and_checkpoint_writes_resumes_from_a_complete_ch
   assert_trees_equal(restored_state(uninterrupted, 30), restored_state(tmp_path, 30))
   # The steps logged after the restored checkpoint were trained again: each logged once.
   assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == list(range(2, 31, 2))
+  # The torn lines were dropped, and said so; one history line per invocation.
+  for name in ('metrics.jsonl', 'history.jsonl'):  # 1, or 2 had the kill torn one too
+    assert re.search(f'{name}: dropped [12] torn line', result.stdout), result.stdout
+  history = read_jsonl(tmp_path / 'history.jsonl')
+  assert len(history) == 2 and 'train.batch_size 64 -> 16' in history[0]['changes']
+  assert json.loads((tmp_path / 'config.json').read_text())['train']['batch_size'] == 16
 
 
 @pytest.mark.slow
@@ -241,6 +257,9 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(
   assert not (tmp_path / 'typo').exists()
   if prepare is not None:
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+  else:  # nothing is created: no workdir, no empty dataset folders
+    assert not workdir.exists() and not (tmp_path / 'empty').exists()
+  assert not (tmp_path / 'fresh').exists()
 
 
 @pytest.mark.parametrize(
@@ -404,3 +423,73 @@ def test_a_full_disk_stops_the_run_at_the_failed_save_and_keeps_the_last_good_on
   assert f'the last good checkpoint is step {last_good}' in message
   assert 'Traceback' not in result.stderr
   assert int(restored_state(kept, last_good)['step']) == last_good
+
+
+def _fill_history_page(workdir, page=4096):
+  """Pads history.jsonl with a valid line to just under a page: on a full tmpfs the next entry
+  then needs a page that is not there (an entry that fits the page's slack would just be written).
+  """
+  path = workdir / 'history.jsonl'
+  size = len(path.read_bytes())
+  pad = (page - 10 - size - len('{"pad": ""}\n')) % page
+  with path.open('a') as f:
+    f.write(json.dumps({'pad': 'x' * pad}) + '\n')
+
+
+@pytest.mark.slow
+def test_a_full_disk_outside_checkpoint_saves_is_one_line_and_loses_nothing(
+    tmp_path, data, uninterrupted
+):
+  """The 30-step run on a private tmpfs: resumed on a full disk (its history.jsonl cannot grow),
+  resumed again and the disk filled while it logs (metrics.jsonl and TensorBoard's events; no
+  checkpoint is due), then resumed with the space freed."""
+  mount, kept, workdir = tmp_path / 'disk', tmp_path / 'kept', tmp_path / 'run'
+  mount.mkdir()
+  kept.mkdir()
+  shutil.copytree(uninterrupted, workdir)
+  _fill_history_page(workdir)
+  before = snapshot(workdir)
+  main = [sys.executable, '-m', 'resnet_jax.main', *RUN, data, f'--workdir={mount}/run']
+  resume = ' '.join([*main, '--config.train.num_steps=34'])
+  logging = ' '.join([*main, '--config.train.num_steps=5000', '--config.train.log_every_steps=1'])
+  fill = f'dd if=/dev/zero of={mount}/filler bs=64k 2>/dev/null'
+  script = f"""
+mount -t tmpfs -o size=8m tmpfs {mount} || exit 77
+cp -r {workdir} {mount}/run
+{fill}; {resume} 2> {kept}/history.err; echo $? > {kept}/history.status
+cp -r {mount}/run {kept}/history; rm {mount}/filler
+{logging} 2> {kept}/metrics.err & pid=$!
+while [ $(grep -c . {mount}/run/metrics.jsonl) -lt 17 ] && kill -0 $pid; do sleep 0.05; done
+{fill}; wait $pid; echo $? > {kept}/metrics.status
+cp -r {mount}/run {kept}/metrics; rm {mount}/filler
+{resume} 2> {kept}/resumed.err; echo $? > {kept}/resumed.status
+cp -r {mount}/run {kept}/resumed
+"""
+  result = subprocess.run(
+      ['unshare', '--mount', '--map-root-user', 'sh', '-c', script],
+      cwd=REPO,
+      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+      capture_output=True,
+      text=True,
+      timeout=400,
+  )
+  if result.returncode == 77 or 'unshare' in result.stderr.split(':')[0]:
+    pytest.skip(f'cannot mount a private tmpfs here: {result.stderr.strip()[:200]}')
+  for phase, what in (('history', 'the record'), ('metrics', 'metrics')):
+    stderr = (kept / f'{phase}.err').read_text()
+    assert (kept / f'{phase}.status').read_text().strip() == '2', stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: writing {what}'), lines
+    assert 'No space left on device' in lines[0] and 'last good checkpoint is step 30' in lines[0]
+    after = snapshot(kept / phase)
+    for name, content in before.items():  # checkpoints, config and metrics as they were
+      if name != 'history.jsonl' and name != 'metrics.jsonl' and 'events' not in name:
+        assert after[name] == content, name
+    assert after['history.jsonl'].startswith(before['history.jsonl'])
+    assert after['metrics.jsonl'].startswith(before['metrics.jsonl'])
+  assert (kept / 'resumed.status').read_text().strip() == '0', (kept / 'resumed.err').read_text()
+  steps = [r['step'] for r in read_jsonl(kept / 'resumed' / 'metrics.jsonl')]
+  assert steps == list(range(2, 31, 2)) + [32, 34]  # the failed runs' rows past step 30 dropped
+  history = [h for h in read_jsonl(kept / 'resumed' / 'history.jsonl') if 'pad' not in h]
+  assert [h['from_step'] for h in history] == [0, 30, 30]  # the refused start recorded nothing
+  assert int(restored_state(kept / 'resumed', 34)['step']) == 34

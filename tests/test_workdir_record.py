@@ -125,5 +125,87 @@ def test_init_from_names_a_workdir_a_step_or_the_best(tmp_path, named, expected)
   checkpoints.close()
   ours = {'head': {'kernel': np.zeros((2, 3), np.float32)}}
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  params, _, step = checkpointing.restore_for_fine_tuning(f'{tmp_path}{named}', ours, {}, sharding)
+  params, _, step, _ = checkpointing.restore_for_fine_tuning(
+      f'{tmp_path}{named}', ours, {}, sharding
+  )
   assert step == expected and float(params['head']['kernel'][0, 0]) == expected
+
+
+def _checkpoint(workdir, params, batch_stats=None):
+  checkpoints = checkpointing.Checkpoints(workdir, asynchronous=False)
+  checkpoints.save(1, {'params': params, 'batch_stats': batch_stats or {}}, {})
+  checkpoints.close()
+
+
+def test_fine_tuning_takes_exactly_what_matches_and_says_what_it_did(tmp_path):
+  # A deeper source (stage1_block2), a block ours has and it lacks (stage2_block1), 10 classes for
+  # our 5, grey images for our RGB ones.
+  ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+  _checkpoint(
+      tmp_path,
+      {
+          'stem_conv': {'kernel': ones(3, 3, 1, 4)},
+          'stage1_block1': {'kernel': ones(2) * 7},
+          'stage1_block2': {'kernel': ones(2)},
+          'head': {'kernel': ones(4, 10)},
+      },
+  )
+  ours = {
+      'stem_conv': {'kernel': np.zeros((3, 3, 3, 4), np.float32)},
+      'stage1_block1': {'kernel': np.zeros(2, np.float32)},
+      'stage2_block1': {'kernel': np.zeros(5, np.float32)},
+      'head': {'kernel': np.zeros((4, 5), np.float32)},
+  }
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with pytest.raises(checkpointing.CheckpointMismatchError) as refused:
+    checkpointing.restore_for_fine_tuning(tmp_path, ours, {}, sharding)
+  message = str(refused.value)
+  assert "lacks 1 of the model's arrays or holds them in another shape (stage2_block1)" in message
+  assert '1 of its arrays are not in the model (stage1_block2)' in message
+  assert message.endswith('--config.init_from_partial=True') and '\n' not in message
+  params, _, step, report = checkpointing.restore_for_fine_tuning(
+      tmp_path, ours, {}, sharding, partial=True
+  )
+  assert step == 1 and float(params['stage1_block1']['kernel'][0]) == 7
+  assert not params['stage2_block1']['kernel'].any() and not params['head']['kernel'].any()
+  np.testing.assert_allclose(params['stem_conv']['kernel'], np.full((3, 3, 3, 4), 1 / 3))
+  assert report == [
+      f'fine-tuning from {tmp_path}/checkpoints/1: loaded 1 of 4 arrays',
+      '  re-initialised the classifier (head): another number of classes',
+      '  adapted the stem (stem_conv) to another number of image channels',
+      '  re-initialised 1 arrays it lacks or holds in another shape: stage2_block1',
+      '  left out 1 of its arrays this model lacks: stage1_block2',
+  ]
+
+
+def test_best_is_the_earliest_of_equal_evaluations_for_orbax_and_the_summary(tmp_path):
+  checkpoints = checkpointing.Checkpoints(tmp_path, keep=1, asynchronous=False)
+  errors = {1: 0.2, 2: 0.1, 3: 0.1, 4: 0.3}  # steps 2 and 3 tie
+  for step, error in errors.items():
+    state = {'params': {'w': np.full(2, step, np.float32)}, 'batch_stats': {}}
+    checkpoints.save(step, state, {}, {'eval_top1_error': error})
+  assert checkpoints.find_step('best') == 2
+  assert sorted(checkpoints.manager.all_steps()) == [2, 4]  # the best and the latest kept
+  checkpoints.close()
+  rows = [{'step': step, 'eval_top1_error': error} for step, error in errors.items()]
+  assert min(rows, key=checkpointing.best_rank)['step'] == 2  # console.summary's best
+
+
+def test_a_synthetic_runs_config_rebuilds_with_its_own_dataset_fields():
+  from configs import synthetic
+
+  config = synthetic.get_config('resnet20')
+  rebuilt = run_record.config_from_record(json.loads(config.to_json_best_effort()))
+  assert rebuilt.dataset.channels == 3 and rebuilt.dataset.num_eval_examples == 10_000
+  assert run_record.config_dict(rebuilt) == run_record.config_dict(config)
+
+
+def test_a_workdir_without_checkpoints_does_not_pin_the_config_its_crashed_run_wrote(tmp_path):
+  crashed = digits.get_config('resnet8')
+  crashed.dataset.image_size = 4
+  run_record.write_first_config(tmp_path, crashed, trained=False)
+  corrected = digits.get_config('resnet8')
+  run_record.write_first_config(tmp_path, corrected, trained=False)
+  assert run_record.read_first_config(tmp_path)['dataset']['image_size'] is None
+  run_record.write_first_config(tmp_path, crashed, trained=True)  # once trained: never rewritten
+  assert run_record.read_first_config(tmp_path)['dataset']['image_size'] is None

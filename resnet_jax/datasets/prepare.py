@@ -6,6 +6,7 @@ tfds does not spend minutes retrying a network that is not there.
 """
 
 import contextlib
+import os
 import sys
 import socket
 import threading
@@ -86,14 +87,14 @@ def _not_ready_message(
     return (
         f"dataset '{name}' is not prepared in {data_dir} and its manually downloaded files are"
         f" missing ({one_line(reason, 200)}); place the files listed in tfds' docs for '{name}'"
-        f' ({files}) in {where} and set dataset.manual_dir to it, or copy a prepared'
+        f' ({files}) in {where} and set --config.dataset.manual_dir to it, or copy a prepared'
         f' {data_dir}/{name} here'
     )
   return (
       f"dataset '{name}' is not prepared in {data_dir} and could not be downloaded"
       f' ({one_line(reason, 200)}); run `tfds build {name} --data_dir {data_dir}` on a machine with'
-      f' internet and copy {data_dir}/{name} here (or set dataset.data_dir to a directory'
-      ' holding it)'
+      f' internet and copy {data_dir}/{name} here (or set --config.dataset.data_dir to a'
+      ' directory holding it)'
   )
 
 
@@ -122,23 +123,37 @@ def _download_and_prepare(builder, download_config, *, offline: bool) -> None:
     builder.download_and_prepare(download_config=download_config)
 
 
+def _folders(root: str) -> set[str]:
+  """The folders under a local `root` (none under an object store's)."""
+  return {path for path, _, _ in os.walk(root)} if '://' not in root else set()
+
+
+def _remove_empty_folders(root: str, existing: set[str]) -> None:
+  """The folders a failed preparation made and left empty (tfds makes the dataset's and the
+  download folders first); anything with files in it stays."""
+  for path in sorted(_folders(root) - existing, reverse=True):  # the deepest first
+    with contextlib.suppress(OSError):  # not empty
+      os.rmdir(path)
+
+
 def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
   """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
   name = dataset_config.name
   data_dir = dataset_config.data_dir
   manual_dir = dataset_config.manual_dir
+  shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
+  existing = _folders(shown_dir)  # tfds may make folders as soon as the builder is made
   try:
     builder, prepared = _builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise UnknownDatasetError(
-        f"unknown dataset '{name}': tfds has no dataset of that name (check dataset.name; the"
-        " project's own datasets such as 'sklearn_digits' are registered by importing"
+        f"unknown dataset '{name}': tfds has no dataset of that name (check --config.dataset.name;"
+        " the project's own datasets such as 'sklearn_digits' are registered by importing"
         ' resnet_jax.datasets)'
     ) from None
   if prepared:
     return builder
 
-  shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
   manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   offline_reason = None if manual else _unreachable_hosts_reason(builder)
@@ -156,6 +171,7 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
     builder, prepared = _builder(name, data_dir)
     if prepared:
       return builder
+    _remove_empty_folders(shown_dir, existing)
     reason = offline_reason or f'{type(e).__name__}: {e}'
     raise DatasetNotReadyError(
         _not_ready_message(builder, name, shown_dir, manual_dir, reason)
