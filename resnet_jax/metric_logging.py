@@ -8,6 +8,8 @@ machine with JAX alone), the run says so once and writes metrics.jsonl only. Onl
 """
 
 import contextlib
+import errno
+import os
 
 import jax
 from absl import logging
@@ -35,6 +37,20 @@ def _hparams(config) -> dict:
       field: value if isinstance(value, (bool, int, float, str)) else str(value)
       for field, value in run_record.flatten(run_record.config_dict(config)).items()
   }
+
+
+# What a failed write comes down to, found inside TensorFlow's long op messages.
+_OS_REASONS = tuple(
+    os.strerror(code) for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
+)
+
+
+def _tensorflow_cause(e: BaseException) -> str:
+  """The reason a TensorFlow write failed, without its op names and paths ("{{function_node
+  __wrapped__WriteSummary_device_/job:localhost/...}} /path...: No space left on device [Op:...]").
+  """
+  text = str(list(errors.causes(e))[-1])
+  return next((reason for reason in _OS_REASONS if reason in text), text)
 
 
 class SummaryWriteError(Exception):
@@ -73,7 +89,7 @@ class MetricLogger:
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except  (TensorFlow's errors, of many types)
-      raise SummaryWriteError(f'TensorBoard: {list(errors.causes(e))[-1]}') from e
+      raise SummaryWriteError(f'TensorBoard: {_tensorflow_cause(e)}') from e
 
   def write(self, step: int, scalars: dict[str, float | str]) -> None:
     """Numbers go to TensorBoard and metrics.jsonl; strings (the eval protocol's name) to

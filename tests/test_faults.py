@@ -126,3 +126,14 @@ def test_tensorboard_failures_come_back_as_one_error(tmp_path):
   with pytest.raises(metric_logging.SummaryWriteError, match='TensorBoard: .*No space left'):
     logger.close()  # ... and is raised where the loop waits for it
   assert metric_logging.read_metrics(tmp_path) == [{'step': 1, 'train_loss': 1.0}]
+
+
+def test_a_tensorflow_write_error_is_told_by_its_reason_not_its_op_names():
+  # What TensorBoard's writer raised on a full tmpfs in the suite (shortened).
+  error = RuntimeError(
+      '{{function_node'
+      ' __wrapped__WriteSummary_device_/job:localhost/replica:0/task:0/device:CPU:0}}'
+      ' /tmp/run/events.out.tfevents.1.host; No space left on device [Op:WriteSummary]'
+  )
+  assert metric_logging._tensorflow_cause(error) == 'No space left on device'
+  assert metric_logging._tensorflow_cause(ValueError('odd')) == 'odd'
