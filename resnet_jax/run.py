@@ -27,7 +27,7 @@ AUGMENTS = ('cifar', 'scale_augmentation', 'inception_crop', 'none')
 ENCODED_AUGMENTS = ('scale_augmentation', 'inception_crop')
 NORMALISATIONS = ('per_channel', 'per_pixel_mean')
 LIGHTING_PCAS = ('train_split', 'fb_resnet_torch')
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +271,13 @@ def _directory(section, field: str) -> None:
 
 def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
   model = _Section('model', config.model)
+  # float16's range needs loss scaling (flax's examples scale dynamically on GPU), which this
+  # trainer does not do: refused rather than trained into overflowing gradients.
+  _require(
+      model['dtype'] != 'float16',
+      "--config.model.dtype='float16' needs loss scaling, which this trainer does not do; use"
+      " --config.model.dtype=bfloat16 (float32's range, no scaling needed)",
+  )
   _choice(model, 'dtype', DTYPES)
   _choice(model, 'shortcut', ('', *models.SHORTCUTS))  # '': the preset's own
   _choice(model, 'conv_kernel_grad', tuple(models.CONV_KERNEL_GRADS))

@@ -35,6 +35,7 @@ BAD_VALUES = [
     ),
     ('model.shortcut', ['--config.model.shortcut=D'], "--config.model.shortcut='D' is not one of"),
     ('model.dtype', ['--config.model.dtype=float8'], "--config.model.dtype='float8' is not one of"),
+    ('model.dtype', ['--config.model.dtype=float16'], 'needs loss scaling, which this trainer'),
     (
         'model.zero_init_residual',
         ['--config.model.zero_init_residual=2'],
