@@ -42,6 +42,7 @@ ENV_OVERRIDE = 'RESNET_JAX_CPU_BACKEND'
 # Another backend replaces XLA's default only when it is clearly faster: two close timings are
 # noise, and a choice that flips between runs would change results in the last bits.
 MIN_GAIN = 1.05
+UNMEASURED = 'XLA default, not measured'  # lookup's answer when nothing is known yet
 MEASURE_SECONDS = 10.0  # timed steps (after a warm-up step each), beyond the extra compilation
 
 
@@ -169,7 +170,7 @@ def lookup(configured: str, signature: dict[str, Any]) -> Choice:
   cached = _read_cache(cache_path()).get(cache_key(signature)) or {}
   if cached.get('backend') in BACKENDS:
     return Choice(cached['backend'], 'cached')
-  return Choice(DEFAULT, 'XLA default, not measured')
+  return Choice(DEFAULT, UNMEASURED)
 
 
 def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]:
@@ -208,17 +209,11 @@ def choose(
 
   `state` and `batch` are real inputs of the step, used (on copies) only when measuring.
   """
-  name = requested(configured)
-  if jax.default_backend() != 'cpu':
-    return Choice('default', 'not a CPU'), lower().compile()
-  if name in BACKENDS:
-    return Choice(name, 'set'), lower().compile(compiler_options=BACKENDS[name] or None)
-  key, path = cache_key(signature), cache_path()
-  cached = _read_cache(path).get(key)
-  if jax.process_count() > 1:  # every process must run the same candidates: process 0 decides
-    cached = _agree(cached)
-  if cached and cached.get('backend') in BACKENDS:
-    choice = Choice(cached['backend'], 'cached')
+  choice = lookup(configured, signature)
+  if jax.process_count() > 1 and choice.how != 'set':  # the same candidates on every process:
+    agreed = _agree({'backend': choice.name} if choice.how == 'cached' else None)  # process 0's
+    choice = Choice(agreed['backend'], 'cached') if agreed else Choice(DEFAULT, UNMEASURED)
+  if choice.how != UNMEASURED:
     return choice, lower().compile(compiler_options=choice.options or None)
   start = time.perf_counter()
   lowered = lower()
@@ -236,7 +231,11 @@ def choose(
       step_seconds=tuple(sorted(step_seconds.items(), key=lambda item: item[1])),
   )
   if jax.process_index() == 0:
-    _write_cache(path, key, {'backend': fastest, 'step_seconds': step_seconds, 'when': time.time()})
+    _write_cache(
+        cache_path(),
+        cache_key(signature),
+        {'backend': fastest, 'step_seconds': step_seconds, 'when': time.time()},
+    )
   return choice, compiled[fastest]
 
 
