@@ -59,7 +59,7 @@ accelerator: $(INSTALLED)
 	    $$(test -x $(TORCH_VENV)/bin/python && echo --torch_python $(TORCH_VENV)/bin/python)
 
 table: $(INSTALLED)
-	$(PYTHON) -m resnet_jax.model_table
+	$(PYTHON) -m resnet_jax.models.table
 
 clean:
 	rm -rf runs

@@ -48,8 +48,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common, train_step  # noqa: E402
 from configs import synthetic  # noqa: E402
-from resnet_jax import metric_logging, model_stats, parallel, train  # noqa: E402
-from resnet_jax import run as run_lib  # noqa: E402
+from resnet_jax.workdir import metrics as metric_logging  # noqa: E402
+from resnet_jax.models import stats as model_stats  # noqa: E402
+from resnet_jax.training import parallel, loop as train  # noqa: E402
+from resnet_jax.config import resolve as run_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

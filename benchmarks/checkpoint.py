@@ -28,7 +28,8 @@ def main():
   args = parser.parse_args()
   train_step.ensure_devices(args.devices, 'benchmarks.checkpoint')
   import jax  # pylint: disable=import-outside-toplevel
-  from resnet_jax import checkpointing, model_stats  # pylint: disable=import-outside-toplevel
+  from resnet_jax.workdir import checkpoints as checkpointing  # pylint: disable=import-outside-toplevel
+  from resnet_jax.models import stats as model_stats  # pylint: disable=import-outside-toplevel
 
   step = train_step.ProductStep(train_step.config_for(args.model, batch=8 * jax.device_count()))
   step()

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from resnet_jax import evaluation, models, parallel
-from resnet_jax import run as run_lib
+from resnet_jax.training import evaluation, parallel
+from resnet_jax import models
+from resnet_jax.config import resolve as run_lib
 
 MIB = 2**20
 

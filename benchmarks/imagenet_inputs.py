@@ -2,12 +2,12 @@
 
     python -m benchmarks.imagenet_inputs [--cores 1] [--windows 5] [--batches 8] [--json out.json]
 
-Each case is `resnet_jax.input_pipeline`, unchanged, on 500x375 JPEGs (ImageNet's most common size,
+Each case is `resnet_jax.data.pipeline`, unchanged, on 500x375 JPEGs (ImageNet's most common size,
 photo-like: benchmarks/input_pipeline.py's generator) served through `tfds.testing.mock_data`:
   paper        configs/imagenet.py's default training input: decode, shorter side to a random size
                in [256, 480], random 224 crop, flip, PCA lighting, per-pixel mean (section 3.4)
   torchvision  configs/imagenet.py:<model>,torchvision: random-resized crop 224 + flip, per channel
-  center, 10crop, multiscale  the evaluation protocols' views (resnet_jax/evaluation.py)
+  center, 10crop, multiscale  the evaluation protocols' views (resnet_jax/training/evaluation.py)
 The process is pinned to `--cores` cores (os.sched_setaffinity), so tf.data's threads share those
 and images/s divided by the cores is the rate per core. Cases are timed in alternating windows (a
 fresh iterator, warmed up, then `--batches` batches of 32); each figure is the median over the
@@ -28,8 +28,9 @@ import tensorflow_datasets as tfds
 from benchmarks import common
 from benchmarks.input_pipeline import _smooth_jpegs
 from configs import imagenet
-from resnet_jax import evaluation, input_pipeline
-from resnet_jax import run as run_lib
+from resnet_jax.training import evaluation
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax.config import resolve as run_lib
 
 TRAIN_CASES = ('paper', 'torchvision')
 EVAL_CASES = ('center', '10crop', 'multiscale')

@@ -3,7 +3,7 @@
     python -m benchmarks.input_pipeline [--style cifar|imagenet|both] [--windows 3]
         [--json out.json]
 
-The pipeline is `resnet_jax.input_pipeline.create_train_iterator`, unchanged, on generated data
+The pipeline is `resnet_jax.data.pipeline.create_train_iterator`, unchanged, on generated data
 served through `tfds.testing.mock_data` (no download):
   cifar     cifar10 config: uint8 32x32x3, cached decoded in memory, pad-4 random crop + flip.
   imagenet  imagenet2012 config: JPEG bytes of 500x375 images (ImageNet's typical size), decoded
@@ -24,8 +24,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from benchmarks import common, train_step
-from resnet_jax import input_pipeline
-from resnet_jax import run as run_lib
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax.config import resolve as run_lib
 
 JPEG_SHAPE = (375, 500, 3)  # ImageNet's most common size; a typical train JPEG is ~110 kB
 

@@ -4,14 +4,15 @@ the 'center' protocol's view and the '10crop' protocol's ten views.
     .venv/bin/python -m benchmarks.preprocessing_parity [--torch_python /tmp/torchenv/bin/python]
         [--out benchmarks/preprocessing_parity.json]
 
-Ours: `resnet_jax.input_pipeline.create_eval_iterator` (augment='inception_crop', image_size=224)
+Ours: `resnet_jax.data.pipeline.create_eval_iterator` (augment='inception_crop', image_size=224)
 on an imagenet2012 split that serves the images' encoded bytes (through `tfds.testing.mock_data`).
 Reference: torchvision's ImageNet evaluation, Compose([Resize(256), CenterCrop(224), ToTensor(),
 Normalize(mean, std)]) on `PIL.Image.open(path).convert('RGB')`, run by a second interpreter that
 has torch and torchvision (this project's environment has neither; theirs has no TensorFlow), which
 returns its tensors in a temporary .npy file. The ten crops: ours are the eval iterator's uint8
-views under `evaluation.protocol='10crop'` (resnet_jax/evaluation.py), theirs Compose([Resize(256),
-TenCrop(224)]) on the same PIL image as uint8 arrays, compared crop by crop in pixel units. The
+views under `evaluation.protocol='10crop'` (resnet_jax/training/evaluation.py), theirs
+Compose([Resize(256), TenCrop(224)]) on the same PIL image as uint8 arrays, compared crop by crop
+in pixel units. The
 images: scikit-learn's two sample photographs (640x427 JPEGs), a 300x427 portrait crop and a 130x97
 crop (upscaled), both re-encoded by PIL. Differences are reported in 0..255 pixel units (and in
 normalised units for the centre crop), as markdown tables on stdout and as JSON (--out).
@@ -117,7 +118,8 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from configs import base  # pylint: disable=import-outside-toplevel
-  from resnet_jax import evaluation, input_pipeline  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import evaluation  # pylint: disable=import-outside-toplevel
+  from resnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
 
   def as_dataset(self, *args, **kwargs):  # replaces the builder's reader
     del self, args, kwargs

@@ -8,7 +8,7 @@ e.g. `pip install --target /tmp/torchlib torch --index-url https://download.pyto
 In one process, interleaved round by round: the same ResNet-20 (option-A shortcuts, SGD momentum
 0.9, weight decay 1e-4, batch 128, float32) in PyTorch with channels_last memory format (its fast
 CPU layout), the plain Flax baseline (benchmarks/baseline_resnet20.py), and the project's step as
-`resnet_jax.train` builds it, on 1 CPU device and, with --devices N, on N CPU devices
+`resnet_jax.training.loop` builds it, on 1 CPU device and, with --devices N, on N CPU devices
 (parallelism.cpu_devices=N). Every figure is also a ratio to PyTorch's, call by call.
 
 --cpu_table times the defaults beside each CPU candidate (1 device and the automatic split, on
@@ -22,7 +22,7 @@ the same rounds (the process has max(devicesN) CPU devices):
   devicesN         the step on the first N CPU devices (parallelism.cpu_devices=N), same batch
   ynnpack, eigen   parallelism.cpu_backend=NAME (XLA's convolutions on YNNPACK, its default, or
                    on Eigen)
-  matmul_grad      model.conv_kernel_grad='matmul' (resnet_jax/conv.py)
+  matmul_grad      model.conv_kernel_grad='matmul' (resnet_jax/models/conv.py)
   conv=NAME        model.conv_kernel_grad=NAME (any of models.CONV_KERNEL_GRADS)
   xla:OPTION=VALUE an XLA debug option for this step's compilation only (e.g.
                    xla:xla_cpu_multi_thread_eigen=false), so flags compare within one process
@@ -111,7 +111,7 @@ class TorchRunner:
 
 def parse_variant(spec: str, batch: int = 128) -> dict:
   """'devices2+matmul_grad+xla:xla_cpu_multi_thread_eigen=false' -> the levers it names."""
-  from resnet_jax import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
 
   variant = {'name': spec, 'devices': 1, 'conv_kernel_grad': 'xla', 'compiler_options': {}}
   for part in spec.split('+'):
@@ -135,7 +135,7 @@ def parse_variant(spec: str, batch: int = 128) -> dict:
 
 
 def parallel_split(batch: int) -> int:
-  from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
 
   return max(parallel.auto_cpu_devices(32, (batch, batch))[0], 2)
 
@@ -169,7 +169,7 @@ def main():
   devices = max([args.devices or 0] + [v['devices'] for v in variants])
   train_step.ensure_devices(devices if devices > 1 else None, 'benchmarks.pytorch_reference')
   import jax  # pylint: disable=import-outside-toplevel
-  from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
 
   runs = {'pytorch': TorchRunner(args.batch)}
   if not args.no_baseline:
@@ -206,7 +206,7 @@ def main():
       # (PyTorch's OpenMP step slows down far more than XLA's on a busy machine).
       r['ratio_to_first'] = common.paired_ratio(times, name, first)
     results.append(r)
-  from resnet_jax import cpu_backend  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import cpu_backend  # pylint: disable=import-outside-toplevel
 
   lines = [
       f'CPU: {cpu_backend.describe_processor()}',

@@ -5,7 +5,8 @@
 
 PyTorch is never a dependency of the project: this runs from a side environment. For every model the
 PyTorch net gets random weights, random BatchNorm affine parameters and running statistics gathered
-from random batches; resnet_jax.interop maps them onto our variables, and the two are compared on
+from random batches; resnet_jax.models.interop maps them onto our variables, and the two are
+compared on
 random images:
   * eval mode (running statistics), float32 and float64: max |ours - theirs| / max |theirs| over
     the logits, and whether the top class agrees;
@@ -54,7 +55,8 @@ import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-from resnet_jax import interop, model_stats, models  # pylint: disable=wrong-import-position
+from resnet_jax.models import interop, stats as model_stats  # pylint: disable=wrong-import-position
+from resnet_jax import models  # pylint: disable=wrong-import-position
 
 jax.config.update('jax_enable_x64', True)  # for the float64 column; float32 runs stay float32
 

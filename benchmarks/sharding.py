@@ -48,7 +48,7 @@ def main():
   args = parser.parse_args()
   train_step.ensure_devices(args.devices, 'benchmarks.sharding')
   import jax  # pylint: disable=import-outside-toplevel
-  from resnet_jax import parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
 
   config = train_step.config_for(args.model, batch=args.batch, dtype=args.dtype)
   runs = {}

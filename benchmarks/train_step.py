@@ -3,14 +3,15 @@
     python -m benchmarks.train_step --model resnet20 --batch 128 [--dtype bfloat16] [--devices 8]
         [--variants product,no_diagnostics,bfloat16] [--rounds 8 --steps 1] [--json out.json]
 
-The project's step is built exactly as `resnet_jax.train` builds it (config -> model, optimizer,
+The project's step is built exactly as `resnet_jax.training.loop` builds it (config -> model,
+optimizer,
 schedule -> `DataParallel.compile_train_step(train_step)`), on one in-memory batch already on the
 devices, so only the step is timed. In the same process, interleaved round by round, it times the
 plain Flax ResNet-20 (benchmarks/baseline_resnet20.py) and a 4096^2 float32 matmul, so each
 variant is also a ratio to the baseline and a fraction of the machine's peak measured at that time.
 
 Variants are levers switched without editing the product, joined with '+':
-  product          the step `resnet_jax.train` runs (donated state, diagnostics as configured: on)
+  product          the step `resnet_jax.training.loop` runs (donated state, diagnostics on)
   no_diagnostics   train.log_diagnostics=False (no per-block norms, no per-stage gradient norms)
   no_donation      the same step jitted without donating the old state
   scanK            K steps per dispatch (jax.lax.scan over K batches), e.g. scan2
@@ -20,7 +21,7 @@ Variants are levers switched without editing the product, joined with '+':
   remat            model.remat=True
   scan_blocks      model.scan_blocks=True (each stage's repeated blocks as one scan: compile time)
   matmul_grad      model.conv_kernel_grad='matmul'
-                   (conv kernel gradients as one matmul, resnet_jax/conv.py)
+                   (conv kernel gradients as one matmul, resnet_jax/models/conv.py)
 """
 
 import argparse
@@ -34,9 +35,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import baseline_resnet20, common
 from configs import cifar10, imagenet
-from resnet_jax import cpu_backend, models, optim, parallel
-from resnet_jax import run as run_lib
-from resnet_jax.train_step import create_train_state, make_train_step
+from resnet_jax.training import cpu_backend, optim, parallel
+from resnet_jax import models
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.training.step import create_train_state, make_train_step
 
 
 def config_for(

@@ -127,7 +127,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
   )
 
   # How evaluation scores a network (training's periodic eval, --mode=eval, sweeps): the metrics
-  # and the console name the protocol. resnet_jax/evaluation.py.
+  # and the console name the protocol. resnet_jax/training/evaluation.py.
   config.evaluation = ml_collections.ConfigDict(
       dict(
           # 'center': one view (ImageNet: torchvision's Resize(256) + CenterCrop(224); others: the
@@ -160,7 +160,7 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           # CPU only: 'auto' times XLA's convolutions on YNNPACK and on Eigen for a few steps the
           # first time a step is compiled on this processor and jaxlib, keeps the faster and
           # caches the choice (~/.cache/resnet_jax/cpu_backend.json); 'ynnpack' | 'eigen' force
-          # one. The environment's RESNET_JAX_CPU_BACKEND wins (resnet_jax/cpu_backend.py).
+          # one. The environment's RESNET_JAX_CPU_BACKEND wins (resnet_jax/training/cpu_backend.py).
           cpu_backend='auto',
       )
   )

@@ -19,7 +19,7 @@ multiscale).
 """
 
 from configs import base
-from resnet_jax.errors import UserError
+from resnet_jax.common.errors import UserError
 
 RECIPES = ('torchvision', 'modern')  # after a comma: configs/imagenet.py:resnet50,torchvision
 

@@ -1,7 +1,7 @@
 """Synthetic data made on the devices: `--config configs/synthetic.py:resnet50`.
 
 The real training loop (checkpoints, metrics, eval) without a dataset or TensorFlow, to measure
-throughput and the loop's own overhead (resnet_jax/synthetic_source.py), as the fake-data
+throughput and the loop's own overhead (resnet_jax/data/synthetic_source.py), as the fake-data
 benchmarks of the flax and big_vision examples. An ImageNet network (resnet18/34/50/101/152 and
 their twins) sees ImageNet's shape (224x224x3, 1000 classes, 1,281,167 training images); a CIFAR one
 (resnet20, resnet56, ...) CIFAR-10's (32x32x3, 10 classes, 50,000). Any of it can be changed:

@@ -23,7 +23,9 @@ import numpy as np
 
 from experiments import results
 from configs import base
-from resnet_jax import checkpointing, input_pipeline, models
+from resnet_jax.workdir import checkpoints as checkpointing
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax import models
 
 plt = results.plt  # matplotlib with the Agg backend
 

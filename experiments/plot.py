@@ -10,8 +10,8 @@ import pathlib
 import sys
 
 from experiments import results
-from resnet_jax import errors, jsonl
-from resnet_jax.errors import UserError
+from resnet_jax.common import errors, jsonl
+from resnet_jax.common.errors import UserError
 
 plt = results.plt  # matplotlib with the Agg backend
 

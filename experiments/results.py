@@ -24,8 +24,10 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from resnet_jax import model_stats, models, run_record
-from resnet_jax.metric_logging import read_metrics
+from resnet_jax.models import stats as model_stats
+from resnet_jax import models
+from resnet_jax.workdir import record as run_record
+from resnet_jax.workdir.metrics import read_metrics
 
 FAMILY_ORDER = ('plain', 'resnet', 'preact_resnet')
 FAMILY_TITLES = {'plain': 'plain', 'resnet': 'ResNet', 'preact_resnet': 'pre-activation ResNet'}
@@ -89,7 +91,7 @@ def build_model(run: Run, num_classes: int):
 
 def parameter_count(run: Run, root) -> int | None:
   """Parameters of the run's model, from its checkpoint's record of classes and image shape."""
-  from resnet_jax import checkpointing  # orbax: only needed here
+  from resnet_jax.workdir import checkpoints as checkpointing  # orbax: only needed here
 
   checkpoints = checkpointing.Checkpoints(pathlib.Path(root).resolve() / run.name, read_only=True)
   step = checkpoints.latest_step()

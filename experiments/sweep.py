@@ -30,7 +30,7 @@ import time
 import ml_collections
 
 from experiments.launcher_cli import REPO, ArgumentParser, add_override_argument, check_overrides
-from resnet_jax import jsonl
+from resnet_jax.common import jsonl
 
 MARKER = 'sweep_finished.json'  # written after a point's run exits 0
 FAMILIES = ('plain', 'resnet', 'preact_resnet')

@@ -15,7 +15,7 @@ import threading
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import errors, library_noise
+from resnet_jax.common import errors, library_noise
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -64,7 +64,7 @@ flags.DEFINE_enum(
     ['center', '10crop', 'multiscale'],
     "eval: the evaluation protocol, instead of the config's evaluation.protocol: center (one"
     ' view), 10crop (corners and centre, and mirrored), multiscale (fully-convolutional, the'
-    ' scales of evaluation.scales and mirrored); resnet_jax/evaluation.py.',
+    ' scales of evaluation.scales and mirrored); resnet_jax/training/evaluation.py.',
 )
 flags.DEFINE_list(
     'accept_changes',
@@ -127,7 +127,7 @@ def parse_flags(argv):
     _print_and_exit(_help())
   argv = errors.parse_flags_or_exit(FLAGS, argv)
   if FLAGS.list_presets:
-    from resnet_jax import presets  # pylint: disable=import-outside-toplevel
+    from resnet_jax.cli import presets  # pylint: disable=import-outside-toplevel
 
     _print_and_exit(presets.listing())
   required = ('config', 'workdir') if FLAGS.mode == 'train' else ('workdir',)
@@ -145,7 +145,8 @@ def checked_config():
   mistake is one `error:` line and exit status 2, before JAX, data or the workdir are touched."""
   if not FLAGS['config'].present:
     return None
-  from resnet_jax import run, run_record  # pylint: disable=import-outside-toplevel
+  from resnet_jax.config import resolve as run  # pylint: disable=import-outside-toplevel
+  from resnet_jax.workdir import record as run_record  # pylint: disable=import-outside-toplevel
 
   config = errors.read_config_or_exit(
       lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
@@ -200,7 +201,8 @@ def _defer_background_tracebacks() -> None:
 
 def _split_cpu(config) -> None:
   """parallelism.cpu_devices, or the auto rule's count (parallel.auto_cpu_devices) for 0."""
-  from resnet_jax import input_pipeline, parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
 
   devices = config.parallelism.cpu_devices if config else 1
   if devices or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
@@ -220,8 +222,8 @@ def main(argv):
   # Imported here so that --help is instant and flag errors come before TensorFlow loads.
   import jax
 
-  from resnet_jax import distributed, preemption, train
-  from resnet_jax.errors import UserError
+  from resnet_jax.training import distributed, preemption, loop as train
+  from resnet_jax.common.errors import UserError
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _quiet_libraries_unless_verbose()
@@ -229,7 +231,7 @@ def main(argv):
   config = checked_config()
   if FLAGS.mode == 'predict':  # the run's own config from its workdir, unless --config is given
     with library_noise.silenced():  # it imports TensorFlow
-      from resnet_jax import predict
+      from resnet_jax.cli import predict
 
     status = predict.predict_files(
         FLAGS.workdir, FLAGS.images, step=FLAGS.checkpoint_step, as_json=FLAGS.json, config=config

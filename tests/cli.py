@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import checkpointing
+from resnet_jax.workdir import checkpoints as checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,8 @@ import json, os, sys, tempfile, traceback
 import jax  # noqa: F401  (no backend yet: each child starts its own)
 from absl import app
 import configs.base  # noqa: F401
-from resnet_jax import distributed, main, parallel, preemption, train  # noqa: F401
+from resnet_jax.training import distributed, parallel, preemption, loop as train  # noqa: F401
+from resnet_jax import main  # noqa: F401
 
 results = []
 for argv in json.loads(sys.stdin.read()):

@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import cifar10  # noqa: E402
-from resnet_jax import optim, parallel  # noqa: E402
-from resnet_jax import run as run_lib  # noqa: E402
-from resnet_jax.train_step import create_train_state, make_train_step  # noqa: E402
+from resnet_jax.training import optim, parallel  # noqa: E402
+from resnet_jax.config import resolve as run_lib  # noqa: E402
+from resnet_jax.training.step import create_train_state, make_train_step  # noqa: E402
 
 
 def pytest_configure(config):

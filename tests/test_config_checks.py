@@ -9,7 +9,7 @@ that value.
 import pytest
 
 from configs import base
-from resnet_jax import run_record
+from resnet_jax.workdir import record as run_record
 from tests.cli import run_mains
 
 R = ['--config=configs/digits.py:resnet8', '--config.train.num_steps=20']

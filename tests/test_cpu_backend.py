@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import cpu_backend, optim, parallel
-from resnet_jax.errors import UserError
-from resnet_jax.train_step import create_train_state, eval_step, make_train_step
+from resnet_jax.training import cpu_backend, optim, parallel
+from resnet_jax.common.errors import UserError
+from resnet_jax.training.step import create_train_state, eval_step, make_train_step
 
 SIGNATURE = {'model': 'a small step', 'batch': 16}
 

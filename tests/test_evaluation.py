@@ -1,4 +1,5 @@
-"""The evaluation protocols (resnet_jax/evaluation.py) against references computed independently.
+"""The evaluation protocols (resnet_jax/training/evaluation.py) against references computed
+independently.
 
 * 10crop's views are torchvision's Resize(256) + TenCrop(224) on a PIL image, reproduced with PIL
   (no torch): the five crops of the resized image and the five of its mirror image, on real
@@ -26,11 +27,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
+import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
 from configs import base, digits
-from resnet_jax import evaluation, models, parallel, train
-from resnet_jax import input_pipeline as ip
-from resnet_jax import run as run_lib
+from resnet_jax.training import evaluation, parallel, loop as train
+from resnet_jax import models
+from resnet_jax.data import pipeline as ip
+from resnet_jax.config import resolve as run_lib
 from tests.cli import read_jsonl
 
 SIZE, RESIZE = 224, 256

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from experiments import plot
-from resnet_jax import jsonl, metric_logging, run_record, train
+from resnet_jax.common import jsonl
+from resnet_jax.workdir import metrics as metric_logging, record as run_record
+from resnet_jax.training import loop as train
 
 ROWS = [{'step': s, 'train_loss': 1.0 / s, 'train_learning_rate': 0.1} for s in (2, 4, 6)]
 FULL = ''.join(json.dumps(r) + '\n' for r in ROWS)

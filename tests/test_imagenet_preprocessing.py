@@ -19,8 +19,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import base
-from resnet_jax import input_pipeline as ip
-from resnet_jax import tfds_source
+from resnet_jax.data import pipeline as ip
+from resnet_jax.data import tfds_source
 
 SIZE, RESIZE = 224, 256
 # Measured: the largest difference is 1 unit, on 0.05-0.25% of the values (PIL's fixed-point filter

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
+import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
 from configs import base
-from resnet_jax import input_pipeline as ip
-from resnet_jax import tfds_source
-from resnet_jax import run as run_lib
-from resnet_jax import parallel
-from resnet_jax.datasets import prepare
-from resnet_jax.errors import UserError
+from resnet_jax.data import pipeline as ip
+from resnet_jax.data import tfds_source
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.training import parallel
+from resnet_jax.data.datasets import prepare
+from resnet_jax.common.errors import UserError
 
 MOCK_EXAMPLES = 24
 

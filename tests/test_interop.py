@@ -1,5 +1,5 @@
 """Pretrained weights in and out: the name table against torchvision's and the CIFAR reference's own
-state dicts, exact round trips, and `python -m resnet_jax.convert` through its CLI.
+state dicts, exact round trips, and `python -m resnet_jax.cli.convert` through its CLI.
 
 (That the mapped networks compute what torchvision and the CIFAR reference compute is shown by
 benchmarks/reference_parity.py, which needs PyTorch.)
@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from resnet_jax import checkpointing, convert, interop, model_stats, models
-from resnet_jax.errors import UserError
+from resnet_jax.workdir import checkpoints as checkpointing
+from resnet_jax.cli import convert
+from resnet_jax.models import interop, stats as model_stats
+from resnet_jax import models
+from resnet_jax.common.errors import UserError
 from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
 
 # state_dict() key -> shape of torchvision's resnet18/resnet50 and the CIFAR reference's resnet20,
@@ -109,7 +112,7 @@ def resnet18_file(tmp_path_factory):
 
 def convert_cli(*args):
   return subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.convert', *args],
+      [sys.executable, '-m', 'resnet_jax.cli.convert', *args],
       cwd=REPO,
       capture_output=True,
       text=True,
@@ -269,7 +272,7 @@ def test_convert_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path, resn
           ['export', f'--workdir={existing}', f'--out={tmp_path / "x.safetensors"}'],
           'is not a resnet_jax workdir',
       ),
-      (['frobnicate', f'--workdir={existing}'], 'usage: python -m resnet_jax.convert import'),
+      (['frobnicate', f'--workdir={existing}'], 'usage: python -m resnet_jax.cli.convert import'),
   ]
   for args, message in cases:
     result = convert_cli(*args)

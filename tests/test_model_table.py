@@ -1,9 +1,9 @@
-"""`python -m resnet_jax.model_table`: README's zoo figures from shapes alone, in seconds."""
+"""`python -m resnet_jax.models.table`: README's zoo figures from shapes alone, in seconds."""
 
 import pytest
 
-from resnet_jax import model_table
-from resnet_jax.errors import UserError
+from resnet_jax.models import table as model_table
+from resnet_jax.common.errors import UserError
 
 # Exact parameter counts (../shared/REFERENCES.md: the paper's CIFAR nets with option A, 10 classes;
 # torchvision's ImageNet nets, 1000 classes) and multiply-adds as README's table rounds them.

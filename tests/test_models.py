@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from configs import cifar10
-from resnet_jax import interop, model_stats, models
-from resnet_jax import run as run_lib
+from resnet_jax.models import interop, stats as model_stats
+from resnet_jax import models
+from resnet_jax.config import resolve as run_lib
 
 CIFAR_PARAMS = {
     20: 269_722,
@@ -48,8 +50,8 @@ def test_imagenet_multiply_adds_within_5_percent_of_table_1(depth):
 def test_seeds_arithmetic_basic_pair_and_bottleneck():
   # Paper section 4.1: two 3x3x256x256 convs vs a 256-64-64-256 bottleneck.
   x = jnp.zeros((1, 8, 8, 256))
-  conv = lambda *a, **k: models.nn.Conv(*a, use_bias=False, **k)
-  norm = lambda **k: models.nn.BatchNorm(use_running_average=True, **k)
+  conv = lambda *a, **k: nn.Conv(*a, use_bias=False, **k)
+  norm = lambda **k: nn.BatchNorm(use_running_average=True, **k)
 
   def weights(block):
     variables = jax.eval_shape(lambda: block.init(jax.random.key(0), x))

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import model_stats, models
+from resnet_jax.models import stats as model_stats
+from resnet_jax import models
 
 
 def hot_pixel(shape) -> int:

@@ -21,10 +21,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import base, cifar10, imagenet
-from resnet_jax import input_pipeline as ip
-from resnet_jax import run_record, tfds_source
-from resnet_jax import run as run_lib
-from resnet_jax.errors import UserError
+from resnet_jax.data import pipeline as ip
+from resnet_jax.workdir import record as run_record
+from resnet_jax.data import tfds_source
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.common.errors import UserError
 
 LOW, HIGH = 256, 480
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from configs import cifar10
-from resnet_jax import parallel
-from resnet_jax import run as run_lib
-from resnet_jax.errors import UserError
+from resnet_jax.training import parallel
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.common.errors import UserError
 
 # trained(num_devices, mode, batch_norm) is a fixture of tests/conftest.py.
 

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import input_pipeline, models, predict, run_record
-from resnet_jax.datasets import sklearn_digits
-from resnet_jax.datasets.prepare import get_dataset_builder
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax import models
+from resnet_jax.cli import predict
+from resnet_jax.workdir import record as run_record
+from resnet_jax.data.datasets import sklearn_digits
+from resnet_jax.data.datasets.prepare import get_dataset_builder
 from tests.cli import check, restored_state, run_main
 
 NUM_IMAGES = 8

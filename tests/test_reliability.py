@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from resnet_jax.preemption import EXIT_STATUS
+from resnet_jax.training.preemption import EXIT_STATUS
 from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
 
 RUN = [

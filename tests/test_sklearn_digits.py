@@ -8,8 +8,8 @@ import pytest
 from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
-import resnet_jax.datasets  # noqa: F401  (registers sklearn_digits)
-from resnet_jax.datasets import sklearn_digits
+import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
+from resnet_jax.data.datasets import sklearn_digits
 
 # sha256 of the sorted test indices (into load_digits()) of the documented split,
 # first 16 hex digits.

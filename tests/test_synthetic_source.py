@@ -4,8 +4,9 @@ import jax
 import numpy as np
 
 from configs import synthetic
-from resnet_jax import input_pipeline, parallel
-from resnet_jax import run as run_lib
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax.training import parallel
+from resnet_jax.config import resolve as run_lib
 
 
 def _spec_and_batch(batch_size=16):

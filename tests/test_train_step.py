@@ -7,9 +7,9 @@ import optax
 import pytest
 
 from configs import cifar10
-from resnet_jax import optim, parallel
-from resnet_jax import run as run_lib
-from resnet_jax.train_step import create_train_state, eval_step, make_train_step
+from resnet_jax.training import optim, parallel
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.training.step import create_train_state, eval_step, make_train_step
 
 # small_run, batches, run_steps and trained are fixtures of tests/conftest.py (shared with
 # tests/test_parallel.py).

@@ -1,4 +1,5 @@
-"""The package without TensorFlow: only the TFDS data source imports it (resnet_jax/tfds_source.py).
+"""The package without TensorFlow: only the TFDS data source imports it
+(resnet_jax/data/tfds_source.py).
 
 A GPU machine may have JAX, flax, optax, orbax and PyTorch but no TensorFlow, tensorflow-datasets
 (or CLU, whose writers import TensorFlow). There, a run on synthetic data must train, evaluate,
@@ -24,7 +25,9 @@ sys.modules.update(tensorflow=None, tensorflow_datasets=None)
 
 RUN = """
 from absl import app
-from resnet_jax import checkpointing, main, models, parallel, train, train_step  # noqa
+from resnet_jax.workdir import checkpoints as checkpointing  # noqa
+from resnet_jax import main, models  # noqa
+from resnet_jax.training import parallel, loop as train, step as train_step  # noqa
 
 sys.argv = ['main', '--config=configs/synthetic.py:resnet8', '--workdir=' + sys.argv[1],
             '--config.dataset.image_size=8', '--config.dataset.num_eval_examples=40',

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from configs import digits
-from resnet_jax import checkpointing, metric_logging, run_record, workdir_lock
-from resnet_jax.workdir_lock import WorkdirBusyError, WorkdirLock
+from resnet_jax.workdir import checkpoints as checkpointing
+from resnet_jax.workdir import lock as workdir_lock
+from resnet_jax.workdir import metrics as metric_logging
+from resnet_jax.workdir import record as run_record
+from resnet_jax.workdir.lock import WorkdirBusyError, WorkdirLock
 
 
 def test_a_second_lock_on_a_posix_workdir_is_refused_until_the_first_is_released(tmp_path):

@@ -1,10 +1,11 @@
-"""The learning-rate schedule and the optax optimizer, from a resolved run (resnet_jax/run.py)."""
+"""The learning-rate schedule and the optax optimizer, from a resolved run
+(resnet_jax/config/resolve.py)."""
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.run import OptimizerSpec, ScheduleSpec
+from resnet_jax.config.resolve import OptimizerSpec, ScheduleSpec
 
 
 def learning_rate_schedule(schedule: ScheduleSpec) -> optax.Schedule:

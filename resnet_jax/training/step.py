@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import models, optim
-from resnet_jax.run import Run
+from resnet_jax import models
+from resnet_jax.training import optim
+from resnet_jax.config.resolve import Run
 
 
 @flax.struct.dataclass

@@ -12,7 +12,7 @@ import time
 import jax
 import tqdm
 
-from resnet_jax import checkpointing, metric_logging
+from resnet_jax.workdir import checkpoints as checkpointing, metrics as metric_logging
 
 _STARTED = time.perf_counter()  # main() imports the trainer, and with it this, as it starts
 

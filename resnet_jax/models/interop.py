@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from resnet_jax import models
-from resnet_jax.errors import UserError
+from resnet_jax.common.errors import UserError
 
 LAYOUTS = {'imagenet': 'torchvision', 'cifar': 'cifar_reference'}
 _LEAF_NAMES = {

@@ -12,7 +12,7 @@ import pathlib
 import re
 
 import configs
-from resnet_jax import model_table
+from resnet_jax.models import table as model_table
 
 
 def config_files() -> list[tuple[str, object]]:

@@ -14,11 +14,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from resnet_jax import checkpointing, input_pipeline, library_noise, run_record, synthetic_source
-from resnet_jax import tfds_source, train
-from resnet_jax import run as run_lib
-from resnet_jax.datasets.prepare import get_dataset_builder
-from resnet_jax.errors import UserError, one_line
+from resnet_jax.workdir import checkpoints as checkpointing, record as run_record
+from resnet_jax.data import pipeline as input_pipeline, synthetic_source
+from resnet_jax.common import library_noise
+from resnet_jax.data import tfds_source
+from resnet_jax.training import loop as train
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.data.datasets.prepare import get_dataset_builder
+from resnet_jax.common.errors import UserError, one_line
 
 TOP_K = 5
 CHUNK = 64  # images a forward pass classifies at once

@@ -10,8 +10,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
 
-from resnet_jax import errors
-from resnet_jax.errors import UserError, one_line
+from resnet_jax.common import errors
+from resnet_jax.common.errors import UserError, one_line
 
 
 def absolute_path(path) -> epath.Path:

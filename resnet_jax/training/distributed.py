@@ -9,7 +9,7 @@ and otherwise runs as a single process.
 import jax
 from absl import logging
 
-from resnet_jax.errors import UserError
+from resnet_jax.common.errors import UserError
 
 
 def initialize(

@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.conv import conv_with_matmul_kernel_grad
-from resnet_jax.errors import UserError
+from resnet_jax.models.conv import conv_with_matmul_kernel_grad
+from resnet_jax.common.errors import UserError
 
 ModuleDef = Any
 
@@ -43,7 +43,7 @@ CONV_KERNEL_GRADS = {
     'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
     'matmul': (
         conv_with_matmul_kernel_grad
-    ),  # one matmul of patches: faster on CPUs, more memory (resnet_jax/conv.py)
+    ),  # one matmul of patches: faster on CPUs, more memory (resnet_jax/models/conv.py)
 }
 
 

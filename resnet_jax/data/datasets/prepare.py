@@ -15,9 +15,9 @@ from unittest import mock
 
 import tensorflow_datasets as tfds
 
-from resnet_jax.datasets import sklearn_digits  # noqa: F401  (registers the project's own datasets)
-from resnet_jax import library_noise
-from resnet_jax.errors import UserError, one_line
+from resnet_jax.data.datasets import sklearn_digits  # noqa: F401  (registers the project's own datasets)
+from resnet_jax.common import library_noise
+from resnet_jax.common.errors import UserError, one_line
 
 
 class DatasetNotReadyError(UserError):
@@ -149,7 +149,7 @@ def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
     raise UnknownDatasetError(
         f"unknown dataset '{name}': tfds has no dataset of that name (check --config.dataset.name;"
         " the project's own datasets such as 'sklearn_digits' are registered by importing"
-        ' resnet_jax.datasets)'
+        ' resnet_jax.data.datasets)'
     ) from None
   if prepared:
     return builder

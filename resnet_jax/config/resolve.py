@@ -16,9 +16,10 @@ from typing import Any
 
 import ml_collections
 
-from resnet_jax import cpu_backend, models, parallel
-from resnet_jax import evaluation as evaluation_lib
-from resnet_jax.errors import UserError
+from resnet_jax.training import cpu_backend, parallel
+from resnet_jax import models
+from resnet_jax.training import evaluation as evaluation_lib
+from resnet_jax.common.errors import UserError
 
 SCHEDULES = ('piecewise', 'cosine')
 # 'scale_augmentation' is the paper's ImageNet augmentation (section 3.4), 'inception_crop'

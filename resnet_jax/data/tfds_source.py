@@ -26,7 +26,8 @@ size drawn uniformly from `scale_range`, a random image_size crop, flip), 'incep
 
 Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so
 every example is in exactly one process), pads to a common number of batches with mask 0 examples.
-The protocols' views (resnet_jax/evaluation.py) are made here: '10crop' as torchvision's TenCrop,
+The protocols' views (resnet_jax/training/evaluation.py) are made
+here: '10crop' as torchvision's TenCrop,
 'multiscale' one centred square per scale, all uint8 (normalised on the device).
 """
 
@@ -40,11 +41,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from resnet_jax import evaluation
-from resnet_jax.datasets.prepare import get_dataset_builder
-from resnet_jax.errors import UserError, one_line
-from resnet_jax.run import ENCODED_AUGMENTS, BatchSpec, DataSpec, DatasetFacts
-from resnet_jax.run import check_dataset_fields
+from resnet_jax.training import evaluation
+from resnet_jax.data.datasets.prepare import get_dataset_builder
+from resnet_jax.common.errors import UserError, one_line
+from resnet_jax.config.resolve import ENCODED_AUGMENTS, BatchSpec, DataSpec, DatasetFacts
+from resnet_jax.config.resolve import check_dataset_fields
 
 try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -842,7 +843,7 @@ def create_eval_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split, or
   {'views': {group: uint8 [B, count, h, w, C]}, 'label', 'mask'} for the 10crop and multiscale
-  protocols (resnet_jax/evaluation.py).
+  protocols (resnet_jax/training/evaluation.py).
 
   Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
   """

@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import parallel
-from resnet_jax.errors import UserError
+from resnet_jax.training import parallel
+from resnet_jax.common.errors import UserError
 
 PROTOCOLS = ('center', '10crop', 'multiscale')
 # torchvision's ImageNet evaluation: the shorter side to round(image_size / 0.875), 256 for 224.

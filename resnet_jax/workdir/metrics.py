@@ -15,7 +15,8 @@ import jax
 from absl import logging
 from etils import epath
 
-from resnet_jax import errors, jsonl, library_noise, run_record
+from resnet_jax.common import errors, jsonl, library_noise
+from resnet_jax.workdir import record as run_record
 
 _DIAGNOSTICS = ('grad_norm', 'residual_ratio', 'nonfinite', 'skipped_steps')
 

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import parallel
-from resnet_jax.errors import UserError
-from resnet_jax.run import BatchSpec, DatasetFacts, check_dataset_fields
+from resnet_jax.training import parallel
+from resnet_jax.common.errors import UserError
+from resnet_jax.config.resolve import BatchSpec, DatasetFacts, check_dataset_fields
 
 NAME = 'synthetic'
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from resnet_jax.errors import UserError
+from resnet_jax.common.errors import UserError
 
 # The candidates, as XLA CPU debug options for one compilation. 'ynnpack' is XLA's own default.
 BACKENDS = {

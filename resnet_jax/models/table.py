@@ -1,6 +1,7 @@
-"""The model zoo as a Markdown table: `python -m resnet_jax.model_table`.
+"""The model zoo as a Markdown table: `python -m resnet_jax.models.table`.
 
-  python -m resnet_jax.model_table [--models resnet20,resnet56] [--input 28x28x1] [--num_classes 10]
+  python -m resnet_jax.models.table [--models resnet20,resnet56] [--input 28x28x1]
+      [--num_classes 10]
 
 README's table is this output with no options. Counts come from shapes alone (model_stats), so the
 whole zoo takes seconds.
@@ -11,8 +12,10 @@ import dataclasses
 import difflib
 import sys
 
-from resnet_jax import errors, model_stats, models
-from resnet_jax.errors import UserError
+from resnet_jax.common import errors
+from resnet_jax.models import stats as model_stats
+from resnet_jax import models
+from resnet_jax.common.errors import UserError
 
 CIFAR_DEFAULTS = (10, (32, 32, 3))  # the paper's CIFAR-10 networks at 32x32
 IMAGENET_DEFAULTS = (1000, (224, 224, 3))  # its ImageNet ones at 224x224
@@ -109,7 +112,7 @@ def selected_rows(models_text: str | None, input_text: str | None, num_classes: 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m resnet_jax.model_table', description=__doc__.split('\n\n')[0]
+      prog='python -m resnet_jax.models.table', description=__doc__.split('\n\n')[0]
   )
   parser.add_argument('--models', help='comma-separated model names (default: the whole zoo)')
   parser.add_argument('--input', help="image shape HxWxC, e.g. 28x28x1 (default: each model's own)")

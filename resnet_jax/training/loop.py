@@ -17,16 +17,20 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from resnet_jax import checkpointing, cpu_backend, errors, evaluation, input_pipeline
-from resnet_jax import metric_logging, optim, parallel
-from resnet_jax import run_record
-from resnet_jax import run as run_lib
-from resnet_jax.console import Console, Throughput
-from resnet_jax.errors import UserError
-from resnet_jax.workdir_lock import FILE_NAME as WORKDIR_LOCK_FILE
-from resnet_jax.workdir_lock import WorkdirLock
-from resnet_jax.preemption import Stopped, StopRequests
-from resnet_jax.train_step import create_train_state, eval_step, make_train_step
+from resnet_jax.workdir import checkpoints as checkpointing
+from resnet_jax.training import cpu_backend, evaluation
+from resnet_jax.common import errors
+from resnet_jax.data import pipeline as input_pipeline
+from resnet_jax.workdir import metrics as metric_logging
+from resnet_jax.training import optim, parallel
+from resnet_jax.workdir import record as run_record
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.cli.console import Console, Throughput
+from resnet_jax.common.errors import UserError
+from resnet_jax.workdir.lock import FILE_NAME as WORKDIR_LOCK_FILE
+from resnet_jax.workdir.lock import WorkdirLock
+from resnet_jax.training.preemption import Stopped, StopRequests
+from resnet_jax.training.step import create_train_state, eval_step, make_train_step
 
 
 class WorkdirError(UserError):

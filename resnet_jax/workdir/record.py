@@ -22,9 +22,9 @@ import sys
 import ml_collections
 from etils import epath
 
-from resnet_jax import jsonl
-from resnet_jax import run as run_lib
-from resnet_jax.errors import UserError
+from resnet_jax.common import jsonl
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.common.errors import UserError
 
 MAY_CHANGE = frozenset({
     'init_from',  # read only by a run's first start

@@ -1,8 +1,8 @@
 """Pretrained weights in and out: PyTorch state dicts <-> resnet_jax workdirs.
 
-    python -m resnet_jax.convert import resnet50.safetensors --workdir runs/tv_resnet50
+    python -m resnet_jax.cli.convert import resnet50.safetensors --workdir runs/tv_resnet50
         [--model resnet50] [--config configs/imagenet.py:resnet50 --config.x=y ...]
-    python -m resnet_jax.convert export --workdir runs/r56 --out r56.safetensors [--step N]
+    python -m resnet_jax.cli.convert export --workdir runs/r56 --out r56.safetensors [--step N]
 
 import reads a torchvision or timm ImageNet ResNet (18/34/50/101/152), or a CIFAR ResNet of the
 CIFAR reference (akamaster/pytorch_resnet_cifar10), from `.safetensors` (numpy only) or from `.pth`
@@ -11,7 +11,8 @@ when PyTorch is importable, and writes a new workdir: config.json and a step-0 c
 export writes a workdir's checkpoint with the reference's names, so that
 `model.load_state_dict(safetensors.torch.load_file(path), strict=True)` loads it into torchvision's
 ResNet (ImageNet family) or the CIFAR reference (CIFAR family) and computes what it computes here.
-resnet_jax/interop.py holds the name table. Every mistake is one `error:` line, exit status 2, and
+resnet_jax/models/interop.py holds the name table.
+Every mistake is one `error:` line, exit status 2, and
 nothing is written.
 """
 
@@ -24,10 +25,14 @@ import safetensors.numpy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import checkpointing, errors, interop, models, optim, run_record
-from resnet_jax import run as run_lib
-from resnet_jax.errors import UserError, one_line
-from resnet_jax.train_step import create_train_state
+from resnet_jax.workdir import checkpoints as checkpointing, record as run_record
+from resnet_jax.common import errors
+from resnet_jax.models import interop
+from resnet_jax import models
+from resnet_jax.training import optim
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.common.errors import UserError, one_line
+from resnet_jax.training.step import create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -53,8 +58,8 @@ flags.mark_flags_as_required(['workdir'])
 
 TORCH_FILES = ('.pth', '.pt', '.th', '.bin', '.ckpt')
 USAGE = (
-    'usage: python -m resnet_jax.convert import WEIGHTS.safetensors --workdir NEW_DIR, or '
-    'python -m resnet_jax.convert export --workdir DIR --out FILE.safetensors'
+    'usage: python -m resnet_jax.cli.convert import WEIGHTS.safetensors --workdir NEW_DIR, or '
+    'python -m resnet_jax.cli.convert export --workdir DIR --out FILE.safetensors'
 )
 
 
@@ -153,7 +158,7 @@ def _image_shape(config, num_classes: int) -> tuple[int, int, int]:
     # Only here: the rest of the conversion needs no TensorFlow.
     # `datasets` registers sklearn_digits.
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    import resnet_jax.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import resnet_jax.data.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
     features = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features
     native, classes = tuple(features['image'].shape), features['label'].num_classes

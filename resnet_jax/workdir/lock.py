@@ -33,7 +33,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from resnet_jax.errors import UserError
+from resnet_jax.common.errors import UserError
 
 FILE_NAME = 'lock.json'
 HEARTBEAT_SECONDS = 30

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import numpy as np
 
-from resnet_jax import library_noise, synthetic_source
+from resnet_jax.common import library_noise
+from resnet_jax.data import synthetic_source
 
 
 def _source(data):
@@ -25,7 +26,7 @@ def _source(data):
   if data.name == synthetic_source.NAME:
     return synthetic_source
   with library_noise.silenced():  # TensorFlow loads here, and says so
-    return importlib.import_module('resnet_jax.tfds_source')
+    return importlib.import_module('resnet_jax.data.tfds_source')
 
 
 def resolve_data(dataset_config):

@@ -1,0 +1,2 @@
+"""What every layer shares: the user's errors (errors.py), the libraries' logs kept quiet
+(library_noise.py), JSON lines that survive a torn write (jsonl.py)."""

@@ -1,0 +1,1 @@
+"""The config resolved once: every field checked and turned into a frozen Run (resolve.py)."""
