@@ -117,7 +117,7 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
   ('10crop') on an imagenet2012 split of these bytes."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from configs import base  # pylint: disable=import-outside-toplevel
+  from resnet_jax.config import fields  # pylint: disable=import-outside-toplevel
   from resnet_jax.training import evaluation  # pylint: disable=import-outside-toplevel
   from resnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
 
@@ -127,7 +127,7 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
         {'image': list(jpegs.values()), 'label': np.arange(len(jpegs), dtype=np.int64)}
     )
 
-  config = base.base_config('resnet50')
+  config = fields.base_config('resnet50')
   config.dataset.update(
       name='imagenet2012', eval_split='validation', augment='inception_crop', image_size=SIZE
   )

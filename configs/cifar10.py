@@ -10,12 +10,12 @@ per-channel mean/std (this config's normalisation before the paper's was added: 
 resume with that flag).
 """
 
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax import models
 
 
 def get_config(preset: str = 'resnet20', dataset: str = 'cifar10'):
-  config = base.base_config(preset)
+  config = fields.base_config(preset)
   config.dataset.name = dataset
   config.dataset.normalisation = 'per_pixel_mean'  # section 4.2
   if models.model_spec(preset)['stem'] == 'cifar' and models.model_depth(preset) >= 110:

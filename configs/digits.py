@@ -5,11 +5,11 @@ on them in a few minutes on 2 CPU cores. Digits are not mirror-symmetric, so no 
 pad-and-crop.
 """
 
-from configs import base
+from resnet_jax.config import fields
 
 
 def get_config(preset: str = 'resnet20'):
-  config = base.base_config(preset)
+  config = fields.base_config(preset)
   config.dataset.update(name='sklearn_digits', pad=1, flip=False, shuffle_buffer=2_000)
   config.train.update(
       batch_size=128,

@@ -18,7 +18,7 @@ Any evaluation protocol goes with any recipe: `--config.evaluation.protocol=cent
 multiscale).
 """
 
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
 
 RECIPES = ('torchvision', 'modern')  # after a comma: configs/imagenet.py:resnet50,torchvision
@@ -31,7 +31,7 @@ def get_config(arg: str = 'resnet50'):
         f"unknown ImageNet recipe {recipe!r}; use 'configs/imagenet.py:{preset}' (the paper's), "
         + ' or '.join(f"'{preset},{r}'" for r in RECIPES)
     )
-  config = base.base_config(preset)
+  config = fields.base_config(preset)
   config.dataset.update(
       name='imagenet2012',
       eval_split='validation',

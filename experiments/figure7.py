@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import results
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax.workdir import checkpoints as checkpointing
 from resnet_jax.data import pipeline as input_pipeline
 from resnet_jax import models
@@ -41,7 +41,7 @@ def trained_variables(workdir) -> dict:
 
 
 def eval_images(dataset: dict, num_images: int) -> np.ndarray:
-  config = base.base_config('resnet20').dataset  # the fields of today's configs, then the run's
+  config = fields.base_config('resnet20').dataset  # the fields of today's configs, then the run's
   config.update({k: v for k, v in dataset.items() if k in config}, cache=False)  # a part: no cache
   batches = input_pipeline.create_eval_iterator(
       input_pipeline.resolve_data(config), local_batch_size=128

@@ -9,6 +9,7 @@ import atexit
 import functools
 import logging as logging_std
 import os
+import pathlib
 import sys
 import threading
 
@@ -82,14 +83,17 @@ flags.DEFINE_bool(
     'list_presets', False, 'Print the model zoo and the config files and their presets, then exit.'
 )
 
+CONFIGS = pathlib.Path(
+    'configs'
+)  # the recipes, where --list_presets looks (run from the repository)
 _HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
 _MORE_HELP = (
-    'Every config field is documented, with a comment, in configs/base.py; set any of them with\n'
-    '--config.<section>.<field>=value, e.g. --config.train.batch_size=256. --list_presets lists\n'
-    'the models and config files. Classify images with a trained run:\n'
-    '  --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N] [--json]\n'
-    "--verbosity=0 shows the libraries' own logs (TensorFlow, XLA, TFDS, orbax), which are off"
-    ' by default.'
+    'Every config field is documented, with a comment, in resnet_jax/config/fields.py; set any of'
+    ' them with\n--config.<section>.<field>=value, e.g. --config.train.batch_size=256.'
+    ' --list_presets lists\nthe models and config files. Classify images with a trained run:\n '
+    ' --mode=predict --workdir runs/r56 --images a.png b.jpg [--checkpoint_step=N]'
+    " [--json]\n--verbosity=0 shows the libraries' own logs (TensorFlow, XLA, TFDS, orbax), which"
+    ' are off by default.'
 )
 
 
@@ -120,16 +124,27 @@ def _help() -> str:
   return f'{__doc__.strip()}\n\n{_MORE_HELP}\n\nflags:\n{FLAGS.module_help(module)}'
 
 
+def _make_importable(config_folder: pathlib.Path) -> None:
+  """Config files import their siblings as a package (`from configs import cifar10`): the folder
+  that holds theirs goes on the module path, wherever the command runs from."""
+  parent = str(config_folder.resolve().parent)
+  if (config_folder / '__init__.py').is_file() and parent not in sys.path:
+    sys.path.insert(0, parent)
+
+
 def parse_flags(argv):
   """absl's parsing, plus what runs before main: --help, --list_presets, the required flags (none
   for --list_presets, no --config but to train) and --images' files given as arguments."""
   if any(arg in _HELP_FLAGS for arg in argv[1:]):
     _print_and_exit(_help())
+  config_file = errors.config_flag_value(argv)
+  _make_importable(pathlib.Path(config_file.split(':')[0]).parent if config_file else CONFIGS)
   argv = errors.parse_flags_or_exit(FLAGS, argv)
   if FLAGS.list_presets:
     from resnet_jax.cli import presets  # pylint: disable=import-outside-toplevel
 
-    _print_and_exit(presets.listing())
+    _make_importable(CONFIGS)
+    _print_and_exit(presets.listing(CONFIGS))
   required = ('config', 'workdir') if FLAGS.mode == 'train' else ('workdir',)
   missing = [f'--{name}' for name in required if not FLAGS[name].present]
   if missing:

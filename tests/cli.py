@@ -35,7 +35,7 @@ _MANY_MAINS = """
 import json, os, sys, tempfile, traceback
 import jax  # noqa: F401  (no backend yet: each child starts its own)
 from absl import app
-import configs.base  # noqa: F401
+import resnet_jax.config.fields  # noqa: F401
 from resnet_jax.training import distributed, parallel, preemption, loop as train  # noqa: F401
 from resnet_jax import main  # noqa: F401
 

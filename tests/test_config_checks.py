@@ -1,14 +1,15 @@
-"""Every field of configs/base.py with a bad value, and every way a config file can fail, through
-the real CLI: one `error:` line naming the flag, exit status 2, no traceback, no workdir.
+"""Every field of resnet_jax/config/fields.py with a bad value, and every way a config file can
+fail, through the real CLI: one `error:` line naming the flag, exit status 2, no traceback, no
+workdir.
 
-A field added to configs/base.py without a row here fails `test_every_field_has_a_row`: add a row
-with a bad value and the words of its error, and make run.check_config (or the data source) refuse
-that value.
+A field added to resnet_jax/config/fields.py without a row here fails
+`test_every_field_has_a_row`: add a row with a bad value and the words of its error, and make the
+resolver (resnet_jax/config/resolve.py) refuse that value.
 """
 
 import pytest
 
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax.workdir import record as run_record
 from tests.cli import run_mains
 
@@ -183,11 +184,11 @@ FILES = {
 
 
 def test_every_field_has_a_row():
-  fields = run_record.flatten(run_record.config_dict(base.base_config('resnet20')))
-  missing = sorted(set(fields) - {field for field, _, _ in BAD_VALUES})
+  every_field = run_record.flatten(run_record.config_dict(fields.base_config('resnet20')))
+  missing = sorted(set(every_field) - {field for field, _, _ in BAD_VALUES})
   assert not missing, (
-      f'configs/base.py fields without a row in BAD_VALUES: {missing}; add a row with a bad value'
-      ' and the words of its error (and make run.check_config refuse it)'
+      f'resnet_jax/config/fields.py fields without a row in BAD_VALUES: {missing}; add a row with a'
+      ' bad value and the words of its error (and make run.check_config refuse it)'
   )
 
 

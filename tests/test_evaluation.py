@@ -28,7 +28,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
-from configs import base, digits
+from resnet_jax.config import fields
+from configs import digits
 from resnet_jax.training import evaluation, parallel, loop as train
 from resnet_jax import models
 from resnet_jax.data import pipeline as ip
@@ -105,7 +106,7 @@ def _imagenet_views(protocol: str, **evaluation_fields) -> dict[str, dict[str, n
         {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)}
     )
 
-  config = base.base_config('resnet50')
+  config = fields.base_config('resnet50')
   config.dataset.update(
       name='imagenet2012',
       eval_split='validation',
@@ -309,7 +310,7 @@ def digits_dir(tmp_path_factory):
 
 
 def test_views_cover_the_split_once_over_processes(digits_dir):
-  config = base.base_config('resnet8')
+  config = fields.base_config('resnet8')
   config.dataset.update(name='sklearn_digits', data_dir=digits_dir, eval_split='test')
   config.evaluation.update(protocol='10crop')  # crops of 8 px from the image resized to 9
   data, spec = ip.resolve_data(config.dataset), evaluation.resolve_evaluation(config)

@@ -5,7 +5,10 @@ from tests.cli import check, run_main
 
 def test_help_exits_0_and_points_at_the_config_fields():
   result = check(run_main('--help', devices=1, timeout=120))
-  assert 'configs/base.py' in result.stdout and '--config.<section>.<field>=value' in result.stdout
+  assert (
+      'resnet_jax/config/fields.py' in result.stdout
+      and '--config.<section>.<field>=value' in result.stdout
+  )
   assert '--list_presets' in result.stdout and '--workdir' in result.stdout
   assert '--verbosity=0' in result.stdout  # the libraries' logs, off by default
 

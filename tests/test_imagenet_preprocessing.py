@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax.data import pipeline as ip
 from resnet_jax.data import tfds_source
 
@@ -112,7 +112,7 @@ def eval_images() -> dict[str, np.ndarray]:
         {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)}
     )
 
-  config = base.base_config('resnet50').dataset
+  config = fields.base_config('resnet50').dataset
   config.update(
       name='imagenet2012', eval_split='validation', augment='inception_crop', image_size=SIZE
   )

@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
-from configs import base
+from resnet_jax.config import fields
 from resnet_jax.data import pipeline as ip
 from resnet_jax.data import tfds_source
 from resnet_jax.config import resolve as run_lib
@@ -28,8 +28,9 @@ MOCK_EXAMPLES = 24
 
 
 def make_config(**overrides):
-  """A dataset section: configs/base.py's fields with these tests' defaults and `overrides`."""
-  dataset = base.base_config('resnet20').dataset
+  """A dataset section: resnet_jax/config/fields.py's fields with these tests' defaults and
+  `overrides`."""
+  dataset = fields.base_config('resnet20').dataset
   dataset.update(
       dict(
           name='cifar10',
@@ -50,7 +51,7 @@ def train_iterator(
     dataset, local_batch_size, *, seed, start_step=0, process_index=0, process_count=1
 ):
   """One process's training stream, with the batch split that run.resolve gives `dataset`."""
-  config = base.base_config('resnet20')
+  config = fields.base_config('resnet20')
   config.dataset.update(dict(dataset))
   batch_size = local_batch_size * process_count
   config.train.update(batch_size=batch_size, eval_batch_size=batch_size)

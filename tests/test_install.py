@@ -49,11 +49,29 @@ def run_elsewhere(command: str, *args, cwd) -> subprocess.CompletedProcess:
 def test_help_from_another_folder(installed_command, tmp_path):
   result = run_elsewhere(installed_command, '--help', cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert 'configs/base.py' in result.stdout and '--workdir' in result.stdout
+  assert 'resnet_jax/config/fields.py' in result.stdout and '--workdir' in result.stdout
 
 
 def test_list_presets_from_another_folder(installed_command, tmp_path):
   result = run_elsewhere(installed_command, '--list_presets', cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert 'resnet1202' in result.stdout and str(REPO / 'configs' / 'cifar10.py') in result.stdout
+  assert 'resnet1202' in result.stdout and 'none here' in result.stdout
+  assert not any(tmp_path.iterdir())
+
+
+def test_config_file_that_imports_its_sibling_from_another_folder(installed_command, tmp_path):
+  """configs/cifar100.py imports configs/cifar10.py: read by path, from anywhere (the config is
+  built and checked; the bad batch size stops the run before anything is created)."""
+  config = REPO / 'configs' / 'cifar100.py'
+  result = run_elsewhere(
+      installed_command,
+      f'--config={config}:resnet20',
+      '--workdir=run',
+      '--config.train.batch_size=-1',
+      cwd=tmp_path,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [
+      'error: --config.train.batch_size=-1 must be positive'
+  ], result.stderr[-2000:]
   assert not any(tmp_path.iterdir())

@@ -20,7 +20,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import base, cifar10, imagenet
+from resnet_jax.config import fields
+
+from configs import cifar10, imagenet
 from resnet_jax.data import pipeline as ip
 from resnet_jax.workdir import record as run_record
 from resnet_jax.data import tfds_source
@@ -181,7 +183,7 @@ def test_per_pixel_mean_and_pca_are_the_training_splits():
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
     data = ip.resolve_data(config)
     facts = ip.dataset_facts(data)
-    batch_config = base.base_config('resnet8')
+    batch_config = fields.base_config('resnet8')
     batch_config.train.update(batch_size=len(tiles))
     run = run_lib.resolve(batch_config, dataset=facts, device_count=1, process_count=1)
     config.lighting_std = 0.0
@@ -234,7 +236,7 @@ def test_recipes_say_whose_they_are():
   assert cifar10.get_config('resnet56').dataset.normalisation == 'per_pixel_mean'
   with pytest.raises(UserError, match="'resnet50,torchvision'"):
     imagenet.get_config('resnet50,paper')
-  config = base.base_config('resnet8')
+  config = fields.base_config('resnet8')
   config.dataset.augment = 'imagenet'
   with pytest.raises(UserError, match="now 'inception_crop'"):
     run_lib.check_dataset_fields(config.dataset)

@@ -5,6 +5,7 @@ import json
 from PIL import Image
 
 from experiments import plot
+from resnet_jax.workdir import curves
 
 
 def test_curves_from_a_synthetic_run(tmp_path):
@@ -20,7 +21,7 @@ def test_curves_from_a_synthetic_run(tmp_path):
   for record in records[4::5]:  # evaluated at steps 50 and 100
     record.update(eval_loss=record['train_loss'] * 1.1, eval_top1_error=0.2)
   (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
-  path = plot.plot_run(tmp_path)
+  path = curves.plot_run(tmp_path)
   assert path == tmp_path / 'curves.png'
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   with Image.open(path) as image:

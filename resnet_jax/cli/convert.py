@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from resnet_jax.workdir import checkpoints as checkpointing, record as run_record
 from resnet_jax.common import errors
+from resnet_jax.config import fields
 from resnet_jax.models import interop
 from resnet_jax import models
 from resnet_jax.training import optim
@@ -138,15 +139,25 @@ def read_state_dict(path: str) -> dict:
 
 
 def _default_config(preset: str, layout: str, num_classes: int):
+  """The config an import without --config records: the weights' own dataset, read as their
+  reference trains and scores them. torchvision's: ImageNet at 224, its random-resized crop, its
+  per-channel normalisation and the centre crop (configs/imagenet.py:MODEL,torchvision's data and
+  evaluation); the CIFAR reference's: CIFAR-10 or -100 with per-channel normalisation."""
+  config = fields.base_config(preset)
   if layout == 'torchvision':
-    from configs import imagenet  # pylint: disable=import-outside-toplevel
-
-    # torchvision's recipe: its normalisation, which its weights were trained and are scored with
-    return imagenet.get_config(f'{preset},torchvision')
-  from configs import cifar10  # pylint: disable=import-outside-toplevel
-
-  config = cifar10.get_config(preset, dataset='cifar100' if num_classes == 100 else 'cifar10')
-  config.dataset.normalisation = 'per_channel'  # the reference's (and this import's until now)
+    config.dataset.update(
+        name='imagenet2012',
+        eval_split='validation',
+        image_size=224,
+        augment='inception_crop',
+        normalisation='per_channel',
+        cache=False,
+    )
+    config.evaluation.protocol = 'center'
+  else:
+    config.dataset.update(
+        name='cifar100' if num_classes == 100 else 'cifar10', normalisation='per_channel'
+    )
   return config
 
 

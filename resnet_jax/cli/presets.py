@@ -1,8 +1,9 @@
 """What `--config FILE:PRESET` can name: `python -m resnet_jax.main --list_presets`.
 
 A preset is a model of the zoo; each config file (configs/*.py with a `get_config`) puts it in its
-dataset's recipe. Some files take a recipe after a comma (`configs/imagenet.py:resnet50,modern`),
-listed in their `RECIPES`.
+dataset's recipe. The config files are the user's recipes, not part of the package: they are read
+from a folder (the repository's configs/) as `--config` reads them. Some files take a recipe after
+a comma (`configs/imagenet.py:resnet50,modern`), listed in their `RECIPES`.
 """
 
 import importlib
@@ -11,15 +12,15 @@ import os
 import pathlib
 import re
 
-import configs
 from resnet_jax.models import table as model_table
 
 
-def config_files() -> list[tuple[str, object]]:
-  """(path as the user types it, module) of every config file that builds a run."""
+def config_files(folder: pathlib.Path) -> list[tuple[str, object]]:
+  """(path as the user types it, module) of every config file in `folder` that builds a run;
+  main.py has put the folder that holds `folder` on the module path."""
   found = []
-  for path in sorted(pathlib.Path(configs.__file__).parent.glob('*.py')):
-    module = importlib.import_module(f'configs.{path.stem}')
+  for path in sorted(folder.resolve().glob('*.py')):
+    module = importlib.import_module(f'{folder.resolve().name}.{path.stem}')
     if hasattr(module, 'get_config'):
       shown = os.path.relpath(path) if path.is_relative_to(pathlib.Path.cwd()) else str(path)
       found.append((shown, module))
@@ -48,9 +49,9 @@ def _zoo_lines() -> list[str]:
   return _columns(rows, right=(1, 5))
 
 
-def _config_lines() -> list[str]:
+def _config_lines(folder: pathlib.Path) -> list[str]:
   rows = [('file and preset', 'default', 'runs')]
-  for path, module in config_files():
+  for path, module in config_files(folder):
     parameters = list(inspect.signature(module.get_config).parameters.values())
     default = parameters[0].default if parameters else ''
     recipes = getattr(module, 'RECIPES', ())
@@ -61,7 +62,16 @@ def _config_lines() -> list[str]:
   return _columns(rows, right=())
 
 
-def listing() -> str:
+def listing(folder: pathlib.Path = pathlib.Path('configs')) -> str:
+  """The zoo, and the config files of `folder` (the repository's configs/) where it exists."""
+  if not folder.is_dir():
+    files = [
+        f'  none here: {folder.resolve()} is not a folder. The config files are in the'
+        " repository's configs/; give --config a path to one, e.g. --config"
+        ' ~/resnet_jax/configs/cifar10.py:resnet56'
+    ]
+  else:
+    files = _config_lines(folder)
   return '\n'.join([
       'Models (parameters at the default input and classes; any CIFAR depth 6n+2 works too):',
       *_zoo_lines(),
@@ -70,10 +80,10 @@ def listing() -> str:
           'Config files: --config FILE:MODEL with any model above, e.g.'
           ' --config configs/cifar10.py:resnet56'
       ),
-      *_config_lines(),
+      *files,
       '',
       (
-          'Every config field is documented in configs/base.py; set one with'
+          'Every config field is documented in resnet_jax/config/fields.py; set one with'
           ' --config.<section>.<field>=value.'
       ),
   ])

@@ -75,7 +75,8 @@ def config_error(exception: BaseException, config_file: str | None = None) -> Us
 def _returned_none(file: str) -> UserError:
   return UserError(
       f'config file {file}: get_config() returned None; it must return the config (an'
-      ' ml_collections.ConfigDict built on configs/base.py): is a return statement missing?'
+      ' ml_collections.ConfigDict built on resnet_jax/config/fields.py): is a return statement'
+      ' missing?'
   )
 
 
@@ -108,7 +109,7 @@ def _no_field(error: BaseException) -> UserError:
   )
   suggestion = f' (did you mean {close[0]!r}?)' if close else ''
   return UserError(
-      f'the config has no field {field!r}{suggestion}; configs/base.py lists every '
+      f'the config has no field {field!r}{suggestion}; resnet_jax/config/fields.py lists every '
       'field, set by a config file or a --config.<section>.<field> flag'
   )
 
@@ -194,7 +195,7 @@ def read_config_or_exit(read: Callable[[], Any], config_file: str | None = None)
     exit_with(error)
 
 
-def _config_flag_value(argv) -> str | None:
+def config_flag_value(argv) -> str | None:
   """The --config value in `argv` (`--config=F` or `--config F`), before absl has parsed it."""
   for i, arg in enumerate(argv):
     name, equals, value = arg.lstrip('-').partition('=')
@@ -221,8 +222,8 @@ def _flag_error(error: Exception) -> str:
   if 'Non-boolean argument' in reason:
     return f'{flag}={value} must be True or False'
   return (
-      f"{flag}={value} cannot be read as that field's type ({reason}); configs/base.py shows each"
-      " field's default, e.g. True/False, 128, 0.1 or '(32000, 48000)'"
+      f"{flag}={value} cannot be read as that field's type ({reason}); resnet_jax/config/fields.py"
+      " shows each field's default, e.g. True/False, 128, 0.1 or '(32000, 48000)'"
   )
 
 
@@ -235,7 +236,7 @@ def parse_flags_or_exit(flag_values, argv):
   try:
     return flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except
-    error = config_error(e, _config_flag_value(argv[1:]))
+    error = config_error(e, config_flag_value(argv[1:]))
     if error is None and isinstance(e, flags.Error):
       error = _flag_error(e)
     if error is None:

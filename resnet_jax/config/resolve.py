@@ -3,7 +3,7 @@
 `check_config(config)` checks every field that needs neither devices nor data (types, ranges,
 orderings, facts across fields) with a one-line UserError naming the flag and the fix; main.py runs
 it as soon as the config is built, before anything is started or created
-(tests/test_config_checks.py walks every field of configs/base.py).
+(tests/test_config_checks.py walks every field of resnet_jax/config/fields.py).
 `resolve(config, dataset=..., device_count=..., process_count=...)` adds what the devices and the
 data decide and turns it all into a frozen `Run`; everything after reads the `Run` (model, batch
 sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and derives nothing again.

@@ -50,7 +50,7 @@ CROP_FRACTION = 0.875
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-  """The config's evaluation section, checked (configs/base.py documents the fields)."""
+  """The config's evaluation section, checked (resnet_jax/config/fields.py documents the fields)."""
 
   protocol: str = 'center'  # PROTOCOLS
   resize: int = 0  # 10crop: the shorter side the crops come from (0: round(size / 0.875))

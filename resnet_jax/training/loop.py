@@ -469,11 +469,11 @@ def _train(
 def _plot(workdir: epath.Path):
   """workdir/curves.png of the run's metrics (None where matplotlib is not installed)."""
   try:
-    from experiments import plot  # pylint: disable=import-outside-toplevel
+    from resnet_jax.workdir import curves  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     logging.warning('No curves.png: %s', e)
     return None
-  return plot.plot_run(workdir)
+  return curves.plot_run(workdir)
 
 
 def evaluate_checkpoint(

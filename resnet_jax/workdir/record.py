@@ -24,6 +24,7 @@ from etils import epath
 
 from resnet_jax.common import jsonl
 from resnet_jax.config import resolve as run_lib
+from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
 
 MAY_CHANGE = frozenset({
@@ -167,8 +168,8 @@ def check_accept_changes(names, config: ml_collections.ConfigDict) -> None:
       said.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
     raise UserError(
         f'--accept_changes names no config field {", ".join(said)}; give the fields that a refused'
-        ' resume lists, e.g. --accept_changes=train.batch_size,seed (configs/base.py lists every'
-        ' field)'
+        ' resume lists, e.g. --accept_changes=train.batch_size,seed (resnet_jax/config/fields.py'
+        ' lists every field)'
     )
 
 
@@ -234,15 +235,13 @@ def config_of_checkpoint(meta: dict, workdir: epath.Path) -> ml_collections.Conf
 def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
   """A run's config rebuilt from its saved JSON (a checkpoint's record or config.json), on its
   preset's base config so that every field keeps its type (JSON lists become tuples again)."""
-  from configs import base  # pylint: disable=import-outside-toplevel
-
-  config = base.base_config(saved_config['model']['name'])
+  config = fields.base_config(saved_config['model']['name'])
   with config.unlocked():
     for field, value in flatten(upgraded(saved_config)).items():
       section, _, name = field.rpartition('.')
       target = config.get(section) if section else config
       # A data source's own fields (configs/synthetic.py's image_size, channels, ...) are kept; a
-      # field of another section that base.py does not list is one of an older version.
+      # field of another section that fields.py does not list is one of an older version.
       if target is None or (name not in target and section != 'dataset'):
         continue
       if isinstance(value, list):
