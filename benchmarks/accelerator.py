@@ -145,7 +145,7 @@ def analytic_flops(case: Case) -> float:
   """Training FLOPs a step: forward multiply-adds x 2 (FLOPs) x 3 (forward + two for backward)."""
   config = train_step.config_for(case.model, batch=case.batch, image_size=case.image_size)
   image_shape, classes = train_step.shape_of(config)
-  model = run_lib.resolve_model(config).build(classes)
+  model = run_lib.check(config).model.build(classes)
   return 3 * 2 * model_stats.multiply_adds(model, image_shape) * case.batch
 
 
@@ -282,7 +282,7 @@ def measure_loop(settings) -> dict:
   print(f'loop {case.name}: {steps} steps', file=sys.stderr, flush=True)
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(run_lib.resolve(config, **train.device_counts()), workdir)
     loop_wall = time.perf_counter() - start
     windows = [
         r['images_per_second']

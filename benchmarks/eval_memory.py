@@ -17,15 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from resnet_jax.config import run as run_spec
 from resnet_jax.training import evaluation, parallel
 from resnet_jax import models
-from resnet_jax.config import resolve as run_lib
 
 MIB = 2**20
 
 
 def _data():
-  return run_lib.DataSpec(
+  return run_spec.DataSpec(
       name='imagenet2012',
       data_dir=None,
       manual_dir=None,

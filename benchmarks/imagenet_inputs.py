@@ -28,7 +28,6 @@ import tensorflow_datasets as tfds
 from benchmarks import common
 from benchmarks.input_pipeline import _smooth_jpegs
 from configs import imagenet
-from resnet_jax.training import evaluation
 from resnet_jax.data import pipeline as input_pipeline
 from resnet_jax.config import resolve as run_lib
 
@@ -63,7 +62,7 @@ def make_iterator(config, case: str, seed: int):
     run = run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)
     return input_pipeline.create_train_iterator(data, run.batch, seed=seed)
   return input_pipeline.create_eval_iterator(
-      data, local_batch_size=BATCH, eval_spec=evaluation.resolve_evaluation(config)
+      data, local_batch_size=BATCH, eval_spec=run_lib.check(config).evaluation
   )
 
 

@@ -117,8 +117,8 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
   ('10crop') on an imagenet2012 split of these bytes."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from resnet_jax.config import resolve  # pylint: disable=import-outside-toplevel
   from resnet_jax.config import fields  # pylint: disable=import-outside-toplevel
-  from resnet_jax.training import evaluation  # pylint: disable=import-outside-toplevel
   from resnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
 
   def as_dataset(self, *args, **kwargs):  # replaces the builder's reader
@@ -138,7 +138,7 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
         input_pipeline.create_eval_iterator(
             input_pipeline.resolve_data(config.dataset),
             local_batch_size=len(jpegs),
-            eval_spec=evaluation.resolve_evaluation(config),
+            eval_spec=resolve.check(config).evaluation,
         )
     )
   assert batch['mask'].all() and batch['label'].tolist() == list(range(len(jpegs)))

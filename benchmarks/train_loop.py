@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from benchmarks import common, train_step
 from resnet_jax.workdir import metrics as metric_logging
+from resnet_jax.config import resolve as run_lib
 from resnet_jax.training import loop as train
 
 
@@ -42,7 +43,7 @@ def loop_config(
 def time_loop(config, examples: int) -> list[float]:
   """Images/s of each log window after the first, from a fresh workdir."""
   with tempfile.TemporaryDirectory() as workdir, tfds.testing.mock_data(num_examples=examples):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(run_lib.resolve(config, **train.device_counts()), workdir)
     records = [r for r in metric_logging.read_metrics(workdir) if 'images_per_second' in r]
   return [r['images_per_second'] for r in records[1:]]
 

@@ -25,7 +25,6 @@ Variants are levers switched without editing the product, joined with '+':
 """
 
 import argparse
-import functools
 import os
 import sys
 
@@ -35,10 +34,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from benchmarks import baseline_resnet20, common
 from configs import cifar10, imagenet
-from resnet_jax.training import cpu_backend, optim, parallel
+from resnet_jax.config import run as run_spec
+from resnet_jax.training import cpu_backend, parallel
 from resnet_jax import models
 from resnet_jax.config import resolve as run_lib
-from resnet_jax.training.step import create_train_state, make_train_step
+from resnet_jax.training.setup import Setup
 
 
 def config_for(
@@ -121,34 +121,24 @@ class ProductStep:
       mesh=None,
       mode: str = 'jit',
       batch_norm: str = 'global',
-      seed: int = 0,
       compiler_options: dict | None = None,
   ):
     self.config = config
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
     # CIFAR-10's 50,000 training images: the schedule of a real run (390 steps an epoch at 128).
-    dataset = run_lib.DatasetFacts(num_classes, image_shape, 50_000, 10_000)
+    dataset = run_spec.DatasetFacts(num_classes, image_shape, 50_000, 10_000)
     run = run_lib.resolve(
         config,
         dataset=dataset,
         device_count=self.data_parallel.mesh.size,
         process_count=jax.process_count(),
     )
-    model = run.model.build(num_classes, bn_axis_name=self.data_parallel.bn_axis_name)
-    tx = optim.create_optimizer(run.optimizer)
-    init = functools.partial(
-        create_train_state,
-        model=model,
-        tx=tx,
-        image_shape=image_shape,
-        warmup=run.schedule.warmup_lr > 0,
-    )
-    state = jax.jit(init, out_shardings=self.data_parallel.replicated)(jax.random.key(seed))
-    self.state = self.data_parallel.to_devices(state)
-    step_fn = make_train_step(run, model=model, tx=tx)
+    setup = Setup(run, self.data_parallel)  # the model, optimizer and state as training builds
+    self.state = self.data_parallel.to_devices(setup.fresh_state())
+    step_fn = setup.train_step_fn()
     host_batch = baseline_resnet20.random_batch(
-        config.train.batch_size, image_shape, num_classes, seed
+        config.train.batch_size, image_shape, num_classes, run.seed
     )
     if per_dispatch == 1 and donate:
       step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step

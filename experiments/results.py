@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from resnet_jax.models import stats as model_stats
 from resnet_jax import models
 from resnet_jax.workdir import record as run_record
+from resnet_jax.config.run import ModelSpec
 from resnet_jax.workdir.metrics import read_metrics
 
 FAMILY_ORDER = ('plain', 'resnet', 'preact_resnet')
@@ -86,7 +87,7 @@ def load_runs(root) -> list[Run]:
 
 def build_model(run: Run, num_classes: int):
   """The model as the run's config.json describes it."""
-  return models.create_model_from_config(run.config['model'], num_classes=num_classes)
+  return ModelSpec(fields=tuple(run.config['model'].items())).build(num_classes)
 
 
 def parameter_count(run: Run, root) -> int | None:

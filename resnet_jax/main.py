@@ -7,6 +7,7 @@ is touched.
 
 import atexit
 import functools
+import json
 import logging as logging_std
 import os
 import pathlib
@@ -156,23 +157,26 @@ def parse_flags(argv):
 
 
 def checked_config():
-  """--config built and every field checked (run.check_config), or None when it is not given; a
-  mistake is one `error:` line and exit status 2, before JAX, data or the workdir are touched."""
+  """(--config built, its Fields): every field checked once (config/resolve.py's stage 1), before
+  JAX, data or the workdir are touched; (None, None) when --config is not given. A mistake is one
+  `error:` line and exit status 2."""
   if not FLAGS['config'].present:
-    return None
-  from resnet_jax.config import resolve as run  # pylint: disable=import-outside-toplevel
-  from resnet_jax.workdir import record as run_record  # pylint: disable=import-outside-toplevel
+    return None, None
+  from resnet_jax.config import resolve  # pylint: disable=import-outside-toplevel
+  from resnet_jax.workdir import record  # pylint: disable=import-outside-toplevel
 
   config = errors.read_config_or_exit(
       lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
   )
   try:
-    run.check_config(config)
+    if FLAGS.mode == 'eval' and FLAGS.eval_protocol:
+      config.evaluation.protocol = FLAGS.eval_protocol
+    fields = resolve.check(config)
     if FLAGS.mode == 'train':
-      run_record.check_accept_changes(FLAGS.accept_changes, config)
+      record.check_accept_changes(FLAGS.accept_changes, fields.config)
   except errors.UserError as e:
     errors.exit_with(e)
-  return config
+  return config, fields
 
 
 def _quiet_libraries_unless_verbose() -> None:
@@ -214,21 +218,41 @@ def _defer_background_tracebacks() -> None:
   atexit.register(lambda: [show() for show in deferred])
 
 
-def _split_cpu(config) -> None:
+def _split_cpu(fields) -> None:
   """parallelism.cpu_devices, or the auto rule's count (parallel.auto_cpu_devices) for 0."""
-  from resnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
+  from resnet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
 
-  devices = config.parallelism.cpu_devices if config else 1
+  devices = fields.parallelism.cpu_devices if fields else 1
   if devices or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
     return parallel.split_cpu(devices)
   processes = FLAGS.num_processes or 1
-  batches = [config.train.batch_size, config.train.eval_batch_size]
-  if not all(isinstance(b, int) and b > 0 and b % processes == 0 for b in batches):
-    return parallel.split_cpu(1)  # run.resolve reports the bad batch size
+  batches = (fields.batch_size, fields.eval_batch_size)
+  if any(b % processes for b in batches):
+    return parallel.split_cpu(1)  # resolve reports the batch size that does not divide
   with library_noise.silenced():  # a TFDS dataset's declared shape imports TensorFlow
-    side = input_pipeline.image_side(config.dataset)
+    side = pipeline.image_side(fields.dataset)
   parallel.split_cpu(*parallel.auto_cpu_devices(side, tuple(b // processes for b in batches)))
+
+
+def _evaluate(config) -> dict:
+  """--mode=eval: the --checkpoint_step of --workdir scored with `config`, or the config that
+  checkpoint was trained with; nothing is written."""
+  from resnet_jax.config import resolve  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import loop  # pylint: disable=import-outside-toplevel
+  from resnet_jax.workdir.workdir import Workdir  # pylint: disable=import-outside-toplevel
+
+  workdir = Workdir.read_only(FLAGS.workdir)
+  try:
+    step = workdir.checkpoints.find_step(FLAGS.checkpoint_step)
+    if config is None:
+      config = workdir.config_of(step)
+      if FLAGS.eval_protocol:
+        config.evaluation.protocol = FLAGS.eval_protocol
+    run = resolve.resolve(config, training=False, **loop.device_counts())
+    return loop.evaluate_checkpoint(run, workdir, step)
+  finally:
+    workdir.close()
 
 
 def main(argv):
@@ -237,13 +261,14 @@ def main(argv):
   # Imported here so that --help is instant and flag errors come before TensorFlow loads.
   import jax
 
-  from resnet_jax.training import distributed, preemption, loop as train
+  from resnet_jax.config import resolve
   from resnet_jax.common.errors import UserError
+  from resnet_jax.training import distributed, loop, preemption
 
   logging.get_absl_handler().addFilter(_QuietLibraries())
   _quiet_libraries_unless_verbose()
   _defer_background_tracebacks()
-  config = checked_config()
+  config, fields = checked_config()
   if FLAGS.mode == 'predict':  # the run's own config from its workdir, unless --config is given
     with library_noise.silenced():  # it imports TensorFlow
       from resnet_jax.cli import predict
@@ -255,7 +280,7 @@ def main(argv):
       _exit_after_error_lines(status)
     sys.exit(0)
   try:
-    _split_cpu(config)  # before JAX starts its CPU backend
+    _split_cpu(fields)  # before JAX starts its CPU backend
     distributed.initialize(
         FLAGS.distributed,
         coordinator_address=FLAGS.coordinator_address,
@@ -272,13 +297,12 @@ def main(argv):
         jax.devices()[0].platform,
     )
     if FLAGS.mode == 'eval':
-      metrics = train.evaluate_checkpoint(
-          config, FLAGS.workdir, FLAGS.checkpoint_step, protocol=FLAGS.eval_protocol
-      )
-      print(train.dumps(metrics))
+      print(json.dumps(_evaluate(config), sort_keys=True))
     else:
-      train.train_and_evaluate(
-          config, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes)
+      loop.check_before_data(fields, FLAGS.workdir)
+      run = resolve.resolve(fields, **loop.device_counts())  # the data is read here
+      loop.train_and_evaluate(
+          run, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes)
       )  # the console shows its progress and ends with a summary; metrics.jsonl holds the values
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)

@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import cifar10  # noqa: E402
-from resnet_jax.training import optim, parallel  # noqa: E402
+from resnet_jax.config import run as run_spec
+from resnet_jax.training import parallel  # noqa: E402
 from resnet_jax.config import resolve as run_lib  # noqa: E402
-from resnet_jax.training.step import create_train_state, make_train_step  # noqa: E402
+from resnet_jax.training.setup import Setup  # noqa: E402
 
 
 def pytest_configure(config):
@@ -41,7 +42,7 @@ def pytest_configure(config):
   )
 
 
-def _small_run(**config_overrides) -> run_lib.Run:
+def _small_run(**config_overrides) -> run_spec.Run:
   """resnet8's run (with `{'section.field': value}` config overrides) on made-up data: 1,000 steps,
   100 steps an epoch, 8x8x3 images of 10 classes."""
   config = cifar10.get_config('resnet8')
@@ -49,7 +50,7 @@ def _small_run(**config_overrides) -> run_lib.Run:
   for key, value in config_overrides.items():
     section, field = key.split('.')
     config[section][field] = value
-  facts = run_lib.DatasetFacts(10, (8, 8, 3), 100 * config.train.batch_size, 0)
+  facts = run_spec.DatasetFacts(10, (8, 8, 3), 100 * config.train.batch_size, 0)
   return run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)
 
 
@@ -68,20 +69,10 @@ def _batches(num, batch_size=16, shape=(8, 8, 3), seed=0):
 def _run_steps(mesh, data, mode='jit', batch_norm='global', **overrides):
   """Trains resnet8 on `data` with the given parallelism; returns the global state and metrics."""
   run = _small_run(**overrides)
-  data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
-  model = run.model.build(10, bn_axis_name=data_parallel.bn_axis_name)
-  tx = optim.create_optimizer(run.optimizer)
-  init = functools.partial(
-      create_train_state,
-      model=model,
-      tx=tx,
-      image_shape=(8, 8, 3),
-      warmup=run.schedule.warmup_lr > 0,
-  )
-  state = data_parallel.to_devices(
-      jax.jit(init, out_shardings=data_parallel.replicated)(jax.random.key(0))
-  )
-  step = data_parallel.compile_train_step(make_train_step(run, model=model, tx=tx))
+  setup = Setup(run, parallel.DataParallel(mode, batch_norm, mesh))  # as training builds it
+  data_parallel = setup.data_parallel
+  state = data_parallel.to_devices(setup.fresh_state())
+  step = data_parallel.compile_train_step(setup.train_step_fn())
   history = []
   for batch in data:
     state, metrics = step(state, data_parallel.place_batch(batch))

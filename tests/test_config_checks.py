@@ -9,7 +9,7 @@ resolver (resnet_jax/config/resolve.py) refuse that value.
 
 import pytest
 
-from resnet_jax.config import fields
+from resnet_jax.config import fields, resolve
 from resnet_jax.workdir import record as run_record
 from tests.cli import run_mains
 
@@ -157,7 +157,7 @@ BAD_VALUES = [
 # The config file's own failures, and the other flags read with the config.
 BAD_FILES = [
     (['--config=configs/no_such.py'], 'config file configs/no_such.py does not exist'),
-    (['--config=configs'], '--config configs is a directory (it holds base.py, cifar10.py'),
+    (['--config=configs'], '--config configs is a directory (it holds cifar10.py, cifar100.py'),
     (['--config=configs', '--config.seed=1'], '--config configs is a directory'),
     (['--config={tmp}/imports.py'], "failed (line 1): ModuleNotFoundError: No module named 'nope"),
     (['--config={tmp}/raises.py:resnet8'], 'raises.py failed (line 5): RuntimeError: no GPU here'),
@@ -184,11 +184,11 @@ FILES = {
 
 
 def test_every_field_has_a_row():
-  every_field = run_record.flatten(run_record.config_dict(fields.base_config('resnet20')))
+  every_field = run_record.flatten(resolve.config_json(fields.base_config('resnet20')))
   missing = sorted(set(every_field) - {field for field, _, _ in BAD_VALUES})
   assert not missing, (
       f'resnet_jax/config/fields.py fields without a row in BAD_VALUES: {missing}; add a row with a'
-      ' bad value and the words of its error (and make run.check_config refuse it)'
+      ' bad value and the words of its error (and make config/resolve.py refuse it)'
   )
 
 

@@ -28,12 +28,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
+from resnet_jax.config import resolve as run_lib
+from resnet_jax.workdir.workdir import Workdir
+from resnet_jax.config import run as run_spec
 from resnet_jax.config import fields
 from configs import digits
 from resnet_jax.training import evaluation, parallel, loop as train
 from resnet_jax import models
 from resnet_jax.data import pipeline as ip
-from resnet_jax.config import resolve as run_lib
 from tests.cli import read_jsonl
 
 SIZE, RESIZE = 224, 256
@@ -120,7 +122,7 @@ def _imagenet_views(protocol: str, **evaluation_fields) -> dict[str, dict[str, n
         ip.create_eval_iterator(
             ip.resolve_data(config.dataset),
             local_batch_size=len(names),
-            eval_spec=evaluation.resolve_evaluation(config),
+            eval_spec=run_lib.check(config).evaluation,
         )
     )
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()
@@ -209,7 +211,7 @@ def test_fully_convolutional_scores_at_224_equal_pooling_then_the_classifier():
 
 def _data_spec(image_shape, **fields):
   channels = image_shape[-1]
-  return run_lib.DataSpec(
+  return run_spec.DataSpec(
       name='test',
       data_dir=None,
       manual_dir=None,
@@ -313,7 +315,7 @@ def test_views_cover_the_split_once_over_processes(digits_dir):
   config = fields.base_config('resnet8')
   config.dataset.update(name='sklearn_digits', data_dir=digits_dir, eval_split='test')
   config.evaluation.update(protocol='10crop')  # crops of 8 px from the image resized to 9
-  data, spec = ip.resolve_data(config.dataset), evaluation.resolve_evaluation(config)
+  data, spec = ip.resolve_data(config.dataset), run_lib.check(config).evaluation
   seen, total = collections.Counter(), 0.0
   builder = tfds.builder('sklearn_digits', data_dir=digits_dir)
   for process in range(2):
@@ -345,7 +347,7 @@ def test_training_and_eval_mode_name_the_protocol_and_count_each_image_once(
   config.evaluation.update(protocol='multiscale', scales=(12,))
   config.train.update(num_steps=2, eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(config, str(workdir))
+  train.train_and_evaluate(run_lib.resolve(config, **train.device_counts()), str(workdir))
   lines = capsys.readouterr().out.splitlines()
   (line,) = [line for line in lines if line.startswith('eval at step ')]
   assert line.startswith('eval at step 2 (multiscale, 2 views): top-1 ') and line.endswith(
@@ -356,8 +358,14 @@ def test_training_and_eval_mode_name_the_protocol_and_count_each_image_once(
   assert row['eval_protocol'] == 'multiscale' and row['eval_views'] == 2
   assert row['eval_examples'] == 359 and (workdir / 'checkpoints' / '2').is_dir()
 
-  # --mode=eval's protocol (main's --eval_protocol) replaces the checkpoint's config's.
-  metrics = train.evaluate_checkpoint(None, str(workdir), protocol='10crop')
+  # Eval-only as --mode=eval --eval_protocol=10crop does it: the checkpoint's own config, with
+  # the protocol replaced.
+  finished = Workdir.read_only(workdir)
+  config = finished.config_of(2)
+  config.evaluation.protocol = '10crop'
+  run = run_lib.resolve(config, training=False, **train.device_counts())
+  metrics = train.evaluate_checkpoint(run, finished, 2)
+  finished.close()
   assert metrics['eval_protocol'] == '10crop' and metrics['eval_views'] == 10
   assert metrics['step'] == 2 and metrics['eval_examples'] == 359
   assert 0 <= metrics['eval_top5_error'] <= metrics['eval_top1_error'] <= 1

@@ -10,6 +10,7 @@ from experiments import plot
 from resnet_jax.common import jsonl
 from resnet_jax.workdir import metrics as metric_logging, record as run_record
 from resnet_jax.training import loop as train
+from resnet_jax.workdir.workdir import Workdir, WriteError
 
 ROWS = [{'step': s, 'train_loss': 1.0 / s, 'train_learning_rate': 0.1} for s in (2, 4, 6)]
 FULL = ''.join(json.dumps(r) + '\n' for r in ROWS)
@@ -47,8 +48,9 @@ def test_a_torn_config_json_is_no_record_and_is_written_again(tmp_path):
   (tmp_path / 'config.json').write_text('{"seed": 0, "model": {"na')
   assert run_record.read_first_config(tmp_path) is None
   from configs import digits
+  from resnet_jax.config import resolve
 
-  config = digits.get_config('resnet8')
+  config = resolve.config_json(digits.get_config('resnet8'))
   run_record.write_first_config(tmp_path, config, trained=True)  # torn: written though trained
   assert run_record.read_first_config(tmp_path)['model']['name'] == 'resnet8'
 
@@ -88,7 +90,7 @@ def _fetched(nonfinite_at: int, learning_rate: float) -> list[dict]:
 
 def test_the_nan_guard_names_the_real_flag_the_checkpoint_and_the_likely_cause():
   with pytest.raises(train.NonFiniteError) as diverged:
-    train.check_finite(_fetched(1, 1e6), 1, 0, _Checkpoints())
+    train.check_finite(_fetched(1, 1e6), 1, 0, Workdir('/w', _Checkpoints()))
   message = str(diverged.value)
   assert message.startswith(
       'the loss or gradients became non-finite at step 2 (learning rate 1e+06)'
@@ -98,7 +100,7 @@ def test_the_nan_guard_names_the_real_flag_the_checkpoint_and_the_likely_cause()
   assert message.endswith('--config.train.max_skipped_steps=N') and '--run.' not in message
   # Non-finite at the first step, before any update: not the learning rate's doing.
   with pytest.raises(train.NonFiniteError) as at_once:
-    train.check_finite(_fetched(0, 0.1), 1, 0, _Checkpoints(latest=40))
+    train.check_finite(_fetched(0, 0.1), 1, 0, Workdir('/w', _Checkpoints(latest=40)))
   message = str(at_once.value)
   assert 'the last good checkpoint is step 40 in /w/checkpoints' in message
   assert 'the learning rate is not the cause' in message and '--config.dataset.std' in message
@@ -106,8 +108,8 @@ def test_the_nan_guard_names_the_real_flag_the_checkpoint_and_the_likely_cause()
 
 
 def test_a_full_disk_while_writing_metrics_is_one_line_naming_the_last_checkpoint():
-  with pytest.raises(train.WriteError) as failed:
-    with train.stop_on_failed_write('metrics to /w', _Checkpoints(latest=20)):
+  with pytest.raises(WriteError) as failed:
+    with Workdir('/w', _Checkpoints(latest=20)).stop_on_failed_write('metrics to /w'):
       raise OSError(errno.ENOSPC, 'No space left on device')
   assert str(failed.value) == (
       'writing metrics to /w failed (No space left on device); the last good checkpoint is step'

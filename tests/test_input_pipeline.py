@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
+from resnet_jax.config import run as run_spec
 from resnet_jax.config import fields
 from resnet_jax.data import pipeline as ip
 from resnet_jax.data import tfds_source
@@ -150,7 +151,7 @@ def raw_examples(data_dir, split):
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     info = ip.dataset_facts(ip.resolve_data(config))
-    assert info == run_lib.DatasetFacts(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
+    assert info == run_spec.DatasetFacts(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
     batches = take(train_iterator(config, 8, seed=0), 4)  # crosses an epoch
     for batch in batches:
       assert batch.keys() == {'image', 'label'}
@@ -204,7 +205,7 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
 def test_digits_shapes_and_determinism(digits_dir):
   config = digits_config(digits_dir, flip=True)  # 1438 // 128 = 11 steps per epoch
   info = ip.dataset_facts(ip.resolve_data(config))
-  assert info == run_lib.DatasetFacts(10, (8, 8, 1), 1438, 359)
+  assert info == run_spec.DatasetFacts(10, (8, 8, 1), 1438, 359)
   a = take(train_iterator(config, 128, seed=7), 13)
   b = take(train_iterator(config, 128, seed=7), 13)
   assert a[0]['image'].shape == (128, 8, 8, 1) and a[0]['image'].dtype == np.float32

@@ -239,7 +239,7 @@ def test_resnet1202_preset_compiles_and_takes_a_gradient_step():
   # Unrolled, XLA CPU ran out of 24 GiB compiling ResNet-1202's remat step;
   # the preset scans its blocks.
   config = cifar10.get_config('resnet1202')
-  model = run_lib.resolve_model(config).build(10)
+  model = run_lib.check(config).model.build(10)
   variables = model_stats.init_variables(model, (32, 32, 3))
   assert jax.tree.leaves(variables['params']['stage3_scan'])[0].shape[0] == 199
 

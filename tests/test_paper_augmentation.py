@@ -20,6 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from resnet_jax.config import run as run_spec
+
 from resnet_jax.config import fields
 
 from configs import cifar10, imagenet
@@ -79,8 +81,8 @@ def _jpegs() -> dict[str, bytes]:
   return out
 
 
-def _spec(**fields) -> run_lib.DataSpec:
-  return run_lib.DataSpec(
+def _spec(**fields) -> run_spec.DataSpec:
+  return run_spec.DataSpec(
       name='imagenet2012',
       data_dir=None,
       manual_dir=None,
@@ -209,12 +211,12 @@ def test_per_pixel_mean_and_pca_are_the_training_splits():
 
 
 def _record(config) -> dict:
-  return {'config': run_record.config_dict(config)}
+  return {'config': run_lib.config_json(config)}
 
 
 def _old_record(config) -> dict:
   """The record a workdir of `config` wrote before these fields existed."""
-  saved = run_record.config_dict(config)
+  saved = run_lib.config_json(config)
   for field in ('normalisation', 'scale_range', 'lighting_std', 'lighting_pca'):
     del saved['dataset'][field]
   del saved['evaluation']
@@ -239,7 +241,7 @@ def test_recipes_say_whose_they_are():
   config = fields.base_config('resnet8')
   config.dataset.augment = 'imagenet'
   with pytest.raises(UserError, match="now 'inception_crop'"):
-    run_lib.check_dataset_fields(config.dataset)
+    run_lib.check(config)
 
 
 def test_old_workdirs_resume_under_their_recipe_and_are_told_of_the_paper_s():

@@ -50,7 +50,7 @@ def test_unknown_mode_is_a_clear_error():
   with pytest.raises(
       UserError, match=r"--config.parallelism.mode='pjit' is not one of 'jit', 'pmap'"
   ):
-    run_lib.resolve_parallelism(config)
+    run_lib.check(config)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_unknown_mode_is_a_clear_error():
 def test_cpu_devices_splits_the_cpu_unless_the_launch_sets_a_count(xla_flags, expected):
   # parallelism.cpu_devices=4, as main.py applies it before JAX starts; XLA_FLAGS' count wins.
   code = (
-      'from resnet_jax import parallel; parallel.split_cpu(4); import jax;'
+      'from resnet_jax.training import parallel; parallel.split_cpu(4); import jax;'
       ' print(jax.device_count())'
   )
   result = subprocess.run(

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax.config import resolve  # pylint: disable=import-outside-toplevel
+
 from resnet_jax.data import pipeline as input_pipeline
-from resnet_jax import models
 from resnet_jax.cli import predict
 from resnet_jax.workdir import record as run_record
 from resnet_jax.data.datasets import sklearn_digits
@@ -67,7 +68,7 @@ def eval_probabilities(workdir) -> np.ndarray:
   data = input_pipeline.resolve_data(config.dataset)
   batch = next(input_pipeline.create_eval_iterator(data, local_batch_size=NUM_IMAGES))
   state = restored_state(workdir, 40)
-  model = models.create_model_from_config(config.model, num_classes=10)
+  model = resolve.check(config).model.build(10)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   return np.asarray(jax.nn.softmax(model.apply(variables, batch['image'], train=False)))
 

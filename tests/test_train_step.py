@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import cifar10
+from resnet_jax.config import run as run_spec
 from resnet_jax.training import optim, parallel
 from resnet_jax.config import resolve as run_lib
 from resnet_jax.training.step import create_train_state, eval_step, make_train_step
@@ -63,7 +64,7 @@ def test_resnet110_warmup_holds_low_lr_until_training_error_under_threshold(batc
 
 
 def test_paper_schedule_divides_by_ten_at_32k_and_48k():
-  cifar = run_lib.DatasetFacts(10, (32, 32, 3), 50_000, 10_000)
+  cifar = run_spec.DatasetFacts(10, (32, 32, 3), 50_000, 10_000)
   run = run_lib.resolve(
       cifar10.get_config('resnet20'), dataset=cifar, device_count=1, process_count=1
   )
@@ -82,7 +83,7 @@ def sgd_update(decoupled, all_params=False):
       momentum=0.9,
       weight_decay_on_all_params=all_params,
   )
-  tx = optim.create_optimizer(run_lib.resolve_optimizer(config))
+  tx = optim.create_optimizer(run_lib.check(config).optimizer)
   params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
   grads = jax.tree.map(jnp.ones_like, params)
   state = tx.init(params)

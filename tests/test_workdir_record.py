@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import digits
+from resnet_jax.config import resolve as run_lib
 from resnet_jax.workdir import checkpoints as checkpointing
 from resnet_jax.workdir import lock as workdir_lock
 from resnet_jax.workdir import metrics as metric_logging
@@ -58,7 +59,7 @@ def _record(**changes):
     section, _, field = key.rpartition('.')
     (config[section] if section else config)[field] = value
   derived = {'num_classes': 10, 'image_shape': [8, 8, 1], 'num_train_examples': 1438}
-  return {'config': run_record.config_dict(config), 'derived': derived}
+  return {'config': run_lib.config_json(config), 'derived': derived}
 
 
 def test_a_resume_accepts_cadence_and_length_changes_and_names_every_other_change():
@@ -106,7 +107,7 @@ def test_a_saved_config_rebuilds_with_its_types():
   config.schedule.boundaries = (10, 20)
   rebuilt = run_record.config_from_record(json.loads(config.to_json_best_effort()))
   assert rebuilt.schedule.boundaries == (10, 20) and rebuilt.dataset.mean is None
-  assert run_record.config_dict(rebuilt) == run_record.config_dict(config)
+  assert run_lib.config_json(rebuilt) == run_lib.config_json(config)
 
 
 def test_rows_past_the_restored_step_are_dropped(tmp_path):
@@ -200,14 +201,15 @@ def test_a_synthetic_runs_config_rebuilds_with_its_own_dataset_fields():
   config = synthetic.get_config('resnet20')
   rebuilt = run_record.config_from_record(json.loads(config.to_json_best_effort()))
   assert rebuilt.dataset.channels == 3 and rebuilt.dataset.num_eval_examples == 10_000
-  assert run_record.config_dict(rebuilt) == run_record.config_dict(config)
+  assert run_lib.config_json(rebuilt) == run_lib.config_json(config)
 
 
 def test_a_workdir_without_checkpoints_does_not_pin_the_config_its_crashed_run_wrote(tmp_path):
   crashed = digits.get_config('resnet8')
   crashed.dataset.image_size = 4
+  crashed = run_lib.config_json(crashed)
   run_record.write_first_config(tmp_path, crashed, trained=False)
-  corrected = digits.get_config('resnet8')
+  corrected = run_lib.config_json(digits.get_config('resnet8'))
   run_record.write_first_config(tmp_path, corrected, trained=False)
   assert run_record.read_first_config(tmp_path)['dataset']['image_size'] is None
   run_record.write_first_config(tmp_path, crashed, trained=True)  # once trained: never rewritten

@@ -25,15 +25,16 @@ import safetensors.numpy
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax.workdir import checkpoints as checkpointing, record as run_record
-from resnet_jax.common import errors
-from resnet_jax.config import fields
-from resnet_jax.models import interop
 from resnet_jax import models
-from resnet_jax.training import optim
-from resnet_jax.config import resolve as run_lib
+from resnet_jax.common import errors, library_noise
 from resnet_jax.common.errors import UserError, one_line
-from resnet_jax.training.step import create_train_state
+from resnet_jax.config import resolve
+from resnet_jax.config.fields import base_config
+from resnet_jax.config.run import DatasetFacts
+from resnet_jax.models import interop
+from resnet_jax.training.setup import Setup
+from resnet_jax.workdir import checkpoints as checkpointing
+from resnet_jax.workdir import record
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -143,7 +144,7 @@ def _default_config(preset: str, layout: str, num_classes: int):
   reference trains and scores them. torchvision's: ImageNet at 224, its random-resized crop, its
   per-channel normalisation and the centre crop (configs/imagenet.py:MODEL,torchvision's data and
   evaluation); the CIFAR reference's: CIFAR-10 or -100 with per-channel normalisation."""
-  config = fields.base_config(preset)
+  config = base_config(preset)
   if layout == 'torchvision':
     config.dataset.update(
         name='imagenet2012',
@@ -161,40 +162,23 @@ def _default_config(preset: str, layout: str, num_classes: int):
   return config
 
 
-def _image_shape(config, num_classes: int) -> tuple[int, int, int]:
-  """The shape a run of `config` feeds the model, as the input pipeline computes it, from the
-  dataset's description alone (no data needed); a UserError if the dataset has another number of
-  classes than the weights' classifier (eval would refuse the workdir)."""
-  try:
-    # Only here: the rest of the conversion needs no TensorFlow.
-    # `datasets` registers sklearn_digits.
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    import resnet_jax.data.datasets  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+def _dataset_facts(fields, num_classes: int) -> DatasetFacts:
+  """What a run of `fields` feeds the model, from the dataset's description alone (no data is
+  read: tfds_source.declared_facts); a UserError if the dataset has another number of classes than
+  the weights' classifier (eval would refuse the workdir)."""
+  with library_noise.silenced():  # Only here: the rest of the conversion needs no TensorFlow.
+    from resnet_jax.data import tfds_source  # pylint: disable=import-outside-toplevel
 
-    features = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir).info.features
-    native, classes = tuple(features['image'].shape), features['label'].num_classes
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(
-        f"cannot tell the image shape of dataset '{config.dataset.name}' ({one_line(e, 200)}); set "
-        '--config.dataset.image_size'
-    ) from None
+    image_shape, classes = tfds_source.declared_facts(fields.dataset)
   if classes != num_classes:
     raise UserError(
         f"the weights' classifier has {num_classes} classes, but dataset"
-        f" '{config.dataset.name}' of --config has {classes}: eval would refuse the workdir."
+        f" '{fields.dataset.name}' of --config has {classes}: eval would refuse the workdir."
         f' Import them with a config of a {num_classes}-class dataset (without --config: the'
         " preset's ImageNet or CIFAR-10 one), then start your run from that workdir with"
         ' --config.init_from, which gives the network a new classifier'
     )
-  channels = native[-1] if native and native[-1] else 3
-  if config.dataset.image_size:
-    return (config.dataset.image_size, config.dataset.image_size, channels)
-  if len(native) != 3 or None in native:
-    raise UserError(
-        f"the images of '{config.dataset.name}' have no fixed shape; set"
-        ' --config.dataset.image_size'
-    )
-  return native
+  return DatasetFacts(num_classes, image_shape, num_train_examples=0, num_eval_examples=0)
 
 
 def import_weights(path: str, workdir: str, *, model_name: str | None = None, config=None) -> str:
@@ -217,47 +201,46 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
         f'--config builds {config.model.name} but the weights are read as {model_name}; '
         f'use --config ...:{model_name} or --model {config.model.name}'
     )
-  model = run_lib.resolve_model(config).build(num_classes)
-  image_shape = _image_shape(config, num_classes)
-  tx = optim.create_optimizer(run_lib.resolve_optimizer(config))
-
-  def init(rng):
-    return create_train_state(
-        rng, model=model, tx=tx, image_shape=image_shape, warmup=config.schedule.warmup_lr > 0
-    )
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
+  fields = resolve.check(config)
+  run = resolve.resolve(
+      fields,
+      device_count=1,
+      process_count=1,
+      training=False,
+      dataset=_dataset_facts(fields, num_classes),
+  )
+  setup = Setup(run)
+  abstract = jax.eval_shape(setup.init, jax.random.key(0))
   try:
     variables = interop.from_state_dict(
-        model, state_dict, {'params': abstract.params, 'batch_stats': abstract.batch_stats}
+        setup.model, state_dict, {'params': abstract.params, 'batch_stats': abstract.batch_stats}
     )
   except interop.StateDictMismatchError as e:
     raise interop.StateDictMismatchError(
         f'{e}; {path} looks like a {detected} with {num_classes} classes'
     ) from None
-  state = jax.jit(init)(jax.random.key(config.seed))
   variables = jax.tree.map(jax.numpy.asarray, variables)
-  state = state.replace(
+  state = setup.fresh_state().replace(
       params=variables['params'],
       batch_stats=variables['batch_stats'],
-      opt_state=tx.init(variables['params']),
+      opt_state=setup.tx.init(variables['params']),
   )
   meta = {
       'model': model_name,
       'num_classes': num_classes,
-      'image_shape': list(image_shape),
-      'dataset': config.dataset.name,
+      'image_shape': list(run.dataset.image_shape),
+      'dataset': fields.dataset.name,
       'imported_from': os.path.abspath(path),
   }
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    record.write_first_config(workdir, run.record['config'], trained=False)
   except OSError as e:
     raise UserError(
         f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory'
     ) from e
   checkpoints = checkpointing.Checkpoints(
-      workdir, keep=config.train.keep_checkpoints, asynchronous=False
+      workdir, keep=run.loop.keep_checkpoints, asynchronous=False
   )
   checkpoints.save(0, state, meta)
   checkpoints.close()
@@ -284,11 +267,11 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
   try:
     step = checkpoints.find_step(step)
     meta = checkpoints.read_meta(step)
-    config = run_record.config_of_checkpoint(meta, workdir)  # the model that step was trained as
+    config = record.config_of_checkpoint(meta, workdir)  # the model that step was trained as
     state = checkpoints.restore_as_saved(step, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   finally:
     checkpoints.close()
-  model = models.create_model_from_config(config.model, num_classes=meta['num_classes'])
+  model = resolve.check(config).model.build(meta['num_classes'])
   state_dict = interop.to_state_dict(model, state, num_batches_tracked=int(state['step']))
   metadata = {
       'format': 'pt',
@@ -314,7 +297,7 @@ def _checked_config():
   config = errors.read_config_or_exit(
       lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
   )
-  run_lib.check_config(config)
+  resolve.check(config)  # a mistake is one line before the weights are read
   return config
 
 

@@ -14,14 +14,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from resnet_jax.workdir import checkpoints as checkpointing, record as run_record
-from resnet_jax.data import pipeline as input_pipeline, synthetic_source
 from resnet_jax.common import library_noise
-from resnet_jax.data import tfds_source
-from resnet_jax.training import loop as train
-from resnet_jax.config import resolve as run_lib
-from resnet_jax.data.datasets.prepare import get_dataset_builder
 from resnet_jax.common.errors import UserError, one_line
+from resnet_jax.config import resolve
+from resnet_jax.data import synthetic_source, tfds_source
+from resnet_jax.data.datasets.prepare import get_dataset_builder
+from resnet_jax.training.setup import Setup
+from resnet_jax.workdir.workdir import Workdir
 
 TOP_K = 5
 CHUNK = 64  # images a forward pass classifies at once
@@ -31,33 +30,35 @@ class Classifier:
   """A workdir's trained network in inference mode, with its eval preprocessing and class names."""
 
   def __init__(self, workdir, step: int | None = None, config=None):
-    workdir = train.existing_workdir(workdir)
-    checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+    workdir = Workdir.read_only(workdir)
     try:
-      self.step = checkpoints.find_step(step)
-      meta = checkpoints.read_meta(self.step)
-      config = config or run_record.config_of_checkpoint(meta, workdir)
-      if config.dataset.name == synthetic_source.NAME:
+      self.step = workdir.checkpoints.find_step(step)
+      meta = workdir.checkpoints.read_meta(self.step)
+      config = config or workdir.config_of(self.step)
+      run = resolve.resolve(config, device_count=1, process_count=1, training=False)
+      if run.data.name == synthetic_source.NAME:
         raise UserError(
-            f'--workdir {workdir} was trained on synthetic data (random images and labels): it has'
-            ' no image preprocessing or class names to classify files with; use a run trained on'
-            ' a dataset, or give its --config'
+            f'--workdir {workdir.path} was trained on synthetic data (random images and labels):'
+            ' it has no image preprocessing or class names to classify files with; use a run'
+            ' trained on a dataset, or give its --config'
         )
-      state = checkpoints.restore_as_saved(
+      state = workdir.checkpoints.restore_as_saved(
           self.step, jax.sharding.SingleDeviceSharding(jax.devices()[0])
       )
     finally:
-      checkpoints.close()
-    self.data = input_pipeline.resolve_data(config.dataset)
-    if list(self.data.image_shape) != list(meta['image_shape']):
+      workdir.close()
+    self.data = run.data
+    seen = (list(meta['image_shape']), meta['num_classes'])
+    if seen != (list(run.dataset.image_shape), run.dataset.num_classes):
       raise UserError(
-          f"the checkpoint saw images of shape {meta['image_shape']} but dataset"
-          f' {self.data.name!r} now gives {list(self.data.image_shape)}'
+          f'the checkpoint saw images of shape {seen[0]} in {seen[1]} classes but dataset'
+          f' {self.data.name!r} now gives {list(run.dataset.image_shape)} in'
+          f' {run.dataset.num_classes}'
       )
     self.builder = get_dataset_builder(self.data)
     label = self.builder.info.features['label']
     self.class_names = list(label.names) or [str(i) for i in range(meta['num_classes'])]
-    model = run_lib.resolve_model(config).build(meta['num_classes'])
+    model = Setup(run).model
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
     self._logits = jax.jit(lambda images: model.apply(variables, images, train=False))
 

@@ -1,162 +1,50 @@
-"""One resolved run: the config read, checked and derived once.
+"""The config resolved once, at the boundary: `check` then `resolve`, and nothing after reads it.
 
-`check_config(config)` checks every field that needs neither devices nor data (types, ranges,
-orderings, facts across fields) with a one-line UserError naming the flag and the fix; main.py runs
-it as soon as the config is built, before anything is started or created
-(tests/test_config_checks.py walks every field of resnet_jax/config/fields.py).
-`resolve(config, dataset=..., device_count=..., process_count=...)` adds what the devices and the
-data decide and turns it all into a frozen `Run`; everything after reads the `Run` (model, batch
-sizes, steps, schedule in steps, optimizer, parallelism, loop cadence) and derives nothing again.
+  check(config) -> Fields         stage 1: every field that needs neither devices nor data (types,
+                                  ranges, orderings, facts across fields); main.py runs it as soon
+                                  as the config is built, before JAX, data or the workdir
+  resolve(config or Fields, device_count=, process_count=) -> Run
+                                  stage 2: the data source's spec and facts (TFDS reads, prepares
+                                  or describes the dataset; synthetic data makes them up);
+                                  stage 3: the batch over devices, processes and data shards, and
+                                  the schedule in steps; then the record a checkpoint keeps
+
+Each mistake is a one-line UserError naming the flag and the fix (tests/test_config_checks.py walks
+every field of resnet_jax/config/fields.py). The config's JSON goes into the Run's record: the
+record (config.json, checkpoints, TensorBoard's hparams) is the only later reader.
 """
 
-import dataclasses
+import json
 import math
 import os
-from typing import Any
 
 import ml_collections
 
-from resnet_jax.training import cpu_backend, parallel
 from resnet_jax import models
-from resnet_jax.training import evaluation as evaluation_lib
 from resnet_jax.common.errors import UserError
+from resnet_jax.config.run import (
+    DERIVED,
+    BatchSpec,
+    DatasetFacts,
+    EvalSpec,
+    Fields,
+    LoopSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ParallelSpec,
+    Run,
+    ScheduleFields,
+    ScheduleSpec,
+    Section,
+)
+from resnet_jax.data import pipeline, views
+from resnet_jax.training import cpu_backend, parallel
 
 SCHEDULES = ('piecewise', 'cosine')
-# 'scale_augmentation' is the paper's ImageNet augmentation (section 3.4), 'inception_crop'
-# torchvision's (called 'imagenet' before the paper's existed); both read encoded images.
 AUGMENTS = ('cifar', 'scale_augmentation', 'inception_crop', 'none')
-ENCODED_AUGMENTS = ('scale_augmentation', 'inception_crop')
 NORMALISATIONS = ('per_channel', 'per_pixel_mean')
 LIGHTING_PCAS = ('train_split', 'fb_resnet_torch')
 DTYPES = ('float32', 'bfloat16')
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetFacts:
-  """What the data holds, read from the dataset (input_pipeline.dataset_facts) or made up by a
-  benchmark."""
-
-  num_classes: int
-  image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after crop or resize
-  num_train_examples: int  # of train_split
-  num_eval_examples: int  # of eval_split
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """The dataset section resolved by the input pipeline (input_pipeline.resolve_data): every field
-  typed and filled, and the two that are read from the data, the image shape and the normalisation.
-  The pipeline reads only this."""
-
-  name: str
-  data_dir: str | None
-  manual_dir: str | None
-  train_split: str
-  eval_split: str
-  augment: str  # AUGMENTS
-  pad: int
-  flip: bool
-  shuffle_buffer: int
-  cache: bool
-  image_shape: tuple[int, int, int]  # (H, W, C) the model sees, after crop or resize
-  mean: tuple[float, ...]  # per channel, of x / 255 ('per_pixel_mean': the mean image's average)
-  std: tuple[float, ...]  # ('per_pixel_mean': ones)
-  normalisation: str = 'per_channel'  # NORMALISATIONS
-  scale_range: tuple[int, int] = (256, 480)  # scale_augmentation's shorter sides, both included
-  lighting_std: float = 0.0  # PCA colour augmentation (0 = off)
-  lighting_eigval: tuple[float, ...] = ()  # largest first
-  lighting_eigvec: tuple[tuple[float, ...], ...] = ()  # rows: R, G, B; column j: eigval[j]'s
-  # 'per_pixel_mean': float32 [H, W, C] of x / 255 over the training split; an array, so left out
-  # of comparisons (the fields above determine it)
-  pixel_mean: Any = dataclasses.field(default=None, compare=False, repr=False)
-
-  @property
-  def encoded(self) -> bool:
-    """Images are read as their encoded bytes and decoded after the shuffle (ImageNet-style)."""
-    return self.augment in ENCODED_AUGMENTS
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  fields: tuple[tuple[str, Any], ...]  # the config's model section ('' = the preset's own value)
-
-  @property
-  def name(self) -> str:
-    return dict(self.fields)['name']
-
-  def build(self, num_classes: int, **extra) -> models.ResNet:
-    return models.create_model_from_config(dict(self.fields), num_classes=num_classes, **extra)
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSpec:
-  """The global batch and how it is read: train_split is cut into `num_shards` equal shares (the
-  remainder dropped), each read as a stream of `per_shard` examples a step; a process reads
-  `num_shards / process_count` streams."""
-
-  size: int  # global: over all devices and processes
-  per_process: int  # what each process reads a step
-  num_shards: int
-  per_shard: int
-  steps_per_epoch: int  # steps in one pass over every shard's share
-  eval_size: int
-  eval_per_process: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleSpec:
-  name: str  # 'piecewise' | 'cosine'
-  base_lr: float  # after the linear scaling rule, if asked for
-  boundaries: tuple[int, ...]  # piecewise: steps where the lr is multiplied by decay_factor
-  decay_factor: float
-  warmup_steps: int  # cosine: linear warm-up
-  num_steps: int
-  warmup_lr: float  # the paper's ResNet-110 warm-up (0 = off) ...
-  warmup_until_error: float  # ... until the training error is under this
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-  momentum: float
-  nesterov: bool
-  weight_decay: float
-  decoupled_weight_decay: bool
-  weight_decay_on_all_params: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class ParallelSpec:
-  mode: str  # 'jit' | 'pmap'
-  batch_norm: str  # 'global' | 'per_device'
-  cpu_devices: int  # 0: auto (parallel.auto_cpu_devices)
-  cpu_backend: str  # cpu_backend.CHOICES
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopSpec:
-  log_every_steps: int
-  eval_every_steps: int
-  checkpoint_every_steps: int
-  keep_checkpoints: int
-  async_checkpoints: bool
-  max_skipped_steps: int
-  label_smoothing: float
-  log_diagnostics: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  seed: int
-  init_from: str
-  init_from_partial: bool
-  model: ModelSpec
-  dataset: DatasetFacts
-  batch: BatchSpec
-  schedule: ScheduleSpec
-  optimizer: OptimizerSpec
-  parallelism: ParallelSpec
-  loop: LoopSpec
-  evaluation: evaluation_lib.EvalSpec = evaluation_lib.EvalSpec()
 
 
 def _require(ok: bool, message: str) -> None:
@@ -270,7 +158,20 @@ def _directory(section, field: str) -> None:
   )
 
 
-def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
+# ------------------------------------------------------------------ stage 1: the fields
+
+
+def _run_fields(config) -> None:
+  _require(
+      _is_number(config.seed, integer=True) and 0 <= config.seed < 2**31,
+      f'--config.seed={config.seed!r} must be an integer in [0, 2**31)',
+  )
+  _require(
+      isinstance(config.init_from, str), f'--config.init_from={config.init_from!r} must be a path'
+  )
+
+
+def _model(config: ml_collections.ConfigDict) -> ModelSpec:
   model = _Section('model', config.model)
   # float16's range needs loss scaling (flax's examples scale dynamically on GPU), which this
   # trainer does not do: refused rather than trained into overflowing gradients.
@@ -286,17 +187,23 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
     models.model_spec(model['name'])
   except UserError as e:
     raise UserError(f'--config.model.name={model["name"]!r}: {e}') from None
-  spec = ModelSpec(fields=tuple(config.model.items()))
-  net = spec.build(num_classes=1)  # models.create_model checks the preset
+  known = set(models.ResNet.__dataclass_fields__) - {'parent'}
+  unknown = sorted(set(config.model) - known)
   _require(
-      not model['stride_in_1x1'] or net.block == 'bottleneck',
-      '--config.model.stride_in_1x1=True places the stride of bottleneck blocks, and'
-      f' {model["name"]} has {net.block} blocks; leave it False, or use resnet50/101/152',
+      not unknown,
+      f'--config.model.{unknown[0] if unknown else ""} is not a field of models.ResNet; remove it'
+      ' from the config file',
   )
-  return spec
+  block = models.model_spec(model['name'])['block']
+  _require(
+      not model['stride_in_1x1'] or block == 'bottleneck',
+      '--config.model.stride_in_1x1=True places the stride of bottleneck blocks, and'
+      f' {model["name"]} has {block} blocks; leave it False, or use resnet50/101/152',
+  )
+  return ModelSpec(fields=tuple(config.model.items()))
 
 
-def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
+def _optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
   opt = _Section('optimizer', config.optimizer)
   return OptimizerSpec(
       momentum=_fraction(opt, 'momentum'),
@@ -307,121 +214,13 @@ def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
   )
 
 
-def _batch_sizes(config, device_count: int, process_count: int) -> tuple[int, int, int]:
-  """(batch_size, eval_batch_size, num_shards), checked against the devices and processes."""
-  train = _Section('train', config.train)
-  sizes = []
-  for field in ('batch_size', 'eval_batch_size'):
-    size = _not_negative(train, field, positive=True, integer=True)
-    _require(
-        size % device_count == 0,
-        f'--config.train.{field}={size} does not divide over the {device_count} devices; use a '
-        f'multiple of {device_count}, e.g. --config.train.{field}='
-        f'{max(device_count, size // device_count * device_count)}',
-    )
-    sizes.append(size)
-  num_shards = config.dataset.num_shards or process_count  # 0: one stream per process
-  _require(
-      num_shards % process_count == 0,
-      f'--config.dataset.num_shards={num_shards} does not divide over {process_count} '
-      f'processes; use a multiple of {process_count}',
-  )
-  _require(
-      sizes[0] % num_shards == 0,
-      f'--config.train.batch_size={sizes[0]} does not split into '
-      f'--config.dataset.num_shards={num_shards} data shards; use a multiple of {num_shards}',
-  )
-  return sizes[0], sizes[1], num_shards
-
-
-def _batch(
-    config, dataset: DatasetFacts, device_count: int, process_count: int, training: bool
-) -> BatchSpec:
-  size, eval_size, num_shards = _batch_sizes(config, device_count, process_count)
-  per_shard = size // num_shards
-  share = dataset.num_train_examples // num_shards
-  _require(
-      share >= per_shard or not training,
-      f'each of the {num_shards} data shards of train_split holds {share} examples, fewer than its'
-      f' batch of {per_shard}; use a smaller --config.train.batch_size or fewer'
-      ' --config.dataset.num_shards',
-  )
-  return BatchSpec(
-      size=size,
-      per_process=size // process_count,
-      num_shards=num_shards,
-      per_shard=per_shard,
-      steps_per_epoch=max(1, share // per_shard),  # below 1 only when not training
-      eval_size=eval_size,
-      eval_per_process=eval_size // process_count,
-  )
-
-
-def _num_steps(config, batch: BatchSpec) -> int:
-  train = _Section('train', config.train)
-  if _not_negative(train, 'num_epochs') > 0:
-    return int(round(train['num_epochs'] * batch.steps_per_epoch))
-  _require(
-      _is_number(train['num_steps'], integer=True) and train['num_steps'] > 0,
-      f'--config.train.num_steps={train["num_steps"]!r} must be a positive integer (or set'
-      ' --config.train.num_epochs)',
-  )
-  return train['num_steps']
-
-
-def _boundaries(schedule, batch: BatchSpec | None) -> tuple[int, ...]:
-  """The piecewise schedule's steps; `batch` None: the fields checked, epochs not converted."""
-  boundaries = _increasing(schedule, 'boundaries', steps=True) or ()
-  epochs = _increasing(schedule, 'boundaries_epochs', steps=False)
-  if epochs is None or batch is None:
-    return boundaries
-  boundaries = tuple(round(e * batch.steps_per_epoch) for e in epochs)
-  _require(
-      boundaries[0] > 0 and len(set(boundaries)) == len(boundaries),
-      f'--config.schedule.boundaries_epochs={epochs} fall on the steps {boundaries} at'
-      f' {batch.steps_per_epoch} steps an epoch: each must be a later step than the one before;'
-      ' space them further apart',
-  )
-  return boundaries
-
-
-def _warmup_steps(schedule, batch: BatchSpec | None) -> int:
-  steps = _not_negative(schedule, 'warmup_steps', integer=True)
-  epochs = _not_negative(schedule, 'warmup_epochs')
-  given = f'warmup_steps={steps}' if steps else f'warmup_epochs={epochs}'
-  _require(
-      schedule['name'] == 'cosine' or not (steps or epochs),
-      f"--config.schedule.{given} is the cosine schedule's linear warm-up, which the piecewise"
-      ' schedule does not have; set --config.schedule.name=cosine, or --config.schedule.warmup_lr'
-      " for the paper's constant warm-up",
-  )
-  return steps or round(epochs * (batch.steps_per_epoch if batch else 1))
-
-
-def _schedule(config, batch: BatchSpec | None) -> ScheduleSpec:
-  """The schedule in steps; `batch` None (no data yet): its fields checked, nothing derived."""
-  schedule = _Section('schedule', config.schedule)
-  num_steps = _num_steps(config, batch or BatchSpec(1, 1, 1, 1, 1, 1, 1))
-  name = _choice(schedule, 'name', SCHEDULES)
-  base_lr = _not_negative(schedule, 'base_lr')
-  if _not_negative(schedule, 'scale_lr_by_batch', integer=True) and batch is not None:
-    base_lr *= batch.size / schedule['scale_lr_by_batch']  # the linear scaling rule
-  warmup_steps = _warmup_steps(schedule, batch)
-  _require(
-      batch is None or warmup_steps < num_steps,
-      f'the warm-up ({warmup_steps} steps) is not shorter than the run ({num_steps} steps); lower'
-      ' --config.schedule.warmup_steps or --config.schedule.warmup_epochs',
-  )
-  return ScheduleSpec(
-      name=name,
-      base_lr=float(base_lr),
-      boundaries=tuple(int(b) for b in _boundaries(schedule, batch)),
-      decay_factor=float(_not_negative(schedule, 'decay_factor', positive=True)),
-      warmup_steps=int(warmup_steps),
-      num_steps=int(num_steps),
-      warmup_lr=float(_not_negative(schedule, 'warmup_lr')),
-      # 0: the warm-up never ends; above 1: it ends after the first step
-      warmup_until_error=float(_not_negative(schedule, 'warmup_until_error')),
+def _parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
+  parallelism = _Section('parallelism', config.parallelism)
+  return ParallelSpec(
+      mode=_choice(parallelism, 'mode', parallel.MODES),
+      batch_norm=_choice(parallelism, 'batch_norm', parallel.BATCH_NORMS),
+      cpu_devices=int(_not_negative(parallelism, 'cpu_devices', integer=True)),
+      cpu_backend=_choice(parallelism, 'cpu_backend', cpu_backend.CHOICES),
   )
 
 
@@ -444,13 +243,36 @@ def _loop(config) -> LoopSpec:
   )
 
 
-def resolve_parallelism(config: ml_collections.ConfigDict) -> ParallelSpec:
-  parallelism = _Section('parallelism', config.parallelism)
-  return ParallelSpec(
-      mode=_choice(parallelism, 'mode', parallel.MODES),
-      batch_norm=_choice(parallelism, 'batch_norm', parallel.BATCH_NORMS),
-      cpu_devices=int(_not_negative(parallelism, 'cpu_devices', integer=True)),
-      cpu_backend=_choice(parallelism, 'cpu_backend', cpu_backend.CHOICES),
+def _evaluation(config) -> EvalSpec:
+  """The evaluation section checked, with one-line errors naming the flag."""
+  section = config.evaluation
+  protocol = section.protocol
+  _require(
+      protocol in views.PROTOCOLS,
+      f'--config.evaluation.protocol={protocol!r} is not one of'
+      f' {", ".join(map(repr, views.PROTOCOLS))}',
+  )
+  scales = section.scales
+  _require(
+      not isinstance(scales, str)
+      and len(scales) > 0
+      and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales)
+      and len(set(scales)) == len(scales),
+      f'--config.evaluation.scales={scales!r} must be distinct positive whole numbers, e.g.'
+      " --config.evaluation.scales='(224, 256, 384, 480, 640)'",
+  )
+  for field in ('resize', 'forward_batch'):
+    value = section[field]
+    _require(
+        isinstance(value, int) and value >= (1 if field == 'forward_batch' else 0),
+        f'--config.evaluation.{field}={value!r} must be a'
+        f' {"positive" if field == "forward_batch" else "non-negative"} whole number',
+    )
+  return EvalSpec(
+      protocol=protocol,
+      resize=int(section.resize),
+      scales=tuple(int(s) for s in scales),
+      forward_batch=int(section.forward_batch),
   )
 
 
@@ -467,8 +289,10 @@ def _normalisation(section) -> None:
   )
 
 
-def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
-  """The dataset fields that need no data to check (input_pipeline.resolve_data reads the rest)."""
+def _dataset(config: ml_collections.ConfigDict) -> Section:
+  """The dataset fields that need no data, checked; the data source reads the rest (its own
+  fields, and what only the data can tell) in stage 2."""
+  dataset = config.dataset
   section = _Section('dataset', dataset)
   _require(
       dataset.augment != 'imagenet',
@@ -496,64 +320,219 @@ def check_dataset_fields(dataset: ml_collections.ConfigDict) -> None:
       f'--config.dataset.scale_range={tuple(low_high)!r} must be two whole numbers 0 < low <= high,'
       " e.g. --config.dataset.scale_range='(256, 480)'",
   )
+  return Section(dataset.items())
 
 
-def _check_run_fields(config) -> None:
-  _require(
-      _is_number(config.seed, integer=True) and 0 <= config.seed < 2**31,
-      f'--config.seed={config.seed!r} must be an integer in [0, 2**31)',
-  )
-  _require(
-      isinstance(config.init_from, str), f'--config.init_from={config.init_from!r} must be a path'
-  )
-
-
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every field of the config that needs neither devices nor data: main.py runs this as soon as
-  the config is built, so a mistake is one line before anything is started or created."""
-  _check_run_fields(config)
-  resolve_model(config)
-  resolve_optimizer(config)
-  resolve_parallelism(config)
-  check_dataset_fields(config.dataset)
-  evaluation_lib.resolve_evaluation(config)
+def _batch_sizes(config) -> tuple[int, int]:
+  """(batch_size, eval_batch_size), global."""
   train = _Section('train', config.train)
+  return tuple(
+      _not_negative(train, field, positive=True, integer=True)
+      for field in ('batch_size', 'eval_batch_size')
+  )
+
+
+def _over_devices(fields: Fields, device_count: int, process_count: int) -> int:
+  """The number of data shards, with the batch sizes checked against the devices and processes."""
   for field in ('batch_size', 'eval_batch_size'):
-    _not_negative(train, field, positive=True, integer=True)
-  _loop(config)
-  _schedule(config, None)
+    size = getattr(fields, field)
+    _require(
+        size % device_count == 0,
+        f'--config.train.{field}={size} does not divide over the {device_count} devices; use a '
+        f'multiple of {device_count}, e.g. --config.train.{field}='
+        f'{max(device_count, size // device_count * device_count)}',
+    )
+  num_shards = fields.num_shards or process_count  # 0: one stream per process
+  _require(
+      num_shards % process_count == 0,
+      f'--config.dataset.num_shards={num_shards} does not divide over {process_count} '
+      f'processes; use a multiple of {process_count}',
+  )
+  _require(
+      fields.batch_size % num_shards == 0,
+      f'--config.train.batch_size={fields.batch_size} does not split into '
+      f'--config.dataset.num_shards={num_shards} data shards; use a multiple of {num_shards}',
+  )
+  return num_shards
 
 
-def check_without_data(
-    config: ml_collections.ConfigDict, *, device_count: int, process_count: int
-) -> None:
-  """Everything `resolve` checks that needs no data: run first, a mistake is reported before any
-  data is read."""
-  check_config(config)
-  _batch_sizes(config, device_count, process_count)
+def _train_length(config) -> tuple[int, float]:
+  """(num_steps, num_epochs): the run's length in steps, or in epochs when num_epochs > 0."""
+  train = _Section('train', config.train)
+  num_epochs = float(_not_negative(train, 'num_epochs'))
+  _require(
+      num_epochs > 0 or (_is_number(train['num_steps'], integer=True) and train['num_steps'] > 0),
+      f'--config.train.num_steps={train["num_steps"]!r} must be a positive integer (or set'
+      ' --config.train.num_epochs)',
+  )
+  return (0 if num_epochs > 0 else int(train['num_steps'])), num_epochs
 
 
-def resolve(
-    config: ml_collections.ConfigDict,
-    *,
-    dataset: DatasetFacts,
-    device_count: int,
-    process_count: int,
-    training: bool = True,
-) -> Run:
-  """The whole run, checked: see the module docstring. `training=False` (eval-only) does not ask
-  the training split to hold a batch."""
-  batch = _batch(config, dataset, device_count, process_count, training)
-  return Run(
+def _schedule_fields(config) -> ScheduleFields:
+  schedule = _Section('schedule', config.schedule)
+  name = _choice(schedule, 'name', SCHEDULES)
+  warmup_steps = _not_negative(schedule, 'warmup_steps', integer=True)
+  warmup_epochs = _not_negative(schedule, 'warmup_epochs')
+  given = f'warmup_steps={warmup_steps}' if warmup_steps else f'warmup_epochs={warmup_epochs}'
+  _require(
+      name == 'cosine' or not (warmup_steps or warmup_epochs),
+      f"--config.schedule.{given} is the cosine schedule's linear warm-up, which the piecewise"
+      ' schedule does not have; set --config.schedule.name=cosine, or --config.schedule.warmup_lr'
+      " for the paper's constant warm-up",
+  )
+  return ScheduleFields(
+      name=name,
+      base_lr=float(_not_negative(schedule, 'base_lr')),
+      scale_lr_by_batch=int(_not_negative(schedule, 'scale_lr_by_batch', integer=True)),
+      boundaries=tuple(int(b) for b in _increasing(schedule, 'boundaries', steps=True) or ()),
+      boundaries_epochs=_increasing(schedule, 'boundaries_epochs', steps=False),
+      decay_factor=float(_not_negative(schedule, 'decay_factor', positive=True)),
+      warmup_steps=int(warmup_steps),
+      warmup_epochs=float(warmup_epochs),
+      warmup_lr=float(_not_negative(schedule, 'warmup_lr')),
+      # 0: the warm-up never ends; above 1: it ends after the first step
+      warmup_until_error=float(_not_negative(schedule, 'warmup_until_error')),
+  )
+
+
+# ------------------------------------------------------- stages 2 and 3: data, batch, steps
+
+
+def _batch(
+    fields: Fields, dataset: DatasetFacts, device_count: int, process_count: int, training: bool
+) -> BatchSpec:
+  num_shards = _over_devices(fields, device_count, process_count)
+  size, eval_size = fields.batch_size, fields.eval_batch_size
+  per_shard = size // num_shards
+  share = dataset.num_train_examples // num_shards
+  _require(
+      share >= per_shard or not training,
+      f'each of the {num_shards} data shards of train_split holds {share} examples, fewer than its'
+      f' batch of {per_shard}; use a smaller --config.train.batch_size or fewer'
+      ' --config.dataset.num_shards',
+  )
+  return BatchSpec(
+      size=size,
+      per_process=size // process_count,
+      num_shards=num_shards,
+      per_shard=per_shard,
+      steps_per_epoch=max(1, share // per_shard),  # below 1 only when not training
+      eval_size=eval_size,
+      eval_per_process=eval_size // process_count,
+  )
+
+
+def _schedule(fields: Fields, batch: BatchSpec) -> ScheduleSpec:
+  """The schedule in steps, now that the batch (and so an epoch) is known."""
+  schedule = fields.schedule
+  num_steps = fields.num_steps or int(round(fields.num_epochs * batch.steps_per_epoch))
+  base_lr = schedule.base_lr
+  if schedule.scale_lr_by_batch:
+    base_lr *= batch.size / schedule.scale_lr_by_batch  # the linear scaling rule
+  boundaries = schedule.boundaries
+  if schedule.boundaries_epochs is not None:
+    boundaries = tuple(round(e * batch.steps_per_epoch) for e in schedule.boundaries_epochs)
+    _require(
+        boundaries[0] > 0 and len(set(boundaries)) == len(boundaries),
+        f'--config.schedule.boundaries_epochs={schedule.boundaries_epochs} fall on the steps'
+        f' {boundaries} at {batch.steps_per_epoch} steps an epoch: each must be a later step than'
+        ' the one before; space them further apart',
+    )
+  warmup_steps = schedule.warmup_steps or round(schedule.warmup_epochs * batch.steps_per_epoch)
+  _require(
+      warmup_steps < num_steps,
+      f'the warm-up ({warmup_steps} steps) is not shorter than the run ({num_steps} steps); lower'
+      ' --config.schedule.warmup_steps or --config.schedule.warmup_epochs',
+  )
+  return ScheduleSpec(
+      name=schedule.name,
+      base_lr=float(base_lr),
+      boundaries=tuple(int(b) for b in boundaries),
+      decay_factor=schedule.decay_factor,
+      warmup_steps=int(warmup_steps),
+      num_steps=int(num_steps),
+      warmup_lr=schedule.warmup_lr,
+      warmup_until_error=schedule.warmup_until_error,
+  )
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  """Every field of the config as JSON values (tuples become lists), as the record keeps it."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check(config: ml_collections.ConfigDict) -> Fields:
+  """Stage 1: every field that needs neither devices nor data, checked once and typed."""
+  _run_fields(config)
+  dataset = _dataset(config)
+  batch_size, eval_batch_size = _batch_sizes(config)
+  num_steps, num_epochs = _train_length(config)
+  return Fields(
       seed=int(config.seed),
       init_from=config.init_from or '',
       init_from_partial=bool(config.init_from_partial),
-      model=resolve_model(config),
+      model=_model(config),
+      optimizer=_optimizer(config),
+      parallelism=_parallelism(config),
+      loop=_loop(config),
+      evaluation=_evaluation(config),
+      dataset=dataset,
+      batch_size=batch_size,
+      eval_batch_size=eval_batch_size,
+      num_shards=int(dataset.num_shards),
+      num_steps=num_steps,
+      num_epochs=num_epochs,
+      schedule=_schedule_fields(config),
+      config=config_json(config),
+  )
+
+
+def _record(fields: Fields, dataset: DatasetFacts, batch: BatchSpec, device_count: int) -> dict:
+  """What a checkpoint keeps to tell its run: the config and what the data and devices made of it
+  (the facts that change what is trained; workdir/record.py compares them on resume)."""
+  per_device_bn = fields.parallelism.batch_norm == 'per_device'
+  derived = {
+      'num_classes': dataset.num_classes,
+      'image_shape': list(dataset.image_shape),
+      'num_train_examples': dataset.num_train_examples,
+      'num_shards': batch.num_shards,  # the order in which the training data is read
+      'batch_norm_devices': device_count if per_device_bn else 'all',
+  }
+  assert tuple(derived) == DERIVED
+  return {'config': fields.config, 'derived': derived}
+
+
+def resolve(
+    config: ml_collections.ConfigDict | Fields,
+    *,
+    device_count: int,
+    process_count: int,
+    training: bool = True,
+    dataset: DatasetFacts | None = None,
+) -> Run:
+  """The whole run, checked (see the module docstring). `config` may be stage 1's Fields already
+  made (main.py's); `training=False` (eval-only, predict) does not ask the training split to hold
+  a batch. `dataset`: facts given instead of read (weights conversion, and the benchmarks and
+  tests on made-up data): no data source is asked, and the Run's `data` is None."""
+  fields = config if isinstance(config, Fields) else check(config)
+  data = None
+  if dataset is None:  # stage 2
+    data = pipeline.resolve_data(fields.dataset)
+    dataset = pipeline.dataset_facts(data)
+    views.check_data(fields.evaluation, data)
+  batch = _batch(fields, dataset, device_count, process_count, training)  # stage 3
+  return Run(
+      seed=fields.seed,
+      init_from=fields.init_from,
+      init_from_partial=fields.init_from_partial,
+      model=fields.model,
       dataset=dataset,
       batch=batch,
-      schedule=_schedule(config, batch),
-      optimizer=resolve_optimizer(config),
-      parallelism=resolve_parallelism(config),
-      loop=_loop(config),
-      evaluation=evaluation_lib.resolve_evaluation(config),
+      schedule=_schedule(fields, batch),
+      optimizer=fields.optimizer,
+      parallelism=fields.parallelism,
+      loop=fields.loop,
+      evaluation=fields.evaluation,
+      data=data,
+      record=_record(fields, dataset, batch, device_count),
   )

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from resnet_jax.training import parallel
 from resnet_jax.common.errors import UserError
-from resnet_jax.config.resolve import BatchSpec, DatasetFacts, check_dataset_fields
+from resnet_jax.config.run import BatchSpec, DatasetFacts
 
 NAME = 'synthetic'
 
@@ -49,7 +49,7 @@ def _positive(dataset_config, field: str) -> int:
 
 
 def resolve_data(dataset_config) -> SyntheticSpec:
-  check_dataset_fields(dataset_config)
+  """The dataset section (checked by config/resolve.py) and this source's own fields."""
   size = _positive(dataset_config, 'image_size')
   return SyntheticSpec(
       name=NAME,

@@ -26,8 +26,7 @@ size drawn uniformly from `scale_range`, a random image_size crop, flip), 'incep
 
 Evaluation: each process reads its share of `eval_split` (`tfds.even_splits`, nothing dropped, so
 every example is in exactly one process), pads to a common number of batches with mask 0 examples.
-The protocols' views (resnet_jax/training/evaluation.py) are made
-here: '10crop' as torchvision's TenCrop,
+The protocols' views (resnet_jax/data/views.py) are made here: '10crop' as torchvision's TenCrop,
 'multiscale' one centred square per scale, all uint8 (normalised on the device).
 """
 
@@ -41,11 +40,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from resnet_jax.training import evaluation
+from resnet_jax.data import views
 from resnet_jax.data.datasets.prepare import get_dataset_builder
 from resnet_jax.common.errors import UserError, one_line
-from resnet_jax.config.resolve import ENCODED_AUGMENTS, BatchSpec, DataSpec, DatasetFacts
-from resnet_jax.config.resolve import check_dataset_fields
+from resnet_jax.config.run import ENCODED_AUGMENTS, BatchSpec, DataSpec, DatasetFacts, EvalSpec
 
 try:  # tf.data only; keep TensorFlow off any accelerator that JAX uses.
   tf.config.set_visible_devices([], 'GPU')
@@ -65,7 +63,7 @@ STATS_NUM_EXAMPLES = (
 )
 # ImageNet-style eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224):
 # shorter side to round(size / 0.875) with PIL's antialiased bilinear, then the centre crop.
-EVAL_CROP_FRACTION = evaluation.CROP_FRACTION
+EVAL_CROP_FRACTION = views.CROP_FRACTION
 # fb.resnet.torch's PCA of ImageNet's RGB values in [0, 1] (datasets/imagenet.lua), which its
 # Lighting(0.1, eigval, eigvec) uses: eigenvalues, largest first, and the eigenvectors as columns.
 FB_RESNET_TORCH_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -143,11 +141,24 @@ def declared_image_side(dataset_config) -> int | None:
   return int(side) if side else None
 
 
+def declared_facts(dataset_config) -> tuple[tuple[int, int, int], int]:
+  """(the image shape the model sees, the number of classes) from the dataset's description in
+  code alone: no data is read or prepared (weights conversion)."""
+  try:
+    builder = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir)
+    classes = builder.info.features['label'].num_classes
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f"cannot tell the image shape of dataset '{dataset_config.name}' ({one_line(e, 200)});"
+        ' set --config.dataset.image_size'
+    ) from None
+  return _image_shape(dataset_config, builder), int(classes)
+
+
 def resolve_data(dataset_config) -> DataSpec:
-  """The config's dataset section, checked once and resolved with what only the data can tell:
+  """The dataset section (checked by config/resolve.py), resolved with what only the data can tell:
   the image shape the model sees and the normalisation statistics. Prepares the dataset if it
   can (datasets/prepare.py)."""
-  check_dataset_fields(dataset_config)
   builder = get_dataset_builder(dataset_config)
   image_shape = _image_shape(dataset_config, builder)
   low, high = (int(v) for v in dataset_config.scale_range)
@@ -623,16 +634,16 @@ def scale_view(image: tf.Tensor, scale: int) -> tf.Tensor:
   return tf.ensure_shape(_center_crop(resized, scale, scale), [scale, scale, None])
 
 
-def _make_eval_views(data: DataSpec, spec: evaluation.EvalSpec):
+def _make_eval_views(data: DataSpec, spec: EvalSpec):
   """fn(image) -> {group name: uint8 [count, h, w, C]}: the protocol's views
-  (evaluation.view_groups), from encoded bytes or a decoded image."""
+  (views.view_groups), from encoded bytes or a decoded image."""
   channels = data.image_shape[-1]
   crop = data.image_shape[0]
 
   def views(image):
     image = _decode(image, channels) if data.encoded else tf.cast(image, tf.uint8)
     if spec.protocol == '10crop':
-      return {'crops': ten_crops(image, crop, evaluation.ten_crop_resize(spec, crop))}
+      return {'crops': ten_crops(image, crop, views.ten_crop_resize(spec, crop))}
     return {f'scale{s}': scale_view(image, s)[None] for s in spec.scales}
 
   return views
@@ -795,7 +806,7 @@ _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.Or
 
 
 def _eval_examples(
-    data, builder, process_index: int, process_count: int, spec: evaluation.EvalSpec | None
+    data, builder, process_index: int, process_count: int, spec: EvalSpec | None
 ) -> tf.data.Dataset:
   views = spec is not None and spec.protocol != 'center'
   cache = bool(data.cache) and not views  # views are up to 2.7 MB an image: made afresh
@@ -839,7 +850,7 @@ def create_eval_iterator(
     local_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
-    eval_spec: evaluation.EvalSpec | None = None,
+    eval_spec: EvalSpec | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of eval_split, or
   {'views': {group: uint8 [B, count, h, w, C]}, 'label', 'mask'} for the 10crop and multiscale
@@ -854,7 +865,7 @@ def create_eval_iterator(
       * local_batch_size
   )
   ds = _eval_examples(data, builder, process_index, process_count, spec)
-  groups = evaluation.view_groups(spec, data.image_shape) if spec is not None else ()
+  groups = views.view_groups(spec, data.image_shape) if spec is not None else ()
   if groups:
     inputs = {
         'views': {

@@ -13,7 +13,6 @@ from resnet_jax.models.resnet import (  # noqa: F401  (the zoo's interface)
     ResNet,
     block_squared_norms,
     create_model,
-    create_model_from_config,
     model_depth,
     model_names,
     model_spec,

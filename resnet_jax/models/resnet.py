@@ -14,7 +14,7 @@ train/eval mode and BatchNorm axis.
 import difflib
 import functools
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -405,12 +405,3 @@ def create_model(name: str, *, num_classes: int, **overrides) -> ResNet:
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = jnp.dtype(overrides['dtype'])
   return ResNet(num_classes=num_classes, **{**spec, **overrides})
-
-
-def create_model_from_config(
-    model_config: Mapping[str, Any], *, num_classes: int, **extra
-) -> ResNet:
-  """The model a config's `model` section (a ConfigDict, or the dict of a workdir's config.json)
-  describes; fields left '' keep the preset's own value."""
-  overrides = {k: v for k, v in dict(model_config).items() if k != 'name' and v != ''}
-  return create_model(model_config['name'], num_classes=num_classes, **overrides, **extra)

@@ -31,7 +31,6 @@ chunks): device memory is that of one forward of `forward_batch` crops whatever 
 at 640 px, 32 x (224/640)^2 -> 3 images (with their mirror images: 1 + 1) at a time.
 """
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -40,113 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax.config.run import EvalSpec
+from resnet_jax.data import views
 from resnet_jax.training import parallel
-from resnet_jax.common.errors import UserError
-
-PROTOCOLS = ('center', '10crop', 'multiscale')
-# torchvision's ImageNet evaluation: the shorter side to round(image_size / 0.875), 256 for 224.
-CROP_FRACTION = 0.875
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSpec:
-  """The config's evaluation section, checked (resnet_jax/config/fields.py documents the fields)."""
-
-  protocol: str = 'center'  # PROTOCOLS
-  resize: int = 0  # 10crop: the shorter side the crops come from (0: round(size / 0.875))
-  scales: tuple[int, ...] = (224, 256, 384, 480, 640)  # multiscale
-  forward_batch: int = 32  # image_size x image_size images' worth of pixels per device and pass
-
-
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise UserError(message)
-
-
-def resolve_evaluation(config) -> EvalSpec:
-  """The evaluation section checked, with one-line errors naming the flag."""
-  section = config.evaluation
-  protocol = section.protocol
-  _require(
-      protocol in PROTOCOLS,
-      f'--config.evaluation.protocol={protocol!r} is not one of {", ".join(map(repr, PROTOCOLS))}',
-  )
-  scales = section.scales
-  _require(
-      not isinstance(scales, str)
-      and len(scales) > 0
-      and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales)
-      and len(set(scales)) == len(scales),
-      f'--config.evaluation.scales={scales!r} must be distinct positive whole numbers, e.g.'
-      " --config.evaluation.scales='(224, 256, 384, 480, 640)'",
-  )
-  for field in ('resize', 'forward_batch'):
-    value = section[field]
-    _require(
-        isinstance(value, int) and value >= (1 if field == 'forward_batch' else 0),
-        f'--config.evaluation.{field}={value!r} must be a'
-        f' {"positive" if field == "forward_batch" else "non-negative"} whole number',
-    )
-  return EvalSpec(
-      protocol=protocol,
-      resize=int(section.resize),
-      scales=tuple(int(s) for s in scales),
-      forward_batch=int(section.forward_batch),
-  )
-
-
-def ten_crop_resize(spec: EvalSpec, image_size: int) -> int:
-  """The shorter side 10crop resizes to: `resize`, or torchvision's round(image_size / 0.875)."""
-  return spec.resize or int(round(image_size / CROP_FRACTION))
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewGroup:
-  """Views of one shape, sent together: batch['views'][name] is uint8 [B, count, h, w, C]."""
-
-  name: str
-  count: int  # views per example that the host sends
-  size: tuple[int, int]  # (h, w)
-  mirror: bool  # the device also scores each view's mirror image
-
-
-def view_groups(spec: EvalSpec, image_shape) -> tuple[ViewGroup, ...]:
-  """The views the input pipeline makes for a protocol (none for 'center': its 'image' is the
-  one view, normalised on the host as in training)."""
-  h, w = image_shape[:2]
-  if spec.protocol == '10crop':
-    # The mirrored five are crops of the mirrored image, as torchvision's TenCrop takes them: a
-    # crop's own mirror image differs where the centre crop's margin is odd.
-    return (ViewGroup('crops', 10, (h, w), False),)
-  if spec.protocol == 'multiscale':
-    return tuple(ViewGroup(f'scale{s}', 1, (s, s), True) for s in spec.scales)
-  return ()
-
-
-def num_views(spec: EvalSpec, image_shape) -> int:
-  """Views averaged per example."""
-  groups = view_groups(spec, image_shape)
-  return sum(g.count * (2 if g.mirror else 1) for g in groups) if groups else 1
-
-
-def check_data(spec: EvalSpec, data) -> None:
-  """The protocol fits the data: views are made from images, which synthetic data has none of;
-  10crop's crops must fit in the resized image."""
-  if spec.protocol == 'center':
-    return
-  _require(
-      hasattr(data, 'normalisation'),
-      f'--config.evaluation.protocol={spec.protocol} needs images (a TFDS dataset); synthetic data'
-      ' is scored with --config.evaluation.protocol=center',
-  )
-  size = min(data.image_shape[:2])
-  if spec.protocol == '10crop':
-    _require(
-        ten_crop_resize(spec, size) >= size,
-        f'--config.evaluation.resize={spec.resize} is smaller than the {size} px crops; use at'
-        f' least {size} (0: {int(round(size / CROP_FRACTION))})',
-    )
-
 
 # ------------------------------------------------------------------------------------ the device
 
@@ -222,9 +117,8 @@ class Evaluator:
       compiler_options: dict | None = None,
   ):
     """`compiler_options`: the train step's CPU backend (cpu_backend.options_for), else None."""
-    check_data(spec, data)
-    self.spec, self.groups = spec, view_groups(spec, data.image_shape)
-    self.num_views = num_views(spec, data.image_shape)
+    self.spec, self.groups = spec, views.view_groups(spec, data.image_shape)
+    self.num_views = views.num_views(spec, data.image_shape)
     crop_pixels = data.image_shape[0] * data.image_shape[1]
     dp = data_parallel
     self._groups = {}

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.config.resolve import OptimizerSpec, ScheduleSpec
+from resnet_jax.config.run import OptimizerSpec, ScheduleSpec
 
 
 def learning_rate_schedule(schedule: ScheduleSpec) -> optax.Schedule:

@@ -11,7 +11,7 @@ import optax
 
 from resnet_jax import models
 from resnet_jax.training import optim
-from resnet_jax.config.resolve import Run
+from resnet_jax.config.run import Run
 
 
 @flax.struct.dataclass

@@ -9,6 +9,7 @@ machine with JAX alone), the run says so once and writes metrics.jsonl only. Onl
 
 import contextlib
 import errno
+import json
 import os
 
 import jax
@@ -32,11 +33,11 @@ def tensorboard_tag(key: str) -> str:
   return f'train/{key}'
 
 
-def _hparams(config) -> dict:
+def _hparams(config_json: dict) -> dict:
   """The config's fields as TensorBoard hyperparameters (numbers, strings and booleans)."""
   return {
       field: value if isinstance(value, (bool, int, float, str)) else str(value)
-      for field, value in run_record.flatten(run_record.config_dict(config)).items()
+      for field, value in run_record.flatten(config_json).items()
   }
 
 
@@ -56,14 +57,15 @@ def _tensorflow_cause(e: BaseException) -> str:
 
 class SummaryWriteError(Exception):
   """TensorBoard's events could not be written (TensorFlow's writer raises its own errors, from a
-  background thread); train.stop_on_failed_write turns it into one line."""
+  background thread); Workdir.stop_on_failed_write turns it into one line."""
 
 
 class MetricLogger:
   """metrics.jsonl and TensorBoard's events of process 0. A write that fails raises OSError
   (metrics.jsonl) or SummaryWriteError (TensorBoard)."""
 
-  def __init__(self, workdir, config=None):
+  def __init__(self, workdir, config_json: dict | None = None):
+    """`config_json`: the run's config (its record's), shown in TensorBoard as text and hparams."""
     self.is_writer = jax.process_index() == 0
     self.jsonl_path = epath.Path(workdir) / 'metrics.jsonl'
     self.writer = None
@@ -81,9 +83,9 @@ class MetricLogger:
       return
     with self._summaries():
       self.writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
-      if config is not None:
-        self.writer.write_hparams(_hparams(config))
-        self.writer.write_texts(0, {'config': f'```\n{config.to_json_best_effort(indent=2)}\n```'})
+      if config_json is not None:
+        self.writer.write_hparams(_hparams(config_json))
+        self.writer.write_texts(0, {'config': f'```\n{json.dumps(config_json, indent=2)}\n```'})
 
   @contextlib.contextmanager
   def _summaries(self):

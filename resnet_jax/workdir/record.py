@@ -23,9 +23,9 @@ import ml_collections
 from etils import epath
 
 from resnet_jax.common import jsonl
-from resnet_jax.config import resolve as run_lib
 from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
+from resnet_jax.config.run import DERIVED
 
 MAY_CHANGE = frozenset({
     'init_from',  # read only by a run's first start
@@ -77,29 +77,6 @@ class ChangedRunError(UserError):
 def _as_json(value):
   """`value` as it reads back from JSON (tuples become lists), so saved and new values compare."""
   return json.loads(json.dumps(value))
-
-
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-  return _as_json(json.loads(config.to_json_best_effort()))
-
-
-# The facts of the data and devices a record holds beside the config (`describe`).
-DERIVED = ('num_classes', 'image_shape', 'num_train_examples', 'num_shards', 'batch_norm_devices')
-
-
-def describe(config: ml_collections.ConfigDict, run: run_lib.Run, device_count: int) -> dict:
-  """The record saved with each checkpoint: the config and what the data and devices made of it."""
-  per_device_bn = run.parallelism.batch_norm == 'per_device'
-  return {
-      'config': config_dict(config),
-      'derived': _as_json({
-          'num_classes': run.dataset.num_classes,
-          'image_shape': run.dataset.image_shape,
-          'num_train_examples': run.dataset.num_train_examples,
-          'num_shards': run.batch.num_shards,  # the order in which the training data is read
-          'batch_norm_devices': device_count if per_device_bn else 'all',
-      }),
-  }
 
 
 def flatten(tree: dict, prefix: str = '') -> dict:
@@ -156,10 +133,11 @@ def changes(saved: dict, current: dict) -> list[str]:
   return [_text(c) for c in differences(saved, current)]
 
 
-def check_accept_changes(names, config: ml_collections.ConfigDict) -> None:
-  """A UserError unless each of --accept_changes' `names` is a field a record holds: a mistyped
-  name would otherwise accept nothing, silently."""
-  known = [*flatten(config_dict(config)), *(f'derived.{fact}' for fact in DERIVED)]
+def check_accept_changes(names, config_json: dict) -> None:
+  """A UserError unless each of --accept_changes' `names` is a field a record holds (`config_json`:
+  the run's, config/resolve.py's Fields.config): a mistyped name would otherwise accept nothing,
+  silently."""
+  known = [*flatten(config_json), *(f'derived.{fact}' for fact in DERIVED)]
   unknown = [name for name in names if name not in known]
   if unknown:
     said = []
@@ -195,15 +173,13 @@ def read_first_config(workdir: epath.Path) -> dict | None:
   return jsonl.read_object(workdir / 'config.json')
 
 
-def write_first_config(
-    workdir: epath.Path, config: ml_collections.ConfigDict, *, trained: bool
-) -> None:
+def write_first_config(workdir: epath.Path, config_json: dict, *, trained: bool) -> None:
   """Writes config.json: the config of the run that trained the workdir's first checkpoint, never
   rewritten once one exists (`trained`). Before that the workdir has trained nothing, and the
   latest run's config is the record (a first run that crashed does not pin its config)."""
   path = workdir / 'config.json'
   if not trained or read_first_config(workdir) is None:
-    jsonl.write_atomically(path, config.to_json_best_effort(indent=2))
+    jsonl.write_atomically(path, json.dumps(config_json, indent=2))
 
 
 def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -> int:
