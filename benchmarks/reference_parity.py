@@ -35,6 +35,7 @@ import argparse
 import copy
 import functools
 import json
+import os
 import sys
 import time
 import types
@@ -58,6 +59,7 @@ except ImportError:
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+import safetensors  # pylint: disable=wrong-import-position
 import safetensors.numpy  # pylint: disable=wrong-import-position
 
 from resnet_jax import interop, model_stats, models  # pylint: disable=wrong-import-position
@@ -410,8 +412,24 @@ def write_reference(directory: str, seed: int) -> None:
         'command': f'python -m benchmarks.reference_parity --write_reference {directory}',
     }
     path = f'{directory}/reference_{name}.safetensors'
+    if _holds(path, record, metadata):  # safetensors orders the metadata anew on every write
+      print(f'{path} unchanged')
+      continue
     safetensors.numpy.save_file(record, path, metadata=metadata)
     print(f'wrote {path}: {table_name}, batch {batch} at {size} px, state dict {checksum}')
+
+
+def _holds(path: str, record: dict[str, np.ndarray], metadata: dict[str, str]) -> bool:
+  """Whether the file at `path` holds exactly these tensors and this metadata."""
+  if not os.path.exists(path):
+    return False
+  with safetensors.safe_open(path, 'numpy') as f:
+    if f.metadata() != metadata or set(f.keys()) != set(record):
+      return False
+    return all(
+        f.get_tensor(k).dtype == v.dtype and np.array_equal(f.get_tensor(k), v)
+        for k, v in record.items()
+    )
 
 
 def markdown(results: list[dict]) -> str:
