@@ -46,9 +46,11 @@ $(TORCH_INSTALLED): requirements.txt
 	touch $@
 
 # Our networks and ImageNet eval preprocessing (the centre crop and the ten crops) against
-# torchvision's and the CIFAR reference's.
+# torchvision's and the CIFAR reference's; then the small reference outputs in tests/data that the
+# ordinary suite checks without PyTorch (tests/test_reference_outputs.py) are written again.
 parity: $(INSTALLED) $(TORCH_INSTALLED)
 	$(TORCH_VENV)/bin/python -m benchmarks.reference_parity
+	$(TORCH_VENV)/bin/python -m benchmarks.reference_parity --write_reference tests/data
 	$(PYTHON) -m benchmarks.preprocessing_parity --torch_python $(TORCH_VENV)/bin/python
 
 # The accelerator benchmark (benchmarks/accelerator.py): full sizes on a GPU or TPU, ACCELERATOR_ARGS=--quick

@@ -19,6 +19,11 @@ random images:
   * eval mode with padding='SAME' everywhere (this project before it padded as the references do):
     the size of the difference the padding convention makes.
 
+    .venv-torch/bin/python -m benchmarks.reference_parity --write_reference tests/data
+
+writes the small reference outputs the ordinary suite checks without PyTorch
+(tests/test_reference_outputs.py; `make parity` rewrites them): see `write_reference`.
+
 References: torchvision.models.resnet18..152 (v1.5: stride on the 3x3); timm's resnet50 when timm is
 importable (the layout of its resnet50.* weights); the same ResNet-50 with the
 stride moved to the first 1x1 (the paper's v1, our stride_in_1x1=True); torchvision's ResNet-34
@@ -31,6 +36,7 @@ import argparse
 import copy
 import functools
 import json
+import os
 import sys
 import time
 import types
@@ -54,9 +60,12 @@ except ImportError:
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+import safetensors  # pylint: disable=wrong-import-position
+import safetensors.numpy  # pylint: disable=wrong-import-position
 
 from resnet_jax.models import interop, stats as model_stats  # pylint: disable=wrong-import-position
 from resnet_jax import models  # pylint: disable=wrong-import-position
+from tests import reference_weights  # pylint: disable=wrong-import-position
 
 jax.config.update('jax_enable_x64', True)  # for the float64 column; float32 runs stay float32
 
@@ -302,17 +311,127 @@ def compare(case: str, batch: int, seed: int) -> dict:
   result.update(export_eval_f32=relative(ours_exported, theirs_exported))
 
   # The same weights with padding='SAME' (the convention this project had before).
-  same = models.reference_padding
-  models.reference_padding = lambda kernel_size: 'SAME'
+  same = models.resnet.reference_padding  # what the blocks call
+  models.resnet.reference_padding = lambda kernel_size: 'SAME'
   try:
     ours_same, _ = ours(jnp.float32, images)
   finally:
-    models.reference_padding = same
+    models.resnet.reference_padding = same
   result.update(
       eval_f32_padding_same=relative(ours_same, theirs32),
       top1_agrees_padding_same=bool((np.argmax(ours_same, -1) == np.argmax(theirs32, -1)).all()),
   )
   return result
+
+
+# ----------------------------------------------------------------------------- committed outputs
+
+# file tests/data/reference_<name>.safetensors: (key -> shape table in
+# tests/data/reference_state_dicts.json, the PyTorch net, batch, image size, whether the file holds
+# the state dict itself). ResNet-20's (0.27M parameters, 1.1 MB) is stored; torchvision's ResNet-18
+# and -50 state dicts (47 MB and 100 MB) are too big to commit, so the suite draws them again from
+# the seed with tests/reference_weights.py, and the files hold their checksums.
+WRITTEN = {
+    'resnet18': (
+        'torchvision.models.resnet18',
+        lambda: torchvision.models.resnet18(),
+        2,
+        64,
+        False,
+    ),
+    'resnet50': (
+        'torchvision.models.resnet50',
+        lambda: torchvision.models.resnet50(),
+        2,
+        64,
+        False,
+    ),
+    'resnet20': ('CIFAR reference resnet20 (option A)', lambda: CifarResNet(3), 4, 32, True),
+}
+TABLES = 'tests/data/reference_state_dicts.json'
+
+
+def write_reference(directory: str, seed: int) -> None:
+  """reference_<name>.safetensors for every net of WRITTEN, computed by PyTorch alone: weights drawn
+  in torch's layout (reference_weights.generate over torch's key -> shape table) and loaded with
+  load_state_dict(strict=True); the tensors
+
+    input              the batch, float32 NCHW (torch's layout)
+    eval_logits        eval mode (running statistics)
+    train_logits       train mode (batch statistics), from the same starting weights
+    updated.<bn>.running_mean, updated.<bn>.running_var
+                       after that one train-mode forward (momentum 0.1; torch's running_var
+                       takes the unbiased batch variance, x n/(n-1))
+    count.<bn>         n: the values per channel that BatchNorm saw (N*H*W), to undo that factor
+    state_dict.<key>   (ResNet-20 only) the state dict itself
+
+  and metadata: the table (JSON), the seed, the state dict's checksum, the versions, the command."""
+  with open(TABLES) as f:
+    tables = json.load(f)['models']
+  for name, (table_name, make_reference, batch, size, store) in WRITTEN.items():
+    table = tables[table_name]
+    state_dict = reference_weights.generate(table, seed)
+    checksum = reference_weights.checksum(state_dict)
+    net = make_reference()
+    own = [(k, list(v.shape)) for k, v in net.state_dict().items()]
+    if own != [(k, list(v)) for k, v in table.items()]:
+      sys.exit(f'error: {table_name} no longer has the key -> shape table of {TABLES}')
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
+    images = np.random.RandomState(seed + 1).standard_normal((batch, 3, size, size))
+    images = images.astype(np.float32)
+    record = {'input': images}
+    net.eval()
+    with torch.no_grad():
+      record['eval_logits'] = net(torch.from_numpy(images)).numpy()
+    counts = {}
+    hooks = [
+        m.register_forward_hook(
+            lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel())
+        )
+        for name, m in net.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
+    net.train()
+    with torch.no_grad():
+      record['train_logits'] = net(torch.from_numpy(images)).numpy()
+    for hook in hooks:
+      hook.remove()
+    for key, value in net.state_dict().items():
+      if key.endswith(('running_mean', 'running_var')):
+        record[f'updated.{key}'] = value.numpy().copy()
+    record.update({f'count.{k}': np.asarray(n, np.int64) for k, n in counts.items()})
+    if store:
+      record.update({f'state_dict.{k}': v for k, v in state_dict.items()})
+    metadata = {
+        'reference': table_name,
+        'table': json.dumps(table),
+        'seed': str(seed),
+        'momentum': '0.1',
+        **{f'state_dict_{k}': v for k, v in checksum.items()},
+        'torch': torch.__version__,
+        'torchvision': torchvision.__version__,
+        'numpy': np.__version__,
+        'command': f'python -m benchmarks.reference_parity --write_reference {directory}',
+    }
+    path = f'{directory}/reference_{name}.safetensors'
+    if _holds(path, record, metadata):  # safetensors orders the metadata anew on every write
+      print(f'{path} unchanged')
+      continue
+    safetensors.numpy.save_file(record, path, metadata=metadata)
+    print(f'wrote {path}: {table_name}, batch {batch} at {size} px, state dict {checksum}')
+
+
+def _holds(path: str, record: dict[str, np.ndarray], metadata: dict[str, str]) -> bool:
+  """Whether the file at `path` holds exactly these tensors and this metadata."""
+  if not os.path.exists(path):
+    return False
+  with safetensors.safe_open(path, 'numpy') as f:
+    if f.metadata() != metadata or set(f.keys()) != set(record):
+      return False
+    return all(
+        f.get_tensor(k).dtype == v.dtype and np.array_equal(f.get_tensor(k), v)
+        for k, v in record.items()
+    )
 
 
 def markdown(results: list[dict]) -> str:
@@ -351,7 +470,16 @@ def main():
   parser.add_argument(
       '--markdown_only', action='store_true', help="print the table of --out's results"
   )
+  parser.add_argument(
+      '--write_reference',
+      metavar='DIR',
+      help='only write the reference outputs the ordinary suite checks (tests/data) into DIR',
+  )
   args = parser.parse_args()
+  if args.write_reference:
+    torch.set_flush_denormal(True)
+    write_reference(args.write_reference, args.seed)
+    return
   if args.markdown_only:
     with open(args.out) as f:
       print(markdown(json.load(f)['results']))

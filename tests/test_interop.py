@@ -2,7 +2,8 @@
 state dicts, exact round trips, and `python -m resnet_jax.cli.convert` through its CLI.
 
 (That the mapped networks compute what torchvision and the CIFAR reference compute is shown by
-benchmarks/reference_parity.py, which needs PyTorch.)
+benchmarks/reference_parity.py, which needs PyTorch, and checked without it against outputs it
+recorded by tests/test_reference_outputs.py.)
 """
 
 import importlib.util

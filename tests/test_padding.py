@@ -4,7 +4,8 @@ stride-2 window on an even map as (0, 1) and shifts it by one pixel).
 
 Behavioural: a one-hot image goes into each strided convolution and into the stem's max-pool of
 real models, and we read which output pixel it reaches. Parity of whole networks with torchvision
-and the CIFAR reference is benchmarks/reference_parity.py (it needs PyTorch, so it is not here).
+and the CIFAR reference is benchmarks/reference_parity.py (it needs PyTorch);
+tests/test_reference_outputs.py checks outputs it recorded, and that padding='SAME' misses them.
 """
 
 import flax.linen as nn
