@@ -170,7 +170,9 @@ def _china_tiles(count: int = 60) -> np.ndarray:
   )
 
 
-def test_per_pixel_mean_and_pca_are_the_training_splits():
+def test_per_pixel_mean_and_pca_are_the_training_splits(monkeypatch):
+  # This process's statistics of other tests' mock 'cifar10' are not these tiles'.
+  monkeypatch.setattr(tfds_source, '_COMPUTED_PIXEL_STATS', {})
   tiles = _china_tiles()
 
   def as_dataset(self, *args, **kwargs):

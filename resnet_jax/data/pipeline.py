@@ -29,20 +29,20 @@ def _source(data):
     return importlib.import_module('resnet_jax.data.tfds_source')
 
 
-def resolve_data(dataset_config):
+def resolve_data(dataset):
   """The config's dataset section checked once and resolved into the frozen spec its source reads
   (run.DataSpec for TFDS, synthetic_source.SyntheticSpec)."""
-  return _source(dataset_config).resolve_data(dataset_config)
+  return _source(dataset).resolve_data(dataset)
 
 
-def image_side(dataset_config) -> int | None:
+def image_side(dataset) -> int | None:
   """The side of the images the model will see, known before JAX starts (for the CPU split): the
   config's dataset.image_size, else the TFDS dataset's declared shape; None if neither says."""
-  if dataset_config.get('image_size'):
-    return int(dataset_config.image_size)
-  if dataset_config.name == synthetic_source.NAME:
+  if dataset.get('image_size'):
+    return int(dataset.image_size)
+  if dataset.name == synthetic_source.NAME:
     return None
-  return _source(dataset_config).declared_image_side(dataset_config)
+  return _source(dataset).declared_image_side(dataset)
 
 
 def dataset_facts(data):

@@ -38,8 +38,8 @@ class SyntheticSpec:
   num_eval_examples: int
 
 
-def _positive(dataset_config, field: str) -> int:
-  value = dataset_config.get(field)
+def _positive(dataset, field: str) -> int:
+  value = dataset.get(field)
   if not isinstance(value, int) or value < 1:
     raise UserError(
         f'--config.dataset.{field}={value!r} must be a positive integer for synthetic data'
@@ -48,15 +48,15 @@ def _positive(dataset_config, field: str) -> int:
   return value
 
 
-def resolve_data(dataset_config) -> SyntheticSpec:
+def resolve_data(dataset) -> SyntheticSpec:
   """The dataset section (checked by config/resolve.py) and this source's own fields."""
-  size = _positive(dataset_config, 'image_size')
+  size = _positive(dataset, 'image_size')
   return SyntheticSpec(
       name=NAME,
-      image_shape=(size, size, _positive(dataset_config, 'channels')),
-      num_classes=_positive(dataset_config, 'num_classes'),
-      num_train_examples=_positive(dataset_config, 'num_train_examples'),
-      num_eval_examples=_positive(dataset_config, 'num_eval_examples'),
+      image_shape=(size, size, _positive(dataset, 'channels')),
+      num_classes=_positive(dataset, 'num_classes'),
+      num_train_examples=_positive(dataset, 'num_train_examples'),
+      num_eval_examples=_positive(dataset, 'num_eval_examples'),
   )
 
 

@@ -112,93 +112,93 @@ def _num_examples(builder, split) -> int:
   return count
 
 
-def _image_shape(dataset_config, builder) -> tuple[int, int, int]:
+def _image_shape(dataset, builder) -> tuple[int, int, int]:
   native = tuple(builder.info.features['image'].shape)
   channels = native[-1] if native and native[-1] is not None else 3
-  size = dataset_config.image_size
+  size = dataset.image_size
   if size:
     return (int(size), int(size), int(channels))
-  if dataset_config.augment in ENCODED_AUGMENTS:
+  if dataset.augment in ENCODED_AUGMENTS:
     raise UserError(
         '--config.dataset.image_size must be set for'
-        f' --config.dataset.augment={dataset_config.augment!r} (e.g. 224)'
+        f' --config.dataset.augment={dataset.augment!r} (e.g. 224)'
     )
   if len(native) != 3 or any(d is None for d in native):
     raise UserError(
-        f"the images of '{dataset_config.name}' have no fixed shape {native}: set "
+        f"the images of '{dataset.name}' have no fixed shape {native}: set "
         '--config.dataset.image_size'
     )
   return tuple(int(d) for d in native)
 
 
-def declared_image_side(dataset_config) -> int | None:
+def declared_image_side(dataset) -> int | None:
   """The image side a TFDS dataset declares in code (no data is read or prepared), or None."""
   try:
-    builder = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir)
+    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
     side = builder.info.features['image'].shape[0]
   except Exception:  # pylint: disable=broad-except  # an unknown name: resolve_data says so later
     return None
   return int(side) if side else None
 
 
-def declared_facts(dataset_config) -> tuple[tuple[int, int, int], int]:
+def declared_facts(dataset) -> tuple[tuple[int, int, int], int]:
   """(the image shape the model sees, the number of classes) from the dataset's description in
   code alone: no data is read or prepared (weights conversion)."""
   try:
-    builder = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir)
+    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
     classes = builder.info.features['label'].num_classes
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(
-        f"cannot tell the image shape of dataset '{dataset_config.name}' ({one_line(e, 200)});"
+        f"cannot tell the image shape of dataset '{dataset.name}' ({one_line(e, 200)});"
         ' set --config.dataset.image_size'
     ) from None
-  return _image_shape(dataset_config, builder), int(classes)
+  return _image_shape(dataset, builder), int(classes)
 
 
-def resolve_data(dataset_config) -> DataSpec:
+def resolve_data(dataset) -> DataSpec:
   """The dataset section (checked by config/resolve.py), resolved with what only the data can tell:
   the image shape the model sees and the normalisation statistics. Prepares the dataset if it
   can (datasets/prepare.py)."""
-  builder = get_dataset_builder(dataset_config)
-  image_shape = _image_shape(dataset_config, builder)
-  low, high = (int(v) for v in dataset_config.scale_range)
-  if dataset_config.augment == 'scale_augmentation' and low < min(image_shape[:2]):
+  builder = get_dataset_builder(dataset)
+  image_shape = _image_shape(dataset, builder)
+  low, high = (int(v) for v in dataset.scale_range)
+  if dataset.augment == 'scale_augmentation' and low < min(image_shape[:2]):
     raise UserError(
         f'--config.dataset.scale_range=({low}, {high}) resizes the shorter side below the'
         f' {min(image_shape[:2])} px crop; its low end must be at least image_size'
     )
-  encoded = dataset_config.augment in ENCODED_AUGMENTS
-  lighting_std = float(dataset_config.lighting_std)
+  encoded = dataset.augment in ENCODED_AUGMENTS
+  lighting_std = float(dataset.lighting_std)
   pixel_stats = None  # (mean image, RGB covariance) of the training split, when needed
-  if dataset_config.normalisation == 'per_pixel_mean' or (
-      lighting_std > 0 and dataset_config.lighting_pca == 'train_split'
+  if dataset.normalisation == 'per_pixel_mean' or (
+      lighting_std > 0 and dataset.lighting_pca == 'train_split'
   ):
-    pixel_stats = _pixel_stats(builder, dataset_config.train_split, image_shape, encoded)
-  if dataset_config.normalisation == 'per_pixel_mean':
+    pixel_stats = _pixel_stats(builder, dataset.train_split, image_shape, encoded)
+  if dataset.normalisation == 'per_pixel_mean':
     pixel_mean = pixel_stats[0]
     mean = tuple(float(m) for m in pixel_mean.mean(axis=(0, 1)))
     std = (1.0,) * image_shape[-1]
   else:
     pixel_mean = None
-    mean, std = _normalisation_stats(dataset_config, builder, channels=image_shape[-1])
+    mean, std = _normalisation_stats(dataset, builder, channels=image_shape[-1])
   eigval, eigvec = (), ()
   if lighting_std > 0:
-    eigval, eigvec = _lighting_pca(dataset_config, pixel_stats, channels=image_shape[-1])
+    eigval, eigvec = _lighting_pca(dataset, pixel_stats, channels=image_shape[-1])
   return DataSpec(
-      name=dataset_config.name,
-      data_dir=dataset_config.data_dir,
-      manual_dir=dataset_config.manual_dir,
-      train_split=dataset_config.train_split,
-      eval_split=dataset_config.eval_split,
-      augment=dataset_config.augment,
-      pad=int(dataset_config.pad),
-      flip=bool(dataset_config.flip),
-      shuffle_buffer=int(dataset_config.shuffle_buffer),
-      cache=bool(dataset_config.cache),
+      name=dataset.name,
+      data_dir=dataset.data_dir,
+      manual_dir=dataset.manual_dir,
+      train_split=dataset.train_split,
+      eval_split=dataset.eval_split,
+      augment=dataset.augment,
+      pad=int(dataset.pad),
+      flip=bool(dataset.flip),
+      shuffle_buffer=int(dataset.shuffle_buffer),
+      cache=bool(dataset.cache),
       image_shape=image_shape,
       mean=mean,
       std=std,
-      normalisation=dataset_config.normalisation,
+      normalisation=dataset.normalisation,
       scale_range=(low, high),
       lighting_std=lighting_std,
       lighting_eigval=eigval,
@@ -307,11 +307,11 @@ def _pixel_stats(builder, split: str, image_shape, encoded: bool, num: int = STA
   return stats
 
 
-def _lighting_pca(dataset_config, pixel_stats, *, channels: int):
+def _lighting_pca(dataset, pixel_stats, *, channels: int):
   """(eigval, eigvec) of the colour augmentation: the training split's RGB covariance's
   eigenvalues, largest first, and unit eigenvectors as the columns of eigvec; or fb.resnet.torch's
   constants."""
-  if dataset_config.lighting_pca == 'fb_resnet_torch':
+  if dataset.lighting_pca == 'fb_resnet_torch':
     if channels != 3:
       raise UserError(
           "--config.dataset.lighting_pca='fb_resnet_torch' is ImageNet's RGB PCA; this data has"
@@ -331,20 +331,20 @@ def _lighting_pca(dataset_config, pixel_stats, *, channels: int):
 
 
 def _normalisation_stats(
-    dataset_config, builder, *, channels: int
+    dataset, builder, *, channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """(mean, std) per channel of x / 255: the config's, known constants, or computed.
 
   Computed statistics are deterministic.
   """
-  mean, std = dataset_config.mean, dataset_config.std
+  mean, std = dataset.mean, dataset.std
   if mean is None or std is None:
-    if dataset_config.augment in ENCODED_AUGMENTS and channels == 3:
+    if dataset.augment in ENCODED_AUGMENTS and channels == 3:
       known = (IMAGENET_MEAN, IMAGENET_STD)
     else:
-      known = KNOWN_STATS.get(dataset_config.name)
+      known = KNOWN_STATS.get(dataset.name)
     if known is None:
-      known = _computed_stats(builder, dataset_config.train_split)
+      known = _computed_stats(builder, dataset.train_split)
     mean = known[0] if mean is None else mean
     std = known[1] if std is None else std
   mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -640,13 +640,13 @@ def _make_eval_views(data: DataSpec, spec: EvalSpec):
   channels = data.image_shape[-1]
   crop = data.image_shape[0]
 
-  def views(image):
+  def views_of(image):
     image = _decode(image, channels) if data.encoded else tf.cast(image, tf.uint8)
     if spec.protocol == '10crop':
       return {'crops': ten_crops(image, crop, views.ten_crop_resize(spec, crop))}
     return {f'scale{s}': scale_view(image, s)[None] for s in spec.scales}
 
-  return views
+  return views_of
 
 
 def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
@@ -808,8 +808,8 @@ _EVAL_DATASETS: collections.OrderedDict[tuple, tf.data.Dataset] = collections.Or
 def _eval_examples(
     data, builder, process_index: int, process_count: int, spec: EvalSpec | None
 ) -> tf.data.Dataset:
-  views = spec is not None and spec.protocol != 'center'
-  cache = bool(data.cache) and not views  # views are up to 2.7 MB an image: made afresh
+  has_views = spec is not None and spec.protocol != 'center'
+  cache = bool(data.cache) and not has_views  # views are up to 2.7 MB an image: made afresh
   key = (str(builder.data_dir), repr(data), process_index, process_count, spec)
   if cache and key in _EVAL_DATASETS:
     _EVAL_DATASETS.move_to_end(key)
@@ -821,7 +821,7 @@ def _eval_examples(
       decoders=_decoders(data, builder),
       read_config=_read_config(),
   )
-  if views:
+  if has_views:
     make_views = _make_eval_views(data, spec)
     example = lambda ex: {'views': make_views(ex['image'])}
   else:

@@ -74,11 +74,6 @@ class ChangedRunError(UserError):
   """A resume whose config trains something else than the checkpoints it would continue."""
 
 
-def _as_json(value):
-  """`value` as it reads back from JSON (tuples become lists), so saved and new values compare."""
-  return json.loads(json.dumps(value))
-
-
 def flatten(tree: dict, prefix: str = '') -> dict:
   """A nested dict (a config's JSON) as {'section.field': value}."""
   flat = {}

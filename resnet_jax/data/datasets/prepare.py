@@ -136,11 +136,11 @@ def _remove_empty_folders(root: str, existing: set[str]) -> None:
       os.rmdir(path)
 
 
-def get_dataset_builder(dataset_config) -> tfds.core.DatasetBuilder:
+def get_dataset_builder(dataset) -> tfds.core.DatasetBuilder:
   """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
-  name = dataset_config.name
-  data_dir = dataset_config.data_dir
-  manual_dir = dataset_config.manual_dir
+  name = dataset.name
+  data_dir = dataset.data_dir
+  manual_dir = dataset.manual_dir
   shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
   existing = _folders(shown_dir)  # tfds may make folders as soon as the builder is made
   try:
