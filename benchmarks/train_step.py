@@ -123,7 +123,6 @@ class ProductStep:
       batch_norm: str = 'global',
       compiler_options: dict | None = None,
   ):
-    self.config = config
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
     # CIFAR-10's 50,000 training images: the schedule of a real run (390 steps an epoch at 128).
@@ -134,11 +133,12 @@ class ProductStep:
         device_count=self.data_parallel.mesh.size,
         process_count=jax.process_count(),
     )
+    self.run = run  # what the step was built from; nothing reads the config after this
     setup = Setup(run, self.data_parallel)  # the model, optimizer and state as training builds
     self.state = self.data_parallel.to_devices(setup.fresh_state())
     step_fn = setup.train_step_fn()
     host_batch = baseline_resnet20.random_batch(
-        config.train.batch_size, image_shape, num_classes, run.seed
+        run.batch.size, image_shape, num_classes, run.seed
     )
     if per_dispatch == 1 and donate:
       step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step
