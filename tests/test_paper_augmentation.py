@@ -29,6 +29,15 @@ from resnet_jax.errors import UserError
 LOW, HIGH = 256, 480
 
 
+@pytest.fixture(autouse=True)
+def fresh_statistics(monkeypatch):
+  """Each test's mock datasets get their own statistics: the per-process caches are keyed by the
+  data dir, which every tfds mock shares, so another module's mock CIFAR-10 run in this process
+  would otherwise hand its statistics to these tests."""
+  monkeypatch.setattr(tfds_source, '_COMPUTED_STATS', {})
+  monkeypatch.setattr(tfds_source, '_COMPUTED_PIXEL_STATS', {})
+
+
 def _sizes(sample, count: int = 20_000) -> np.ndarray:
   """`sample(seed)` on `count` seeds [7, i], as the pipeline keys its examples (one graph)."""
   seeds = tf.stack([tf.fill([count], tf.constant(7, tf.int64)), tf.range(count, dtype=tf.int64)], 1)
