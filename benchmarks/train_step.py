@@ -137,9 +137,7 @@ class ProductStep:
     setup = Setup(run, self.data_parallel)  # the model, optimizer and state as training builds
     self.state = self.data_parallel.to_devices(setup.fresh_state())
     step_fn = setup.train_step_fn()
-    host_batch = baseline_resnet20.random_batch(
-        run.batch.size, image_shape, num_classes, run.seed
-    )
+    host_batch = baseline_resnet20.random_batch(run.batch.size, image_shape, num_classes, run.seed)
     if per_dispatch == 1 and donate:
       step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step
       self.batch = self.data_parallel.place_batch(host_batch)

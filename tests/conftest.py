@@ -108,3 +108,96 @@ def run_steps_fixture():
 @pytest.fixture(name='trained', scope='session')
 def trained_fixture():
   return _trained
+
+
+# ------------------------------------------------------------------ scheduling over xdist workers
+#
+# `make test` runs `pytest -n 2`, and pyproject.toml adds `--dist=loadgroup`, which this file's
+# scheduler implements (xdist's own loadgroup marks no longer reach the node ids under pytest 9):
+# the tests of a group below run on one worker, so a module fixture that trains or runs the CLI is
+# computed once, not once on each worker; and units are handed out in the order set here, the
+# longest first, so the short ones fill in at the end. Only where and when tests run changes:
+# without -n every test runs as before.
+
+# Node id prefix -> group: the tests that share an expensive module fixture (or conftest's
+# per-process `trained` cache). A test left out still passes, computing the fixture again.
+_GROUPS = {
+    'tests/test_reliability.py::test_sigterm_': 'reliability_uninterrupted',
+    'tests/test_reliability.py::test_kill_9_': 'reliability_uninterrupted',
+    'tests/test_reliability.py::test_bad_input_': 'reliability_uninterrupted',
+    'tests/test_reliability.py::test_a_config_that_cannot_be_built': 'reliability_uninterrupted',
+    'tests/test_reliability.py::test_a_resume_': 'reliability_uninterrupted',
+    'tests/test_reliability.py::test_a_full_disk_outside_': 'reliability_uninterrupted',
+    'tests/test_multihost.py::': 'multihost',
+    'tests/test_parallel.py::test_p': 'trained',
+    'tests/test_train_step.py::test_eight_device_step_equals_one': 'trained',
+    'tests/test_train_step.py::test_step_updates_params': 'trained',
+    'tests/test_console.py::': 'console',
+    'tests/test_predict.py::': 'predict',
+    'tests/test_interop.py::test_import_evaluate_': 'interop_imported',
+    'tests/test_interop.py::test_fine_tuning_': 'interop_imported',
+    'tests/test_config_checks.py::test_a_': 'config_checks',
+    'tests/test_evaluation.py::': 'evaluation',
+    'tests/test_input_pipeline.py::': 'input_pipeline',
+    'tests/test_imagenet_preprocessing.py::': 'imagenet_preprocessing',
+    'tests/test_sklearn_digits.py::': 'sklearn_digits',
+    'tests/test_install.py::': 'install',
+}
+
+# The longest units first (groups by name, other tests by node id prefix), as measured on the
+# 2-core machine; everything else follows in collection order.
+_LONGEST_FIRST = (
+    'reliability_uninterrupted',
+    'multihost',
+    'tests/test_benchmarks_smoke.py::test_every_benchmark_cli_writes_json',
+    'tests/test_sweep.py::test_a_tiny_sweep',
+    'trained',
+    'tests/test_main.py::test_imagenet_on_mock_data',
+    'tests/test_main.py::test_resnet20_learns_real_digits',
+    'console',
+    'predict',
+    'interop_imported',
+    'tests/test_main.py::test_cifar10_on_mock_data',
+    'tests/test_reliability.py',
+    'tests/test_models.py::test_matmul_kernel_gradients_equal_xla_ones',
+    'tests/test_without_tensorflow.py',
+    'tests/test_padding.py',
+    'tests/test_models.py',
+    'tests/test_train_step.py',
+    'config_checks',
+    'evaluation',
+    'input_pipeline',
+)
+
+
+def _group(nodeid: str) -> str | None:
+  return next((g for prefix, g in _GROUPS.items() if nodeid.startswith(prefix)), None)
+
+
+def _rank(nodeid: str) -> int:
+  group = _group(nodeid)
+  for i, key in enumerate(_LONGEST_FIRST):
+    if key == group or (group is None and nodeid.startswith(key)):
+      return i
+  return len(_LONGEST_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: _rank(item.nodeid))  # stable: collection order within a rank
+
+
+def pytest_xdist_make_scheduler(config, log):
+  if config.getoption('dist') != 'loadgroup':
+    return None
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+  class GroupScheduling(LoadScopeScheduling):
+    """A group's tests are one unit of work; any other test is a unit of its own. Units go out in
+    collection order (pytest_collection_modifyitems above), not sorted by their size."""
+
+    def _split_scope(self, nodeid):
+      return _group(nodeid) or nodeid
+
+  config.option.loadscopereorder = False
+  return GroupScheduling(config, log)

@@ -94,17 +94,18 @@ def test_imagenet_on_mock_data_over_8_devices(tmp_path):
 
 @pytest.mark.slow
 def test_resnet20_learns_real_digits(tmp_path, digits_data):
-  """The offline default on real images, shortened to fit CI: over 95% test accuracy."""
+  """The offline default on real images, shortened to fit CI (150 of its 1,500 steps, the same
+  schedule's shape): over 95% test accuracy (97.8% on the Zen 3; chance is 10%)."""
   check(
       run_main(
           '--config=configs/digits.py:resnet20',
           f'--workdir={tmp_path}',
           f'--config.dataset.data_dir={digits_data}',
-          '--config.train.num_steps=400',
-          '--config.schedule.boundaries=(250,350)',
+          '--config.train.num_steps=150',
+          '--config.schedule.boundaries=(90,125)',
           devices=1,
       )
   )
   final = read_jsonl(tmp_path / 'metrics.jsonl')[-1]
-  assert final['step'] == 400 and final['eval_examples'] == 359
+  assert final['step'] == 150 and final['eval_examples'] == 359
   assert final['eval_top1_error'] < 0.05

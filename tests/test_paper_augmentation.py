@@ -34,6 +34,15 @@ from resnet_jax.common.errors import UserError
 LOW, HIGH = 256, 480
 
 
+@pytest.fixture(autouse=True)
+def fresh_statistics(monkeypatch):
+  """Each test's mock datasets get their own statistics: the per-process caches are keyed by the
+  data dir, which every tfds mock shares, so another module's mock CIFAR-10 run in this process
+  would otherwise hand its statistics to these tests."""
+  monkeypatch.setattr(tfds_source, '_COMPUTED_STATS', {})
+  monkeypatch.setattr(tfds_source, '_COMPUTED_PIXEL_STATS', {})
+
+
 def _sizes(sample, count: int = 20_000) -> np.ndarray:
   """`sample(seed)` on `count` seeds [7, i], as the pipeline keys its examples (one graph)."""
   seeds = tf.stack([tf.fill([count], tf.constant(7, tf.int64)), tf.range(count, dtype=tf.int64)], 1)
@@ -170,9 +179,7 @@ def _china_tiles(count: int = 60) -> np.ndarray:
   )
 
 
-def test_per_pixel_mean_and_pca_are_the_training_splits(monkeypatch):
-  # This process's statistics of other tests' mock 'cifar10' are not these tiles'.
-  monkeypatch.setattr(tfds_source, '_COMPUTED_PIXEL_STATS', {})
+def test_per_pixel_mean_and_pca_are_the_training_splits():
   tiles = _china_tiles()
 
   def as_dataset(self, *args, **kwargs):

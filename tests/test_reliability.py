@@ -12,7 +12,15 @@ import time
 import pytest
 
 from resnet_jax.training.preemption import EXIT_STATUS
-from tests.cli import REPO, assert_trees_equal, check, read_jsonl, restored_state, run_main
+from tests.cli import (
+    REPO,
+    assert_trees_equal,
+    check,
+    read_jsonl,
+    restored_state,
+    run_main,
+    run_mains,
+)
 
 RUN = [
     '--config=configs/digits.py:resnet8',
@@ -195,62 +203,114 @@ def _foreign_checkpoint(workdir):
   (workdir / 'checkpoints' / '2' / 'model.pt').write_bytes(b'\x80\x04not an orbax checkpoint')
 
 
+# Bad input (flags, data, workdirs, damaged checkpoints) for a short run: (args, prepare, message).
+BAD_INPUT = [
+    (
+        ['--config=configs/cifar10.py:resnet57'],
+        None,
+        "unknown model 'resnet57' (depth 57 is neither 6n+2",
+    ),
+    (['--config=configs/cifar10.py:densenet121'], None, "unknown model 'densenet121'"),
+    (['--config.dataset.name=cifar11'], None, 'cifar11'),
+    (['--config.train.batch_size=abc'], None, 'batch_size=abc'),
+    (['--config.schedule.base_lr=-0.1'], None, 'base_lr=-0.1 must not be negative'),
+    (
+        ['--config.train.batch_size=12'],
+        None,
+        'train.batch_size=12 does not divide over the 8 devices',
+    ),
+    (['--config.parallelism.mode=pjit'], None, "parallelism.mode='pjit' is not one of"),
+    (
+        ['--config.dataset.name=cifar10', '--config.dataset.data_dir={tmp}/empty'],
+        None,
+        "dataset 'cifar10' is not prepared",
+    ),
+    (
+        ['--workdir=/proc/resnet_jax_run'],
+        None,
+        'cannot write to --workdir /proc/resnet_jax_run',
+    ),
+    (['--workdir='], None, '--workdir is empty'),
+    (['--config.init_from={tmp}/typo'], None, 'init_from={tmp}/typo does not exist'),
+    (['--mode=eval', '--workdir={tmp}/typo'], None, "{tmp}/typo is not a run's workdir"),
+    ([], _truncate_a_checkpoint, 'checkpoint'),
+    ([], _foreign_checkpoint, 'cannot be read'),
+    (
+        ['--config.init_from={tmp}/run', '--workdir={tmp}/fresh'],
+        _foreign_checkpoint,
+        'checkpoint {tmp}/run/checkpoints/2 cannot be read',
+    ),
+]
+
+# Configs that cannot be built: (config, override, message).
+BAD_CONFIGS = [
+    ('configs/no_such_config.py', None, 'config file configs/no_such_config.py does not exist'),
+    ('{tmp}/broken.py', None, 'broken.py line 1: invalid syntax'),
+    ('{tmp}/typo.py', None, "no field 'batch_sise' (did you mean 'batch_size'?)"),
+    (
+        'configs/digits.py',
+        '--config.train.num_step=20',
+        "no field 'num_step' (did you mean 'num_steps'?)",
+    ),
+    (
+        'configs/digits.py',
+        '--config.trian.num_steps=20',
+        "no field 'trian' (did you mean 'train'?)",
+    ),
+    (
+        'configs/digits.py',
+        '--config.schedule.boundaries=abc',
+        "schedule.boundaries=('abc',) must be numbers",
+    ),
+]
+
+
+@pytest.fixture(scope='module')
+def refused(tmp_path_factory, data, uninterrupted):
+  """Every case of BAD_INPUT and BAD_CONFIGS through the CLI, from one process that imported what
+  main imports once (tests/cli.py, run_mains): {'input'|'config': [(tmp, before, result)]}, `before`
+  the checkpoints of a prepared workdir."""
+  cases, prepared = [], []
+  for i, (args, prepare, _) in enumerate(BAD_INPUT):
+    tmp = tmp_path_factory.mktemp(f'input{i}')
+    workdir = tmp / 'run'
+    if prepare is not None:  # a workdir with checkpoints, then damaged
+      if prepare is _truncate_a_checkpoint:
+        shutil.copytree(uninterrupted, workdir)
+      prepare(workdir)
+    prepared.append(
+        (tmp, sorted(p.name for p in (workdir / 'checkpoints').iterdir()) if prepare else None)
+    )
+    command = [*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=4'] + [
+        a.format(tmp=tmp) for a in args
+    ]
+    if args and args[0].startswith('--config='):
+      command = [args[0], *command[1:]]
+    cases.append(command)
+  for i, (config, override, _) in enumerate(BAD_CONFIGS):
+    tmp = tmp_path_factory.mktemp(f'config{i}')
+    (tmp / 'broken.py').write_text('def get_config(:\n  pass\n')
+    # A field set inside a config file that the base config does not have: refused, not kept.
+    (tmp / 'typo.py').write_text(
+        'from configs import digits\n\n\ndef get_config():\n  config = digits.get_config()\n'
+        '  config.train.batch_sise = 3\n  return config\n'
+    )
+    prepared.append((tmp, None))
+    cases.append([
+        f'--config={config.format(tmp=tmp)}',
+        f'--workdir={tmp / "run"}',
+        *([override] if override else []),
+    ])
+  results = [(*p, r) for p, r in zip(prepared, run_mains(cases))]
+  return {'input': results[: len(BAD_INPUT)], 'config': results[len(BAD_INPUT) :]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    'args,prepare,message',
-    [
-        (
-            ['--config=configs/cifar10.py:resnet57'],
-            None,
-            "unknown model 'resnet57' (depth 57 is neither 6n+2",
-        ),
-        (['--config=configs/cifar10.py:densenet121'], None, "unknown model 'densenet121'"),
-        (['--config.dataset.name=cifar11'], None, 'cifar11'),
-        (['--config.train.batch_size=abc'], None, 'batch_size=abc'),
-        (['--config.schedule.base_lr=-0.1'], None, 'base_lr=-0.1 must not be negative'),
-        (
-            ['--config.train.batch_size=12'],
-            None,
-            'train.batch_size=12 does not divide over the 8 devices',
-        ),
-        (['--config.parallelism.mode=pjit'], None, "parallelism.mode='pjit' is not one of"),
-        (
-            ['--config.dataset.name=cifar10', '--config.dataset.data_dir={tmp}/empty'],
-            None,
-            "dataset 'cifar10' is not prepared",
-        ),
-        (
-            ['--workdir=/proc/resnet_jax_run'],
-            None,
-            'cannot write to --workdir /proc/resnet_jax_run',
-        ),
-        (['--workdir='], None, '--workdir is empty'),
-        (['--config.init_from={tmp}/typo'], None, 'init_from={tmp}/typo does not exist'),
-        (['--mode=eval', '--workdir={tmp}/typo'], None, "{tmp}/typo is not a run's workdir"),
-        ([], _truncate_a_checkpoint, 'checkpoint'),
-        ([], _foreign_checkpoint, 'cannot be read'),
-        (
-            ['--config.init_from={tmp}/run', '--workdir={tmp}/fresh'],
-            _foreign_checkpoint,
-            'checkpoint {tmp}/run/checkpoints/2 cannot be read',
-        ),
-    ],
-)
-def test_bad_input_is_one_clear_line_and_loses_nothing(
-    request, tmp_path, data, args, prepare, message
-):
+@pytest.mark.parametrize('index', range(len(BAD_INPUT)), ids=[m for _, _, m in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_loses_nothing(refused, index):
+  _, prepare, message = BAD_INPUT[index]
+  tmp_path, before, result = refused['input'][index]
   workdir = tmp_path / 'run'
-  if prepare is not None:  # a workdir with checkpoints, then damaged
-    if prepare is _truncate_a_checkpoint:
-      shutil.copytree(request.getfixturevalue('uninterrupted'), workdir)
-    prepare(workdir)
-  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir()) if prepare else None
-  command = [*RUN, data, f'--workdir={workdir}', '--config.train.num_steps=4'] + [
-      a.format(tmp=tmp_path) for a in args
-  ]
-  if args and args[0].startswith('--config='):
-    command = [args[0], *command[1:]]
-  result = run_main(*command, timeout=120)
   assert result.returncode == 2, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and message.format(tmp=tmp_path) in last_line, last_line
@@ -262,42 +322,10 @@ def test_bad_input_is_one_clear_line_and_loses_nothing(
   assert not (tmp_path / 'fresh').exists()
 
 
-@pytest.mark.parametrize(
-    'config,override,message',
-    [
-        ('configs/no_such_config.py', None, 'config file configs/no_such_config.py does not exist'),
-        ('{tmp}/broken.py', None, 'broken.py line 1: invalid syntax'),
-        ('{tmp}/typo.py', None, "no field 'batch_sise' (did you mean 'batch_size'?)"),
-        (
-            'configs/digits.py',
-            '--config.train.num_step=20',
-            "no field 'num_step' (did you mean 'num_steps'?)",
-        ),
-        (
-            'configs/digits.py',
-            '--config.trian.num_steps=20',
-            "no field 'trian' (did you mean 'train'?)",
-        ),
-        (
-            'configs/digits.py',
-            '--config.schedule.boundaries=abc',
-            "schedule.boundaries=('abc',) must be numbers",
-        ),
-    ],
-)
-def test_a_config_that_cannot_be_built_is_one_line_exit_2(tmp_path, config, override, message):
-  (tmp_path / 'broken.py').write_text('def get_config(:\n  pass\n')
-  # A field set inside a config file that the base config does not have: refused, not kept.
-  (tmp_path / 'typo.py').write_text(
-      'from configs import digits\n\n\ndef get_config():\n  config = digits.get_config()\n'
-      '  config.train.batch_sise = 3\n  return config\n'
-  )
-  result = run_main(
-      f'--config={config.format(tmp=tmp_path)}',
-      f'--workdir={tmp_path / "run"}',
-      *([override] if override else []),
-      timeout=120,
-  )
+@pytest.mark.parametrize('index', range(len(BAD_CONFIGS)), ids=[m for _, _, m in BAD_CONFIGS])
+def test_a_config_that_cannot_be_built_is_one_line_exit_2(refused, index):
+  message = BAD_CONFIGS[index][2]
+  tmp_path, _, result = refused['config'][index]
   assert result.returncode == 2, result.stderr[-2000:]
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and message in last_line, last_line
