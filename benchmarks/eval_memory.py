@@ -17,31 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from resnet_jax.config import run as run_spec
 from resnet_jax.training import evaluation, parallel
 from resnet_jax import models
+from tests.data_specs import data_spec
 
 MIB = 2**20
-
-
-def _data():
-  return run_spec.DataSpec(
-      name='imagenet2012',
-      data_dir=None,
-      manual_dir=None,
-      train_split='train',
-      eval_split='validation',
-      augment='scale_augmentation',
-      pad=0,
-      flip=False,
-      shuffle_buffer=1,
-      cache=False,
-      image_shape=(224, 224, 3),
-      mean=(0.485, 0.456, 0.406),
-      std=(1.0, 1.0, 1.0),
-      normalisation='per_pixel_mean',
-      pixel_mean=np.full((224, 224, 3), 0.45, np.float32),
-  )
 
 
 def plan(model_name: str, protocol: str, scales, batch: int, forward_batch: int) -> list[dict]:
@@ -51,7 +31,16 @@ def plan(model_name: str, protocol: str, scales, batch: int, forward_batch: int)
   )
   spec = evaluation.EvalSpec(protocol=protocol, scales=tuple(scales), forward_batch=forward_batch)
   dp = parallel.DataParallel(mesh=parallel.make_mesh(jax.devices()[:1]))
-  evaluator = evaluation.Evaluator(spec, model=model, data_parallel=dp, data=_data())
+  evaluator = evaluation.Evaluator(
+      spec,
+      model=model,
+      data_parallel=dp,
+      data=data_spec(
+          mean=(0.485, 0.456, 0.406),
+          normalisation='per_pixel_mean',
+          pixel_mean=np.full((224, 224, 3), 0.45, np.float32),
+      ),
+  )
   rows = []
   for group in evaluator.groups:
     views = jax.ShapeDtypeStruct((batch, group.count, *group.size, 3), jnp.uint8)

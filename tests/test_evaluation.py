@@ -30,7 +30,7 @@ from PIL import Image
 import resnet_jax.data.datasets  # noqa: F401  (registers sklearn_digits)
 from resnet_jax.config import resolve as run_lib
 from resnet_jax.workdir.workdir import Workdir
-from resnet_jax.config import run as run_spec
+from tests.data_specs import data_spec
 from resnet_jax.config import fields
 from configs import digits
 from resnet_jax.training import evaluation, parallel, loop as train
@@ -209,26 +209,6 @@ def test_fully_convolutional_scores_at_224_equal_pooling_then_the_classifier():
   np.testing.assert_allclose(score_map.mean(axis=(1, 2)), logits, rtol=1e-5, atol=1e-5)
 
 
-def _data_spec(image_shape, **fields):
-  channels = image_shape[-1]
-  return run_spec.DataSpec(
-      name='test',
-      data_dir=None,
-      manual_dir=None,
-      train_split='train',
-      eval_split='test',
-      augment='none',
-      pad=0,
-      flip=False,
-      shuffle_buffer=1,
-      cache=False,
-      image_shape=image_shape,
-      mean=fields.pop('mean', (0.3,) * channels),
-      std=fields.pop('std', (0.2,) * channels),
-      **fields,
-  )
-
-
 def _softmax(z):
   z = z - z.max(axis=-1, keepdims=True)
   return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
@@ -263,7 +243,14 @@ def _reference_probabilities(model, variables, views, mean, std, mirror: bool):
 def test_averaged_probabilities_and_sums_equal_a_numpy_computation(protocol, groups):
   batch_size, image_shape = 16, (8, 8, 3)
   spec = evaluation.EvalSpec(protocol=protocol, scales=(8, 20), forward_batch=2)
-  data = _data_spec(image_shape)
+  data = data_spec(
+      image_shape,
+      name='test',
+      eval_split='test',
+      augment='none',
+      mean=(0.3,) * image_shape[-1],
+      std=(0.2,) * image_shape[-1],
+  )
   model = models.create_model('resnet8', num_classes=10)
   variables = _variables(model, image_shape)
   state = types.SimpleNamespace(**variables)

@@ -20,7 +20,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from resnet_jax.config import run as run_spec
 
 from resnet_jax.config import fields
 
@@ -28,6 +27,7 @@ from configs import cifar10, imagenet
 from resnet_jax.data import pipeline as ip
 from resnet_jax.workdir import record as run_record
 from resnet_jax.data import tfds_source
+from tests.data_specs import data_spec
 from resnet_jax.config import resolve as run_lib
 from resnet_jax.common.errors import UserError
 
@@ -90,30 +90,11 @@ def _jpegs() -> dict[str, bytes]:
   return out
 
 
-def _spec(**fields) -> run_spec.DataSpec:
-  return run_spec.DataSpec(
-      name='imagenet2012',
-      data_dir=None,
-      manual_dir=None,
-      train_split='train',
-      eval_split='validation',
-      augment='scale_augmentation',
-      pad=0,
-      flip=True,
-      shuffle_buffer=1,
-      cache=False,
-      image_shape=(224, 224, 3),
-      mean=(0.0,) * 3,
-      std=(1.0,) * 3,
-      **fields,
-  )
-
-
 @pytest.mark.parametrize('name, data', list(_jpegs().items()))
 def test_scale_augmented_crop_is_the_crop_of_the_whole_resized_image(name, data):
   # The pipeline decodes and resizes only what the crop reads; by definition the crop is that of
   # the whole image resized to the drawn shorter side (PIL-exact decode, TF's antialiased resize).
-  spec = _spec(scale_range=(LOW, HIGH))
+  spec = data_spec(flip=True, scale_range=(LOW, HIGH))
   image = tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
   for i in range(4):
     seed = tf.constant([1, i], tf.int64)
