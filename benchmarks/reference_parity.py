@@ -216,6 +216,25 @@ def torch_batch_stats(net) -> dict[str, np.ndarray]:
   }
 
 
+def train_forward(net, images) -> tuple[np.ndarray, dict[str, int]]:
+  """(train-mode logits, values each BatchNorm normalised over: N*H*W), updating the running
+  statistics as torch does."""
+  counts = {}
+  hooks = [
+      m.register_forward_hook(
+          lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel())
+      )
+      for name, m in net.named_modules()
+      if isinstance(m, nn.BatchNorm2d)
+  ]
+  net.train()
+  with torch.no_grad():
+    logits = net(images).numpy()
+  for hook in hooks:
+    hook.remove()
+  return logits, counts
+
+
 def compare(case: str, batch: int, seed: int) -> dict:
   preset, overrides, make_reference, size = CASES[case]
   torch.manual_seed(seed)
@@ -261,19 +280,7 @@ def compare(case: str, batch: int, seed: int) -> dict:
     theirs_train64 = reference_64(images_torch.double()).numpy()
   ours_train64, _ = ours(jnp.float64, images.astype(np.float64), train=True)
   old = torch_batch_stats(reference)
-  counts = {}
-  hooks = [
-      m.register_forward_hook(
-          lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel())
-      )
-      for name, m in reference.named_modules()
-      if isinstance(m, nn.BatchNorm2d)
-  ]
-  reference.train()
-  with torch.no_grad():
-    theirs_train = reference(images_torch).numpy()
-  for hook in hooks:
-    hook.remove()
+  theirs_train, counts = train_forward(reference, images_torch)
   new = torch_batch_stats(reference)
   ours_train, updated = ours(jnp.float32, images, train=True)
   ours_new = interop.to_state_dict(model, {'params': variables['params'], **updated})
@@ -383,19 +390,7 @@ def write_reference(directory: str, seed: int) -> None:
     net.eval()
     with torch.no_grad():
       record['eval_logits'] = net(torch.from_numpy(images)).numpy()
-    counts = {}
-    hooks = [
-        m.register_forward_hook(
-            lambda m, i, o, name=name: counts.__setitem__(name, i[0][:, 0].numel())
-        )
-        for name, m in net.named_modules()
-        if isinstance(m, nn.BatchNorm2d)
-    ]
-    net.train()
-    with torch.no_grad():
-      record['train_logits'] = net(torch.from_numpy(images)).numpy()
-    for hook in hooks:
-      hook.remove()
+    record['train_logits'], counts = train_forward(net, torch.from_numpy(images))
     for key, value in net.state_dict().items():
       if key.endswith(('running_mean', 'running_var')):
         record[f'updated.{key}'] = value.numpy().copy()
