@@ -415,6 +415,22 @@ def test_a_resume_with_more_steps_continues_and_records_the_invocation(finished_
   assert [r['step'] for r in read_jsonl(finished_copy / 'metrics.jsonl')] == list(range(2, 35, 2))
 
 
+def _in_private_tmpfs(script: str, *, timeout: int) -> subprocess.CompletedProcess:
+  """`script` run by sh in a private mount namespace, where it may mount a small tmpfs (exit 77
+  when it cannot); the test is skipped where that is not permitted."""
+  result = subprocess.run(
+      ['unshare', '--mount', '--map-root-user', 'sh', '-c', script],
+      cwd=REPO,
+      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+  if result.returncode == 77 or 'unshare' in result.stderr.split(':')[0]:
+    pytest.skip(f'cannot mount a private tmpfs here: {result.stderr.strip()[:200]}')
+  return result
+
+
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_at_the_failed_save_and_keeps_the_last_good_one(tmp_path, data):
   """A 1.8 MB tmpfs, private to the run's mount namespace: room for two checkpoints of resnet8."""
@@ -434,16 +450,7 @@ def test_a_full_disk_stops_the_run_at_the_failed_save_and_keeps_the_last_good_on
       f'mount -t tmpfs -o size=1800k tmpfs {mount} || exit 77; {main}; status=$?;'
       f' cp -r {mount}/run {kept}; exit $status'
   )
-  result = subprocess.run(
-      ['unshare', '--mount', '--map-root-user', 'sh', '-c', script],
-      cwd=REPO,
-      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  if result.returncode == 77 or 'unshare' in result.stderr.split(':')[0]:
-    pytest.skip(f'cannot mount a private tmpfs here: {result.stderr.strip()[:200]}')
+  result = _in_private_tmpfs(script, timeout=300)
   assert result.returncode == 2, result.stderr[-3000:]
   message = result.stderr.strip().splitlines()[-1]
   last_good = checkpoint_steps(kept)[-1]
@@ -493,16 +500,7 @@ cp -r {mount}/run {kept}/metrics; rm {mount}/filler
 {resume} 2> {kept}/resumed.err; echo $? > {kept}/resumed.status
 cp -r {mount}/run {kept}/resumed
 """
-  result = subprocess.run(
-      ['unshare', '--mount', '--map-root-user', 'sh', '-c', script],
-      cwd=REPO,
-      env={**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
-      capture_output=True,
-      text=True,
-      timeout=400,
-  )
-  if result.returncode == 77 or 'unshare' in result.stderr.split(':')[0]:
-    pytest.skip(f'cannot mount a private tmpfs here: {result.stderr.strip()[:200]}')
+  _in_private_tmpfs(script, timeout=400)  # its phases write their statuses into kept
   for phase, what in (('history', 'the record'), ('metrics', 'metrics')):
     stderr = (kept / f'{phase}.err').read_text()
     assert (kept / f'{phase}.status').read_text().strip() == '2', stderr[-3000:]
