@@ -56,13 +56,12 @@ def config_of(case: str):
 
 
 def make_iterator(config, case: str, seed: int):
-  data = input_pipeline.resolve_data(config.dataset)  # per-pixel statistics: computed once, cached
+  # per-pixel statistics: computed once, cached
+  run = run_lib.resolve(config, device_count=1, process_count=1, training=case in TRAIN_CASES)
   if case in TRAIN_CASES:
-    facts = input_pipeline.dataset_facts(data)
-    run = run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)
-    return input_pipeline.create_train_iterator(data, run.batch, seed=seed)
+    return input_pipeline.create_train_iterator(run.data, run.batch, seed=seed)
   return input_pipeline.create_eval_iterator(
-      data, local_batch_size=BATCH, eval_spec=run_lib.check(config).evaluation
+      run.data, local_batch_size=BATCH, eval_spec=run.evaluation
   )
 
 
@@ -117,7 +116,7 @@ def main():
   with tfds.testing.mock_data(as_dataset_fn=_as_dataset(_smooth_jpegs(64), count)):
     if 'paper' in cases:  # the per-pixel mean and PCA pass, once per process (then cached)
       start = time.perf_counter()
-      input_pipeline.resolve_data(configs['paper'].dataset)
+      run_lib.resolve(configs['paper'], device_count=1, process_count=1)
       seconds = time.perf_counter() - start
       images = min(count, 10_000)
       stats = {

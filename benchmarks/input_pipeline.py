@@ -71,10 +71,8 @@ def pipeline_config(style: str, batch: int):
 def time_pipeline(config, *, batch: int, warmup: int, batches: int, window: int) -> float:
   """Seconds per batch of a fresh iterator after `warmup` batches."""
   assert config.train.batch_size == batch
-  data = input_pipeline.resolve_data(config.dataset)
-  facts = input_pipeline.dataset_facts(data)
-  run = run_lib.resolve(config, dataset=facts, device_count=1, process_count=1)  # one host's stream
-  iterator = input_pipeline.create_train_iterator(data, run.batch, seed=window)
+  run = run_lib.resolve(config, device_count=1, process_count=1)  # one host's stream
+  iterator = input_pipeline.create_train_iterator(run.data, run.batch, seed=window)
   for _ in range(warmup):
     next(iterator)
   start = time.perf_counter()

@@ -134,11 +134,10 @@ def our_images(jpegs: dict[str, bytes], protocol: str = 'center') -> np.ndarray:
   config.dataset.cache = False
   config.evaluation.protocol = protocol
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    run = resolve.resolve(config, device_count=1, process_count=1, training=False)
     (batch,) = list(
         input_pipeline.create_eval_iterator(
-            input_pipeline.resolve_data(config.dataset),
-            local_batch_size=len(jpegs),
-            eval_spec=resolve.check(config).evaluation,
+            run.data, local_batch_size=len(jpegs), eval_spec=run.evaluation
         )
     )
   assert batch['mask'].all() and batch['label'].tolist() == list(range(len(jpegs)))

@@ -149,9 +149,9 @@ BAD_VALUES = [
     ('dataset.lighting_std', ['--config.dataset.lighting_std=-0.1'], 'must not be negative'),
     ('dataset.lighting_pca', ['--config.dataset.lighting_pca=imagenet'], "'imagenet' is not one"),
     ('evaluation.protocol', ['--config.evaluation.protocol=5crop'], "'5crop' is not one of"),
-    ('evaluation.resize', ['--config.evaluation.resize=-1'], 'resize=-1 must be a non-negative'),
+    ('evaluation.resize', ['--config.evaluation.resize=-1'], 'resize=-1 must not be negative'),
     ('evaluation.scales', ['--config.evaluation.scales=(224,224)'], 'must be distinct positive'),
-    ('evaluation.forward_batch', ['--config.evaluation.forward_batch=0'], 'must be a positive'),
+    ('evaluation.forward_batch', ['--config.evaluation.forward_batch=0'], '=0 must be positive'),
 ]
 
 # The config file's own failures, and the other flags read with the config.

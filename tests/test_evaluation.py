@@ -118,12 +118,9 @@ def _imagenet_views(protocol: str, **evaluation_fields) -> dict[str, dict[str, n
   )
   config.evaluation.update(protocol=protocol, **evaluation_fields)
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    run = run_lib.resolve(config, device_count=1, process_count=1, training=False)
     (batch,) = list(
-        ip.create_eval_iterator(
-            ip.resolve_data(config.dataset),
-            local_batch_size=len(names),
-            eval_spec=run_lib.check(config).evaluation,
-        )
+        ip.create_eval_iterator(run.data, local_batch_size=len(names), eval_spec=run.evaluation)
     )
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()
   return {
@@ -302,7 +299,8 @@ def test_views_cover_the_split_once_over_processes(digits_dir):
   config = fields.base_config('resnet8')
   config.dataset.update(name='sklearn_digits', data_dir=digits_dir, eval_split='test')
   config.evaluation.update(protocol='10crop')  # crops of 8 px from the image resized to 9
-  data, spec = ip.resolve_data(config.dataset), run_lib.check(config).evaluation
+  run = run_lib.resolve(config, device_count=1, process_count=1, training=False)
+  data, spec = run.data, run.evaluation
   seen, total = collections.Counter(), 0.0
   builder = tfds.builder('sklearn_digits', data_dir=digits_dir)
   for process in range(2):

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from resnet_jax.config import fields
+from resnet_jax.config import resolve as run_lib
 from resnet_jax.data import pipeline as ip
 from resnet_jax.data import tfds_source
 
@@ -112,13 +113,14 @@ def eval_images() -> dict[str, np.ndarray]:
         {'image': [JPEGS[n] for n in names], 'label': np.arange(len(names), dtype=np.int64)}
     )
 
-  config = fields.base_config('resnet50').dataset
-  config.update(
+  config = fields.base_config('resnet50')
+  config.dataset.update(
       name='imagenet2012', eval_split='validation', augment='inception_crop', image_size=SIZE
   )
-  config.cache = False
+  config.dataset.cache = False
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    (batch,) = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=len(names)))
+    data = run_lib.resolve(config, device_count=1, process_count=1, training=False).data
+    (batch,) = list(ip.create_eval_iterator(data, local_batch_size=len(names)))
   assert batch['label'].tolist() == list(range(len(names))) and batch['mask'].all()
   return dict(zip(names, batch['image']))
 

@@ -48,26 +48,25 @@ def make_config(**overrides):
   return dataset
 
 
+def resolved(dataset, batch_size=16, process_count=1, training=False) -> run_spec.Run:
+  """The run that resnet_jax/config/resolve.py makes of resnet20's config with this dataset
+  section: tests read the data source's spec (`.data`) and facts (`.dataset`) from it.
+  `training`: the training split must hold a batch per data shard."""
+  config = fields.base_config('resnet20')
+  config.dataset.update(dict(dataset))
+  config.train.update(batch_size=batch_size, eval_batch_size=batch_size)
+  return run_lib.resolve(
+      config, device_count=process_count, process_count=process_count, training=training
+  )
+
+
 def train_iterator(
     dataset, local_batch_size, *, seed, start_step=0, process_index=0, process_count=1
 ):
-  """One process's training stream, with the batch split that run.resolve gives `dataset`."""
-  config = fields.base_config('resnet20')
-  config.dataset.update(dict(dataset))
-  batch_size = local_batch_size * process_count
-  config.train.update(batch_size=batch_size, eval_batch_size=batch_size)
-  run = run_lib.resolve(
-      config,
-      dataset=ip.dataset_facts(ip.resolve_data(config.dataset)),
-      device_count=process_count,
-      process_count=process_count,
-  )
+  """One process's training stream, with the batch split that the resolver gives `dataset`."""
+  run = resolved(dataset, local_batch_size * process_count, process_count, training=True)
   return ip.create_train_iterator(
-      ip.resolve_data(config.dataset),
-      run.batch,
-      seed=seed,
-      start_step=start_step,
-      process_index=process_index,
+      run.data, run.batch, seed=seed, start_step=start_step, process_index=process_index
   )
 
 
@@ -91,7 +90,7 @@ def digits_config(data_dir, **overrides):
 
 
 def normalisation(dataset):
-  data = ip.resolve_data(dataset)
+  data = resolved(dataset).data
   return data.mean, data.std
 
 
@@ -150,7 +149,7 @@ def raw_examples(data_dir, split):
 )
 def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    info = ip.dataset_facts(ip.resolve_data(config))
+    info = resolved(config).dataset
     assert info == run_spec.DatasetFacts(num_classes, shape, MOCK_EXAMPLES, MOCK_EXAMPLES)
     batches = take(train_iterator(config, 8, seed=0), 4)  # crosses an epoch
     for batch in batches:
@@ -162,7 +161,7 @@ def test_mock_datasets_shapes_and_dtypes(config, shape, num_classes):
     # Resume also works on the encoded paths (scale augmentation, random-resized crop).
     resumed = take(train_iterator(config, 8, seed=0, start_step=2), 2)
     assert_same_batches(resumed, batches[2:4])
-    evals = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=10))
+    evals = list(ip.create_eval_iterator(resolved(config).data, local_batch_size=10))
     assert len(evals) == 3
     assert evals[0]['image'].shape == (10, *shape) and evals[0]['image'].dtype == np.float32
     assert (
@@ -204,7 +203,7 @@ def test_normalisation_constants_and_computed_stats(digits_dir):
 
 def test_digits_shapes_and_determinism(digits_dir):
   config = digits_config(digits_dir, flip=True)  # 1438 // 128 = 11 steps per epoch
-  info = ip.dataset_facts(ip.resolve_data(config))
+  info = resolved(config).dataset
   assert info == run_spec.DatasetFacts(10, (8, 8, 1), 1438, 359)
   a = take(train_iterator(config, 128, seed=7), 13)
   b = take(train_iterator(config, 128, seed=7), 13)
@@ -280,7 +279,7 @@ def test_processes_split_the_training_set_without_overlap(digits_dir):
 def test_eval_covers_the_split_once_with_equal_batch_counts(
     digits_dir, eval_split, batch, expected_batches
 ):
-  config = ip.resolve_data(digits_config(digits_dir, eval_split=eval_split))
+  config = resolved(digits_config(digits_dir, eval_split=eval_split)).data
   stats = config.mean, config.std
   assert ip.num_eval_batches(config, local_batch_size=batch, process_count=2) == expected_batches
   seen = collections.Counter()
@@ -308,9 +307,9 @@ def test_eval_covers_the_split_once_with_equal_batch_counts(
 
 def test_eval_single_process_is_repeatable(digits_dir):
   config = digits_config(digits_dir)
-  first = list(ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=100))
+  first = list(ip.create_eval_iterator(resolved(config).data, local_batch_size=100))
   second = list(
-      ip.create_eval_iterator(ip.resolve_data(config), local_batch_size=100)
+      ip.create_eval_iterator(resolved(config).data, local_batch_size=100)
   )  # from the in-memory cache
   assert len(first) == 4 and sum(b['mask'].sum() for b in first) == 359
   assert_same_batches(first, second)
@@ -327,7 +326,7 @@ def test_offline_dataset_is_prepared_on_first_use(tmp_path):
 def test_unprepared_dataset_fails_fast_with_one_line(tmp_path):
   start = time.perf_counter()
   with pytest.raises(prepare.DatasetNotReadyError) as error:
-    ip.resolve_data(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
+    resolved(make_config(name='cifar10', data_dir=str(tmp_path / 'empty')))
   elapsed = time.perf_counter() - start
   message = str(error.value)
   assert '\n' not in message
@@ -353,7 +352,7 @@ def test_missing_manual_files_fail_with_one_line(tmp_path):
 
 def test_bad_split_is_a_one_line_user_error(digits_dir):
   with pytest.raises(ValueError) as error:
-    ip.dataset_facts(ip.resolve_data(digits_config(digits_dir, eval_split='validation')))
+    resolved(digits_config(digits_dir, eval_split='validation'))
   assert isinstance(error.value, UserError)
   assert (
       '\n' not in str(error.value)

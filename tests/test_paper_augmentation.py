@@ -169,19 +169,15 @@ def test_per_pixel_mean_and_pca_are_the_training_splits():
         {'image': tiles, 'label': np.arange(len(tiles), dtype=np.int64) % 10}
     )
 
-  config = cifar10.get_config('resnet8').dataset  # the paper's CIFAR: per-pixel mean
-  config.update(lighting_std=0.1, augment='none', flip=False, cache=False)
-  assert config.normalisation == 'per_pixel_mean'
+  config = cifar10.get_config('resnet8')  # the paper's CIFAR: per-pixel mean
+  config.dataset.update(lighting_std=0.1, augment='none', flip=False, cache=False)
+  config.train.update(batch_size=len(tiles))
+  assert config.dataset.normalisation == 'per_pixel_mean'
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    data = ip.resolve_data(config)
-    facts = ip.dataset_facts(data)
-    batch_config = fields.base_config('resnet8')
-    batch_config.train.update(batch_size=len(tiles))
-    run = run_lib.resolve(batch_config, dataset=facts, device_count=1, process_count=1)
-    config.lighting_std = 0.0
-    (images,) = [
-        next(ip.create_train_iterator(ip.resolve_data(config), run.batch, seed=0))['image']
-    ]
+    data = run_lib.resolve(config, device_count=1, process_count=1).data
+    config.dataset.lighting_std = 0.0
+    run = run_lib.resolve(config, device_count=1, process_count=1)
+    (images,) = [next(ip.create_train_iterator(run.data, run.batch, seed=0))['image']]
   x = tiles / 255.0
   mean_image = x.mean(axis=0)
   np.testing.assert_allclose(data.pixel_mean, mean_image, atol=1e-6)

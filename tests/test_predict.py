@@ -48,7 +48,9 @@ def test_images(trained, tmp_path_factory):
   """The first digits of the eval split (scikit-learn's, scaled to 0..255), in the order the eval
   pipeline reads them, as 8x8 grey PNG files: (paths, labels)."""
   config = run_record.config_from_record(json.loads((trained[0] / 'config.json').read_text()))
-  builder = get_dataset_builder(input_pipeline.resolve_data(config.dataset))
+  builder = get_dataset_builder(
+      resolve.resolve(config, device_count=1, process_count=1, training=False).data
+  )
   split = builder.as_dataset(split='test', shuffle_files=False).take(NUM_IMAGES)
   sklearn_images, _ = sklearn_digits._load_digits()  # pylint: disable=protected-access
   folder = tmp_path_factory.mktemp('images')
@@ -65,7 +67,7 @@ def test_images(trained, tmp_path_factory):
 def eval_probabilities(workdir) -> np.ndarray:
   """The trained net's outputs on the first eval-split images, through the eval pipeline."""
   config = run_record.config_from_record(json.loads((workdir / 'config.json').read_text()))
-  data = input_pipeline.resolve_data(config.dataset)
+  data = resolve.resolve(config, device_count=1, process_count=1, training=False).data
   batch = next(input_pipeline.create_eval_iterator(data, local_batch_size=NUM_IMAGES))
   state = restored_state(workdir, 40)
   model = resolve.check(config).model.build(10)

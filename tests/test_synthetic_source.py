@@ -12,11 +12,9 @@ from resnet_jax.config import resolve as run_lib
 def _spec_and_batch(batch_size=16):
   config = synthetic.get_config('resnet20')
   config.dataset.update(image_size=8, num_eval_examples=40)
-  data = input_pipeline.resolve_data(config.dataset)
-  facts = input_pipeline.dataset_facts(data)
   config.train.update(batch_size=batch_size, eval_batch_size=batch_size)
-  run = run_lib.resolve(config, dataset=facts, device_count=jax.device_count(), process_count=1)
-  return data, run.batch
+  run = run_lib.resolve(config, device_count=jax.device_count(), process_count=1)
+  return run.data, run.batch
 
 
 def test_presets_have_imagenet_and_cifar_shapes():

@@ -244,35 +244,21 @@ def _loop(config) -> LoopSpec:
 
 
 def _evaluation(config) -> EvalSpec:
-  """The evaluation section checked, with one-line errors naming the flag."""
-  section = config.evaluation
-  protocol = section.protocol
-  _require(
-      protocol in views.PROTOCOLS,
-      f'--config.evaluation.protocol={protocol!r} is not one of'
-      f' {", ".join(map(repr, views.PROTOCOLS))}',
-  )
-  scales = section.scales
+  section = _Section('evaluation', config.evaluation)
+  scales = section['scales']
   _require(
       not isinstance(scales, str)
       and len(scales) > 0
-      and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in scales)
+      and all(_is_number(s, integer=True) and s > 0 for s in scales)
       and len(set(scales)) == len(scales),
-      f'--config.evaluation.scales={scales!r} must be distinct positive whole numbers, e.g.'
-      " --config.evaluation.scales='(224, 256, 384, 480, 640)'",
+      f"{section.flag('scales')}={scales!r} must be distinct positive whole numbers, e.g."
+      f" {section.flag('scales')}='(224, 256, 384, 480, 640)'",
   )
-  for field in ('resize', 'forward_batch'):
-    value = section[field]
-    _require(
-        isinstance(value, int) and value >= (1 if field == 'forward_batch' else 0),
-        f'--config.evaluation.{field}={value!r} must be a'
-        f' {"positive" if field == "forward_batch" else "non-negative"} whole number',
-    )
   return EvalSpec(
-      protocol=protocol,
-      resize=int(section.resize),
+      protocol=_choice(section, 'protocol', views.PROTOCOLS),
+      resize=int(_not_negative(section, 'resize', integer=True)),
       scales=tuple(int(s) for s in scales),
-      forward_batch=int(section.forward_batch),
+      forward_batch=int(_not_negative(section, 'forward_batch', positive=True, integer=True)),
   )
 
 
