@@ -73,12 +73,7 @@ def device_train_batches(
 
 
 def create_eval_iterator(
-    data,
-    *,
-    local_batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    eval_spec=None,
+    data, *, local_batch_size: int, process_index: int = 0, process_count: int = 1, eval_spec=None
 ) -> Iterator[dict[str, Any]]:
   """Finite iterator of {'image', 'label', 'mask'} over this process's share of the eval split;
   padding examples have mask 0. Synthetic batches come already on the devices. With `eval_spec`

@@ -69,10 +69,9 @@ def dataset_facts(data: SyntheticSpec) -> DatasetFacts:
   )
 
 
-def _keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(train, eval) base keys: the two splits are different streams."""
-  train, eval_ = jax.random.split(jax.random.key(seed))
-  return train, eval_
+def _keys(seed: int) -> jax.Array:
+  """[train, eval] base keys: the two splits are different streams."""
+  return jax.random.split(jax.random.key(seed))
 
 
 def _images_and_labels(key, shape: tuple[int, ...], num_classes: int) -> dict[str, jax.Array]:
@@ -129,11 +128,7 @@ def _eval_batch_fn(data: SyntheticSpec, global_size: int):
 
 
 def create_eval_iterator(
-    data: SyntheticSpec,
-    *,
-    local_batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
+    data: SyntheticSpec, *, local_batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, jax.Array]]:
   """The eval split as global batches on all devices (each example once; padding has mask 0).
 

@@ -1,6 +1,5 @@
 """The TFDS data source: any TFDS image-classification dataset via tf.data, deterministic and
-resumable. The only module of the package that imports TensorFlow (input_pipeline.py imports it
-when a run reads a TFDS dataset).
+resumable. The only module of the package that imports TensorFlow (pipeline.py says when).
 
 Training stream (per process). The process reads only its share of `train_split`
 (`tfds.split_for_jax_process(..., drop_remainder=True)`, so every process has the same share size
@@ -58,12 +57,8 @@ KNOWN_STATS = {
     'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
 }
-STATS_NUM_EXAMPLES = (
-    10_000  # computed statistics use the first (unshuffled) examples of train_split
-)
-# ImageNet-style eval, as torchvision's reference (Resize(256), CenterCrop(224) for size 224):
-# shorter side to round(size / 0.875) with PIL's antialiased bilinear, then the centre crop.
-EVAL_CROP_FRACTION = views.CROP_FRACTION
+# Computed statistics use the first (unshuffled) examples of train_split.
+STATS_NUM_EXAMPLES = 10_000
 # fb.resnet.torch's PCA of ImageNet's RGB values in [0, 1] (datasets/imagenet.lua), which its
 # Lighting(0.1, eigval, eigvec) uses: eigenvalues, largest first, and the eigenvectors as columns.
 FB_RESNET_TORCH_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -83,12 +78,13 @@ def _read_config(**kwargs) -> tfds.ReadConfig:
   return tfds.ReadConfig(options=options, try_autocache=False, **kwargs)
 
 
-def _image_decoders(builder) -> dict[str, Any]:
-  return (
-      {'image': tfds.decode.SkipDecoding()}
-      if isinstance(builder.info.features['image'], tfds.features.Image)
-      else {}
-  )
+def _image_decoders(builder, encoded: bool = True) -> dict[str, Any] | None:
+  """Decoders that keep the images encoded, or None (`encoded` False). Encoded augments decode (and
+  crop) after the shuffle and resume skip, from the encoded bytes."""
+  if not encoded:
+    return None
+  is_image = isinstance(builder.info.features['image'], tfds.features.Image)
+  return {'image': tfds.decode.SkipDecoding()} if is_image else {}
 
 
 def _num_examples(builder, split) -> int:
@@ -106,10 +102,8 @@ def _num_examples(builder, split) -> int:
   ds = builder.as_dataset(
       split=split, decoders=_image_decoders(builder), read_config=_read_config()
   )
-  count = int(ds.cardinality())
-  if count < 0:
-    count = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
-  return count
+  count = int(ds.cardinality())  # negative: unknown
+  return count if count >= 0 else int(ds.reduce(np.int64(0), lambda c, _: c + 1))
 
 
 def _image_shape(dataset, builder) -> tuple[int, int, int]:
@@ -167,12 +161,12 @@ def resolve_data(dataset) -> DataSpec:
         f'--config.dataset.scale_range=({low}, {high}) resizes the shorter side below the'
         f' {min(image_shape[:2])} px crop; its low end must be at least image_size'
     )
-  encoded = dataset.augment in ENCODED_AUGMENTS
   lighting_std = float(dataset.lighting_std)
   pixel_stats = None  # (mean image, RGB covariance) of the training split, when needed
   if dataset.normalisation == 'per_pixel_mean' or (
       lighting_std > 0 and dataset.lighting_pca == 'train_split'
   ):
+    encoded = dataset.augment in ENCODED_AUGMENTS
     pixel_stats = _pixel_stats(builder, dataset.train_split, image_shape, encoded)
   if dataset.normalisation == 'per_pixel_mean':
     pixel_mean = pixel_stats[0]
@@ -225,10 +219,8 @@ _COMPUTED_STATS: dict[tuple, tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
 
 def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
-  """Per-channel mean and std of x / 255 over the first `num` images of `split` (float64 sums).
-
-  The first examples in file order, unshuffled: the same numbers in every process and run.
-  """
+  """Per-channel mean and std of x / 255 (float64 sums) over the first `num` images of `split` in
+  file order, unshuffled: the same numbers in every process and run."""
   key = (str(builder.data_dir), builder.name, str(split), num)
   if key not in _COMPUTED_STATS:
     ds = builder.as_dataset(split=split, shuffle_files=False, read_config=_read_config()).take(num)
@@ -243,9 +235,8 @@ def _computed_stats(builder, split: str, num: int = STATS_NUM_EXAMPLES):
       )
 
     total, total_sq, count = 0.0, 0.0, 0.0
-    for s, sq, c in (
-        ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(1024).as_numpy_iterator()
-    ):
+    batches = ds.map(sums, num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    for s, sq, c in batches.as_numpy_iterator():
       total, total_sq, count = total + s.sum(0), total_sq + sq.sum(0), count + c.sum()
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
@@ -275,7 +266,7 @@ def _pixel_stats(builder, split: str, image_shape, encoded: bool, num: int = STA
   ds = builder.as_dataset(
       split=split,
       shuffle_files=False,
-      decoders=_image_decoders(builder) if encoded else None,
+      decoders=_image_decoders(builder, encoded),
       read_config=_read_config(),
   ).take(num)
 
@@ -291,9 +282,8 @@ def _pixel_stats(builder, split: str, image_shape, encoded: bool, num: int = STA
     return x, tf.reduce_sum(pixels, 0), tf.matmul(pixels, pixels, transpose_a=True)
 
   total_image, total, total_outer, images = 0.0, 0.0, 0.0, 0
-  for x, s, outer in (
-      ds.map(view, num_parallel_calls=tf.data.AUTOTUNE).batch(256).as_numpy_iterator()
-  ):
+  batches = ds.map(view, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+  for x, s, outer in batches.as_numpy_iterator():
     total_image = total_image + x.sum(0)
     total, total_outer, images = total + s.sum(0), total_outer + outer.sum(0), images + len(x)
   if not images:
@@ -321,22 +311,15 @@ def _lighting_pca(dataset, pixel_stats, *, channels: int):
   values, vectors = np.linalg.eigh(pixel_stats[1])
   order = np.argsort(values)[::-1]
   values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
-  vectors = vectors * np.where(
-      vectors.sum(axis=0) < 0, -1.0, 1.0
-  )  # a fixed sign: alpha is symmetric
-  return (
-      tuple(float(v) for v in values),
-      tuple(tuple(float(v) for v in row) for row in vectors),
-  )
+  # A fixed sign for each eigenvector: alpha is symmetric, so either is right.
+  vectors = vectors * np.where(vectors.sum(axis=0) < 0, -1.0, 1.0)
+  return tuple(values.tolist()), tuple(map(tuple, vectors.tolist()))
 
 
 def _normalisation_stats(
     dataset, builder, *, channels: int
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """(mean, std) per channel of x / 255: the config's, known constants, or computed.
-
-  Computed statistics are deterministic.
-  """
+  """(mean, std) per channel of x / 255: the config's, known constants, or computed."""
   mean, std = dataset.mean, dataset.std
   if mean is None or std is None:
     if dataset.augment in ENCODED_AUGMENTS and channels == 3:
@@ -359,22 +342,23 @@ def _normalisation_stats(
 # ------------------------------------------------------------------------------------ preprocessing
 
 
-def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
-  """Decodes an encoded image, cropped to crop_window(shape) -> [y, x, h, w].
+def _decode_other(data: tf.Tensor, channels: int) -> tf.Tensor:
+  """PNG, GIF or BMP (e.g. tfds mock data, or non-JPEG datasets) to uint8 [H, W, C]."""
+  return tf.io.decode_image(data, channels=channels, expand_animations=False)
 
-  JPEGs decode only the crop.
-  """
+
+def _decode_crop(data: tf.Tensor, crop_window, channels: int) -> tf.Tensor:
+  """Decodes an encoded image, cropped to crop_window(shape) -> [y, x, h, w]; JPEGs decode only
+  the crop, with the accurate DCT as _decode."""
 
   def jpeg():
     window = crop_window(tf.image.extract_jpeg_shape(data))
-    # The accurate DCT, as PIL (torchvision's reader) and our eval decode: train and eval see the
-    # same pixels. TF's default fast DCT is up to ~20 grey levels off it.
     return tf.image.decode_and_crop_jpeg(
         data, window, channels=channels, dct_method='INTEGER_ACCURATE'
     )
 
-  def other():  # PNG etc. (e.g. tfds mock data, or non-JPEG datasets)
-    image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+  def other():
+    image = _decode_other(data, channels)
     y, x, h, w = tf.unstack(crop_window(tf.shape(image)))
     return image[y : y + h, x : x + w]
 
@@ -399,15 +383,14 @@ def _random_crop_window(seed: tf.Tensor):
 
 
 def _decode(data: tf.Tensor, channels: int) -> tf.Tensor:
-  """Decodes a whole encoded image to uint8 [H, W, C], JPEGs bit-exactly as PIL does."""
-
-  def jpeg():  # PIL uses libjpeg's ISLOW DCT; TF's default (IFAST) is up to ~20 units off it.
-    return tf.io.decode_jpeg(data, channels=channels, dct_method='INTEGER_ACCURATE')
-
-  def other():
-    return tf.io.decode_image(data, channels=channels, expand_animations=False)
-
-  return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  """Decodes a whole encoded image to uint8 [H, W, C], JPEGs bit-exactly as PIL does: PIL
+  (torchvision's reader) uses libjpeg's ISLOW DCT; TF's default (IFAST) is up to ~20 units off it,
+  so train and eval would not see PIL's pixels."""
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.io.decode_jpeg(data, channels=channels, dct_method='INTEGER_ACCURATE'),
+      lambda: _decode_other(data, channels),
+  )
 
 
 def _shorter_side_shape(shape: tf.Tensor, size: int) -> tf.Tensor:
@@ -451,13 +434,16 @@ def _center_crop(image: tf.Tensor, out_h: int, out_w: int) -> tf.Tensor:
   return image[top : top + out_h, left : left + out_w]
 
 
+def _resized_center_crop(image: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
+  """uint8 [crop, crop, C]: torchvision's Resize(resize), CenterCrop(crop) on a PIL image."""
+  resized = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), resize))
+  return tf.ensure_shape(_center_crop(resized, crop, crop), [crop, crop, None])
+
+
 def imagenet_eval_image(data: tf.Tensor, image_size: int, channels: int = 3) -> tf.Tensor:
   """uint8 [image_size, image_size, C] from encoded bytes, as torchvision's ImageNet evaluation
-  (Resize(256), CenterCrop(224) on a PIL image for image_size 224)."""
-  image = _decode(data, channels)
-  resize = int(round(image_size / EVAL_CROP_FRACTION))
-  image = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), resize))
-  image = _center_crop(image, image_size, image_size)
+  (Resize(256), CenterCrop(224) for image_size 224)."""
+  image = _resized_center_crop(_decode(data, channels), views.eval_resize(image_size), image_size)
   return tf.ensure_shape(image, [image_size, image_size, channels])
 
 
@@ -504,8 +490,8 @@ def _scale_augmented(data: tf.Tensor, seed: tf.Tensor, spec: DataSpec) -> tf.Ten
   out_h, out_w, channels = spec.image_shape
   shape = _image_size(data)
   new_h, new_w, top, left = tf.unstack(scale_augmentation_choice(seed, shape, spec))
-  scale = tf.stack([new_h / shape[0], new_w / shape[1]])  # float64 -> float32 below, as resize's
-  scale = tf.cast(scale, tf.float32)
+  # float64, then float32, as resize's
+  scale = tf.cast(tf.stack([new_h / shape[0], new_w / shape[1]]), tf.float32)
   y0, y1 = _source_span(top, out_h, scale[0], shape[0])
   x0, x1 = _source_span(left, out_w, scale[1], shape[1])
   window = _decode_crop(data, lambda _: tf.stack([y0, x0, y1 - y0, x1 - x0]), channels)
@@ -529,7 +515,7 @@ def _image_size(data: tf.Tensor) -> tf.Tensor:
   return tf.cond(
       tf.io.is_jpeg(data),
       lambda: tf.image.extract_jpeg_shape(data)[:2],
-      lambda: tf.shape(tf.io.decode_image(data, channels=1, expand_animations=False))[:2],
+      lambda: tf.shape(_decode_other(data, channels=1))[:2],
   )
 
 
@@ -556,12 +542,9 @@ def _make_preprocess(data: DataSpec, builder, *, train: bool):
     mean = tf.constant(data.mean, tf.float32)
     std = tf.constant(data.std, tf.float32)
     normalise = lambda x: (x / 255.0 - mean) / std
-  flip = data.flip and train
   lighting = train and data.lighting_std > 0
   pad = data.pad
-
-  def resize(x):
-    return tf.image.resize(x, [out_h, out_w], method='bilinear')
+  resize = lambda x: tf.image.resize(x, [out_h, out_w], method='bilinear')
 
   def preprocess(image, seed):
     seeds = tf.random.experimental.stateless_split(seed, num=2)
@@ -579,26 +562,21 @@ def _make_preprocess(data: DataSpec, builder, *, train: bool):
         x = resize(tf.cast(_decode_crop(image, window, channels), tf.float32))
       else:
         x = tf.cast(imagenet_eval_image(image, out_h, channels), tf.float32)
-      if lighting:
-        x = x + 255.0 * lighting_offset(
-            lighting_seed, data.lighting_std, data.lighting_eigval, data.lighting_eigvec
-        )
-      x = normalise(x)
     else:
       x = tf.cast(image, tf.float32)
       if native[:2] != (out_h, out_w):
         x = resize(x)
-      if lighting:
-        x = x + 255.0 * lighting_offset(
-            lighting_seed, data.lighting_std, data.lighting_eigval, data.lighting_eigvec
-        )
-      x = normalise(x)
-      if augment == 'cifar' and train and pad > 0:
-        # As the paper: pad the mean-subtracted image with zeros, take a random crop of the
-        # original size.
-        x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
-        x = tf.image.stateless_random_crop(x, [out_h, out_w, channels], seed=seeds[0])
-    if flip:
+    if lighting:
+      x = x + 255.0 * lighting_offset(
+          lighting_seed, data.lighting_std, data.lighting_eigval, data.lighting_eigvec
+      )
+    x = normalise(x)
+    if augment == 'cifar' and train and pad > 0:
+      # As the paper: pad the mean-subtracted image with zeros, take a random crop of the
+      # original size.
+      x = tf.pad(x, [[pad, pad], [pad, pad], [0, 0]])
+      x = tf.image.stateless_random_crop(x, [out_h, out_w, channels], seed=seeds[0])
+    if data.flip and train:
       x = tf.image.stateless_random_flip_left_right(x, seed=seeds[1])
     return tf.ensure_shape(x, [out_h, out_w, channels])
 
@@ -627,13 +605,6 @@ def ten_crops(image: tf.Tensor, crop: int, resize: int) -> tf.Tensor:
   return tf.ensure_shape(tf.stack(crops), [10, crop, crop, None])
 
 
-def scale_view(image: tf.Tensor, scale: int) -> tf.Tensor:
-  """uint8 [scale, scale, C]: the multiscale protocol's view, the centred square of the image
-  resized (as torchvision's Resize) to shorter side `scale`."""
-  resized = _resize_like_pil(image, _shorter_side_shape(tf.shape(image), scale))
-  return tf.ensure_shape(_center_crop(resized, scale, scale), [scale, scale, None])
-
-
 def _make_eval_views(data: DataSpec, spec: EvalSpec):
   """fn(image) -> {group name: uint8 [count, h, w, C]}: the protocol's views
   (views.view_groups), from encoded bytes or a decoded image."""
@@ -644,17 +615,17 @@ def _make_eval_views(data: DataSpec, spec: EvalSpec):
     image = _decode(image, channels) if data.encoded else tf.cast(image, tf.uint8)
     if spec.protocol == '10crop':
       return {'crops': ten_crops(image, crop, views.ten_crop_resize(spec, crop))}
-    return {f'scale{s}': scale_view(image, s)[None] for s in spec.scales}
+    # multiscale: the centred square of the image resized to each shorter side
+    return {f'scale{s}': _resized_center_crop(image, s, s)[None] for s in spec.scales}
 
   return views_of
 
 
 def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
   """An image file's bytes (PNG, JPEG, GIF or BMP, any size) as evaluation sees the eval split's
-  images: float32 [H, W, C], decoded to the run's channel count; for encoded data, resized and
-  centre-cropped by imagenet_eval_image; otherwise resized (bilinear) to the run's image shape
-  where it differs, as the pipeline resizes a dataset of another size; then the same normalisation.
-  Bytes that are not an image raise tf.errors.InvalidArgumentError."""
+  images: float32 [H, W, C], decoded to the run's channel count, resized (and for encoded data
+  centre-cropped) as the pipeline does a dataset of another size, then normalised. Bytes that are
+  not an image raise tf.errors.InvalidArgumentError."""
   image = tf.constant(encoded)
   if not data.encoded:
     image = _decode(image, data.image_shape[-1])
@@ -662,11 +633,6 @@ def eval_image(data: DataSpec, builder, encoded: bytes) -> np.ndarray:
       image = tf.image.resize(tf.cast(image, tf.float32), data.image_shape[:2], method='bilinear')
   preprocess = _make_preprocess(data, builder, train=False)
   return preprocess(image, tf.zeros([2], tf.int64)).numpy()
-
-
-def _decoders(data: DataSpec, builder):
-  # Encoded augments decode (and crop) after the shuffle and resume skip, from the encoded bytes.
-  return _image_decoders(builder) if data.encoded else None
 
 
 def _pipeline_options() -> tf.data.Options:
@@ -678,31 +644,16 @@ def _pipeline_options() -> tf.data.Options:
 
 def _seed(*values: int) -> int:
   """A 63-bit seed derived from integers (any sign/size), stable across machines and versions."""
-  state = np.random.SeedSequence([int(v) % 2**64 for v in values]).generate_state(
-      2, dtype=np.uint32
-  )
-  return int((int(state[0]) << 31) ^ int(state[1]))
+  sequence = np.random.SeedSequence([int(v) % 2**64 for v in values])
+  high, low = (int(s) for s in sequence.generate_state(2, dtype=np.uint32))
+  return (high << 31) ^ low
 
 
 # ------------------------------------------------------------------------------------ train
 
 
-def train_split_for_process(data: DataSpec, process_index: int, process_count: int):
-  return tfds.split_for_jax_process(
-      data.train_split,
-      process_index=process_index,
-      process_count=process_count,
-      drop_remainder=True,
-  )
-
-
 def create_train_iterator(
-    data: DataSpec,
-    batch: BatchSpec,
-    *,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
+    data: DataSpec, batch: BatchSpec, *, seed: int, start_step: int = 0, process_index: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of {'image': float32 [B, H, W, C], 'label': int32 [B]}; see module docstring.
 
@@ -713,13 +664,7 @@ def create_train_iterator(
   """
   per_process = batch.per_process // batch.per_shard
   streams = [
-      _shard_batches(
-          data,
-          shard=process_index * per_process + j,
-          batch=batch,
-          seed=seed,
-          start_step=start_step,
-      )
+      _shard_batches(data, process_index * per_process + j, batch, seed, start_step)
       for j in range(per_process)
   ]
   if per_process == 1:
@@ -728,41 +673,32 @@ def create_train_iterator(
 
 
 def _shard_batches(
-    data: DataSpec, *, shard: int, batch: BatchSpec, seed: int, start_step: int
+    data: DataSpec, shard: int, batch: BatchSpec, seed: int, start_step: int
 ) -> Iterator[dict[str, np.ndarray]]:
   """The batches of one data shard (its random choices are keyed by the shard, not the process)."""
   builder = get_dataset_builder(data)
-  split = train_split_for_process(data, shard, batch.num_shards)
+  split = tfds.split_for_jax_process(
+      data.train_split, process_index=shard, process_count=batch.num_shards, drop_remainder=True
+  )
   num = _num_examples(builder, split)
   batch_size, steps_per_epoch = batch.per_shard, batch.steps_per_epoch
   preprocess = _make_preprocess(data, builder, train=True)
-  decoders = _decoders(data, builder)
   buffer = max(1, min(data.shuffle_buffer or num, num))
   options = _pipeline_options()
 
-  def select(ex):
-    return {'image': ex['image'], 'label': ex['label']}
+  def read(shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """The shard's examples; files in order, or shuffled with `shuffle_seed`."""
+    return builder.as_dataset(
+        split=split,
+        shuffle_files=shuffle_seed is not None,
+        decoders=_image_decoders(builder, data.encoded),
+        read_config=_read_config(shuffle_seed=shuffle_seed),
+    ).map(lambda ex: {'image': ex['image'], 'label': ex['label']})
 
-  cached = None
-  if data.cache:
-    cached = (
-        builder.as_dataset(
-            split=split, shuffle_files=False, decoders=decoders, read_config=_read_config()
-        )
-        .map(select)
-        .cache()
-    )
+  cached = read().cache() if data.cache else None
 
   def epoch_dataset(epoch: int, skip: int) -> tf.data.Dataset:
-    if cached is not None:
-      ds = cached
-    else:
-      ds = builder.as_dataset(
-          split=split,
-          shuffle_files=True,
-          decoders=decoders,
-          read_config=_read_config(shuffle_seed=_seed(seed, shard, epoch, 2)),
-      ).map(select)
+    ds = cached if cached is not None else read(shuffle_seed=_seed(seed, shard, epoch, 2))
     ds = ds.shuffle(buffer, seed=_seed(seed, shard, epoch, 0), reshuffle_each_iteration=False)
     ds = ds.take(steps_per_epoch * batch_size).enumerate().skip(skip)
     aug_seed = tf.constant(_seed(seed, shard, epoch, 1), tf.int64)
@@ -818,7 +754,7 @@ def _eval_examples(
   ds = builder.as_dataset(
       split=split,
       shuffle_files=False,
-      decoders=_decoders(data, builder),
+      decoders=_image_decoders(builder, data.encoded),
       read_config=_read_config(),
   )
   if has_views:
@@ -858,20 +794,12 @@ def create_eval_iterator(
 
   Every process yields num_eval_batches(...) batches; padding examples are zeros with mask 0.
   """
-  spec = eval_spec
-  builder = get_dataset_builder(data)
-  total = (
-      num_eval_batches(data, local_batch_size=local_batch_size, process_count=process_count)
-      * local_batch_size
-  )
-  ds = _eval_examples(data, builder, process_index, process_count, spec)
-  groups = views.view_groups(spec, data.image_shape) if spec is not None else ()
+  batches = num_eval_batches(data, local_batch_size=local_batch_size, process_count=process_count)
+  ds = _eval_examples(data, get_dataset_builder(data), process_index, process_count, eval_spec)
+  groups = views.view_groups(eval_spec, data.image_shape) if eval_spec is not None else ()
+  channels = data.image_shape[-1]
   if groups:
-    inputs = {
-        'views': {
-            g.name: tf.zeros([g.count, *g.size, data.image_shape[-1]], tf.uint8) for g in groups
-        }
-    }
+    inputs = {'views': {g.name: tf.zeros([g.count, *g.size, channels], tf.uint8) for g in groups}}
   else:
     inputs = {'image': tf.zeros(data.image_shape, tf.float32)}
   padding = tf.data.Dataset.from_tensors({
@@ -879,7 +807,8 @@ def create_eval_iterator(
       'label': tf.constant(0, tf.int32),
       'mask': tf.constant(0.0, tf.float32),
   }).repeat()
-  ds = ds.concatenate(padding).take(total).batch(local_batch_size, drop_remainder=True)
+  ds = ds.concatenate(padding).take(batches * local_batch_size)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
   # A batch of the paper's five scales is 2.7 MB an image: one batch ahead is enough.
   prefetch = 1 if groups else tf.data.AUTOTUNE
   return ds.prefetch(prefetch).with_options(_pipeline_options()).as_numpy_iterator()

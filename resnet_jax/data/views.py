@@ -7,18 +7,16 @@ from resnet_jax.common.errors import UserError
 from resnet_jax.config.run import EvalSpec
 
 PROTOCOLS = ('center', '10crop', 'multiscale')
-# torchvision's ImageNet evaluation: the shorter side to round(image_size / 0.875), 256 for 224.
-CROP_FRACTION = 0.875
 
 
-def _require(ok: bool, message: str) -> None:
-  if not ok:
-    raise UserError(message)
+def eval_resize(image_size: int) -> int:
+  """The shorter side torchvision's ImageNet evaluation resizes to: 256 for 224."""
+  return int(round(image_size / 0.875))
 
 
 def ten_crop_resize(spec: EvalSpec, image_size: int) -> int:
-  """The shorter side 10crop resizes to: `resize`, or torchvision's round(image_size / 0.875)."""
-  return spec.resize or int(round(image_size / CROP_FRACTION))
+  """The shorter side 10crop resizes to: `resize`, or eval_resize's."""
+  return spec.resize or eval_resize(image_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +53,14 @@ def check_data(spec: EvalSpec, data) -> None:
   10crop's crops must fit in the resized image."""
   if spec.protocol == 'center':
     return
-  _require(
-      hasattr(data, 'normalisation'),
-      f'--config.evaluation.protocol={spec.protocol} needs images (a TFDS dataset); synthetic data'
-      ' is scored with --config.evaluation.protocol=center',
-  )
+  if not hasattr(data, 'normalisation'):
+    raise UserError(
+        f'--config.evaluation.protocol={spec.protocol} needs images (a TFDS dataset); synthetic'
+        ' data is scored with --config.evaluation.protocol=center'
+    )
   size = min(data.image_shape[:2])
-  if spec.protocol == '10crop':
-    _require(
-        ten_crop_resize(spec, size) >= size,
+  if spec.protocol == '10crop' and ten_crop_resize(spec, size) < size:
+    raise UserError(
         f'--config.evaluation.resize={spec.resize} is smaller than the {size} px crops; use at'
-        f' least {size} (0: {int(round(size / CROP_FRACTION))})',
+        f' least {size} (0: {eval_resize(size)})'
     )

@@ -4,4 +4,3 @@
 """
 
 from resnet_jax.data.datasets import sklearn_digits  # noqa: F401  (registers `sklearn_digits`)
-from resnet_jax.data.datasets.sklearn_digits import SklearnDigits  # noqa: F401

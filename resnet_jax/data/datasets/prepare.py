@@ -6,6 +6,7 @@ tfds does not spend minutes retrying a network that is not there.
 """
 
 import contextlib
+import functools
 import os
 import sys
 import socket
@@ -15,17 +16,13 @@ from unittest import mock
 
 import tensorflow_datasets as tfds
 
-from resnet_jax.data.datasets import sklearn_digits  # noqa: F401  (registers the project's own datasets)
 from resnet_jax.common import library_noise
 from resnet_jax.common.errors import UserError, one_line
 
 
 class DatasetNotReadyError(UserError):
-  """The dataset cannot be read here; the message is one line saying what to do (a ValueError)."""
-
-
-class UnknownDatasetError(DatasetNotReadyError):
-  """TFDS has no dataset of that name (a DatasetNotReadyError, so one `except` catches both)."""
+  """The dataset cannot be read here (or TFDS has no dataset of that name); the message is one line
+  saying what to do (a ValueError)."""
 
 
 def _unreachable_hosts_reason(builder, timeout: float = 5.0) -> str | None:
@@ -41,18 +38,10 @@ def _unreachable_hosts_reason(builder, timeout: float = 5.0) -> str | None:
       host = (parsed.hostname, parsed.port or (443 if parsed.scheme == 'https' else 80))
       if host not in hosts:
         hosts.append(host)
-  if not hosts:
-    return None
-  hosts = tuple(hosts[:3])
-  if hosts not in _REACHABILITY:
-    _REACHABILITY[hosts] = _probe_hosts(hosts, timeout)
-  return _REACHABILITY[hosts]
+  return _probe_hosts(tuple(hosts[:3]), timeout) if hosts else None
 
 
-# Probe results, kept for the process: they only decide whether tfds gets its retries.
-_REACHABILITY: dict[tuple, str | None] = {}
-
-
+@functools.cache  # kept for the process: the result only decides whether tfds gets its retries
 def _probe_hosts(hosts, timeout: float) -> str | None:
   """TCP-connects to each host from a daemon thread with a hard deadline (DNS has no timeout)."""
   result: list[str | None] = []
@@ -107,19 +96,12 @@ def _builder(name: str, data_dir) -> tuple[tfds.core.DatasetBuilder, bool]:
 
 
 def _download_and_prepare(builder, download_config, *, offline: bool) -> None:
-  if not offline:
-    builder.download_and_prepare(download_config=download_config)
-    return
-  # The download hosts do not answer: let tfds try exactly once instead of retrying with back-off
-  # for ~200 s (tfds' own downloader retries 10 times).
+  # When the download hosts do not answer, let tfds try exactly once instead of retrying with
+  # back-off for ~200 s (tfds' own downloader retries 10 times).
   from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
 
-  patch = (
-      mock.patch.object(downloader, 'MAX_RETRIES', 0)
-      if hasattr(downloader, 'MAX_RETRIES')
-      else contextlib.nullcontext()
-  )
-  with patch:
+  retry_once = offline and hasattr(downloader, 'MAX_RETRIES')
+  with mock.patch.object(downloader, 'MAX_RETRIES', 0) if retry_once else contextlib.nullcontext():
     builder.download_and_prepare(download_config=download_config)
 
 
@@ -138,15 +120,13 @@ def _remove_empty_folders(root: str, existing: set[str]) -> None:
 
 def get_dataset_builder(dataset) -> tfds.core.DatasetBuilder:
   """`tfds.builder` for the config, prepared (downloading if possible) or a DatasetNotReadyError."""
-  name = dataset.name
-  data_dir = dataset.data_dir
-  manual_dir = dataset.manual_dir
+  name, data_dir, manual_dir = dataset.name, dataset.data_dir, dataset.manual_dir
   shown_dir = str(data_dir or tfds.core.constants.DATA_DIR)
   existing = _folders(shown_dir)  # tfds may make folders as soon as the builder is made
   try:
     builder, prepared = _builder(name, data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise UnknownDatasetError(
+    raise DatasetNotReadyError(
         f"unknown dataset '{name}': tfds has no dataset of that name (check --config.dataset.name;"
         " the project's own datasets such as 'sklearn_digits' are registered by importing"
         ' resnet_jax.data.datasets)'

@@ -28,8 +28,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
   digits = load_digits()
-  images = np.rint(digits.images.astype(np.float64) * (255.0 / 16.0))
-  images = np.clip(images, 0, 255).astype(np.uint8)[..., None]
+  images = np.rint(digits.images.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
   return images, digits.target.astype(np.int64)
 
 
