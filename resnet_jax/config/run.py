@@ -18,7 +18,7 @@ ENCODED_AUGMENTS = ('scale_augmentation', 'inception_crop')
 
 @dataclasses.dataclass(frozen=True)
 class DatasetFacts:
-  """What the data holds, read from the dataset (input_pipeline.dataset_facts) or made up by a
+  """What the data holds, read from the dataset (data/pipeline.py) or made up by a
   benchmark."""
 
   num_classes: int
@@ -29,7 +29,7 @@ class DatasetFacts:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """The dataset section resolved by the input pipeline (input_pipeline.resolve_data): every field
+  """The dataset section resolved by the TFDS source (data/tfds_source.py): every field
   typed and filled, and the two that are read from the data, the image shape and the normalisation.
   The pipeline reads only this."""
 
