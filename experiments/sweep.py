@@ -137,13 +137,6 @@ def start(args: list[str], launcher: list[str], workdir: pathlib.Path, cpus: lis
   return process
 
 
-def finished_args(workdir: pathlib.Path) -> list[str] | None:
-  """The arguments a point finished with, or None (not finished, or its marker torn: the point's
-  run resumes, and finishes at once if it had)."""
-  marker = jsonl.read_object(workdir / MARKER)
-  return marker.get('args') if marker else None
-
-
 def run_locally(
     points: list[Point],
     args_of: dict[str, list[str]],
@@ -154,7 +147,8 @@ def run_locally(
   """Runs the unfinished points, `parallel` at a time; returns the names of those that failed."""
   todo = []
   for point in points:
-    done = finished_args(root / point.name)
+    # No marker, or a torn one: the point's run resumes, and finishes at once if it had.
+    done = (jsonl.read_object(root / point.name / MARKER) or {}).get('args')
     if done is None:
       todo.append(point)
       continue
