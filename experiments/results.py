@@ -49,15 +49,10 @@ class Run:
   def steps(self) -> int | None:
     return self.records[-1]['step'] if self.records else None
 
-  @property
-  def final_train_error(self) -> float | None:
-    train = [r for r in self.records if 'train_error' in r]
-    return train[-1]['train_error'] if train else None
-
-  @property
-  def test_error(self) -> float | None:
-    evals = [r for r in self.records if 'eval_top1_error' in r]
-    return evals[-1]['eval_top1_error'] if evals else None
+  def last(self, key: str) -> float | None:
+    """The last value logged as `key` (train_error, eval_top1_error, ...), None if none was."""
+    values = self.series(key)[1]
+    return values[-1] if values else None
 
   @property
   def test_protocol(self) -> str | None:
@@ -121,8 +116,8 @@ def table_rows(runs: list[Run], root) -> list[dict]:
         'run': run.name,
         'params': parameter_count(run, root),
         'steps': run.steps,
-        'train_error_percent': run.final_train_error,
-        'test_error_percent': run.test_error,
+        'train_error_percent': run.last('train_error'),
+        'test_error_percent': run.last('eval_top1_error'),
     }
     for key in ('train_error_percent', 'test_error_percent'):
       row[key] = None if row[key] is None else round(100 * row[key], 2)
@@ -199,9 +194,9 @@ def figure6(runs: list[Run], path) -> None:
   """The paper's Figure 6: dashed training error, solid test error; deeper plain nets sit higher."""
   colours = depth_colours(runs)
   fig, families, axes = family_panels(runs)
-  finals = [e for r in runs for e in (r.final_train_error, r.test_error) if e is not None]
+  finals = [r.last(key) for r in runs for key in ('train_error', 'eval_top1_error')]
   # The paper's 0-20% when errors are small.
-  top = min(100, max(20, 10 * math.ceil(15 * max(finals, default=0))))
+  top = min(100, max(20, 10 * math.ceil(15 * max((e for e in finals if e is not None), default=0))))
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
       colour = colours[run.depth]
