@@ -36,7 +36,7 @@ def render(
     override: list[str],
     template: str | None = None,
 ) -> str:
-  """The batch script; the arguments but `template` are this command's options, by name."""
+  """The batch script; main passes vars(args), so all but `template` are named as the flags."""
   # One task per GPU is what JAX's SLURM detection assumes; one per node the script handles itself.
   tasks_per_node = gpus_per_node if tasks_per == 'gpu' else 1
   values = {
