@@ -14,18 +14,15 @@ from resnet_jax import models
 
 
 def get_config(preset: str = 'resnet50'):
-  imagenet_like = models.model_spec(preset)['stem'] == 'imagenet'
-  config = imagenet.get_config(preset) if imagenet_like else cifar10.get_config(preset)
-  shape = (224, 3, 1000, 1_281_167) if imagenet_like else (32, 3, 10, 50_000)
+  # num_train_examples sets the steps in an epoch.
+  if models.model_spec(preset)['stem'] == 'imagenet':
+    config = imagenet.get_config(preset)
+    shape = dict(image_size=224, channels=3, num_classes=1000, num_train_examples=1_281_167)
+  else:
+    config = cifar10.get_config(preset)
+    shape = dict(image_size=32, channels=3, num_classes=10, num_train_examples=50_000)
   with config.unlocked():  # the fields only synthetic data has
-    config.dataset.update(
-        name='synthetic',
-        image_size=shape[0],
-        channels=shape[1],
-        num_classes=shape[2],
-        num_train_examples=shape[3],  # sets the steps in an epoch
-        num_eval_examples=10_000,
-    )
+    config.dataset.update(name='synthetic', **shape, num_eval_examples=10_000)
   config.train.update(
       num_epochs=0.0,
       num_steps=1_000,

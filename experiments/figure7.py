@@ -60,12 +60,8 @@ def response_stds(model: nn.Module, variables: dict, images: np.ndarray) -> list
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
-    module = context.module
-    if (
-        context.method_name == '__call__'
-        and isinstance(module, nn.BatchNorm)
-        and module.name != 'projection_bn'
-    ):
+    is_batch_norm = isinstance(context.module, nn.BatchNorm) and context.method_name == '__call__'
+    if is_batch_norm and context.module.name != 'projection_bn':
       stds.append(float(jnp.std(out.astype(jnp.float32))))
     return out
 
@@ -90,9 +86,8 @@ def figure7(stds_by_run: dict[str, tuple[results.Run, list[float]]], path) -> No
   by_layer.set(xlabel='layer index (original order)', ylabel='std')
   by_size.set(xlabel='layer index (sorted by magnitude)', ylabel='std')
   for ax in (by_layer, by_size):
-    ax.set_yscale(
-        'log'
-    )  # a net that failed to train can respond orders of magnitude above the rest
+    # A net that failed to train can respond orders of magnitude above the rest.
+    ax.set_yscale('log')
     ax.grid(alpha=0.3)
   by_layer.legend(fontsize=8)
   results.save_figure(fig, path)

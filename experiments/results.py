@@ -49,15 +49,10 @@ class Run:
   def steps(self) -> int | None:
     return self.records[-1]['step'] if self.records else None
 
-  @property
-  def final_train_error(self) -> float | None:
-    train = [r for r in self.records if 'train_error' in r]
-    return train[-1]['train_error'] if train else None
-
-  @property
-  def test_error(self) -> float | None:
-    evals = [r for r in self.records if 'eval_top1_error' in r]
-    return evals[-1]['eval_top1_error'] if evals else None
+  def last(self, key: str) -> float | None:
+    """The last value logged as `key` (train_error, eval_top1_error, ...), None if none was."""
+    values = self.series(key)[1]
+    return values[-1] if values else None
 
   @property
   def test_protocol(self) -> str | None:
@@ -121,8 +116,8 @@ def table_rows(runs: list[Run], root) -> list[dict]:
         'run': run.name,
         'params': parameter_count(run, root),
         'steps': run.steps,
-        'train_error_percent': run.final_train_error,
-        'test_error_percent': run.test_error,
+        'train_error_percent': run.last('train_error'),
+        'test_error_percent': run.last('eval_top1_error'),
     }
     for key in ('train_error_percent', 'test_error_percent'):
       row[key] = None if row[key] is None else round(100 * row[key], 2)
@@ -199,10 +194,9 @@ def figure6(runs: list[Run], path) -> None:
   """The paper's Figure 6: dashed training error, solid test error; deeper plain nets sit higher."""
   colours = depth_colours(runs)
   fig, families, axes = family_panels(runs)
-  finals = [e for r in runs for e in (r.final_train_error, r.test_error) if e is not None]
-  top = min(
-      100, max(20, 10 * math.ceil(15 * max(finals, default=0)))
-  )  # the paper's 0-20% when errors are small
+  finals = [r.last(key) for r in runs for key in ('train_error', 'eval_top1_error')]
+  # The paper's 0-20% when errors are small.
+  top = min(100, max(20, 10 * math.ceil(15 * max((e for e in finals if e is not None), default=0))))
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
       colour = colours[run.depth]
@@ -223,19 +217,11 @@ def figure6(runs: list[Run], path) -> None:
 
 
 def grad_norm_figure(runs: list[Run], path) -> None:
-  """Rows: stem, stage 1.., head.
-
-  The first stage's gradient is where a vanishing gradient would show.
-  """
+  """Rows: stem, stage 1.., head. The first stage's is where a vanishing gradient would show."""
+  prefix = 'train_grad_norm_'
+  keys = {k for r in runs for rec in r.records for k in rec if k.startswith(prefix)}
   groups = sorted(
-      {
-          k.removeprefix('train_grad_norm_')
-          for r in runs
-          for rec in r.records
-          for k in rec
-          if k.startswith('train_grad_norm_')
-      },
-      key=lambda g: (g != 'stem', g == 'head', g),
+      (k.removeprefix(prefix) for k in keys), key=lambda g: (g != 'stem', g == 'head', g)
   )
   if not groups:
     return
@@ -245,7 +231,7 @@ def grad_norm_figure(runs: list[Run], path) -> None:
     for ax, family in zip(axes[row], families):
       for run in (r for r in runs if r.family == family):
         ax.plot(
-            *run.series(f'train_grad_norm_{group}'),
+            *run.series(prefix + group),
             color=colours[run.depth],
             linewidth=1,
             marker='.',
@@ -264,31 +250,21 @@ def grad_norm_figure(runs: list[Run], path) -> None:
 
 
 def residual_ratio_figure(runs: list[Run], path) -> None:
-  """||F(x)||/||x|| per block over the last logged interval.
-
-  Small means the block stays near identity.
-  """
+  """||F(x)||/||x|| of each block over the last logged interval; small: it stays near identity."""
+  prefix = 'train_residual_ratio_'
   colours = depth_colours(runs)
   fig, families, axes = family_panels(runs)
   plotted = False
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
-      last = next(
-          (
-              rec
-              for rec in reversed(run.records)
-              if any(k.startswith('train_residual_ratio_') for k in rec)
-          ),
-          {},
-      )
-      blocks = sorted(
-          (_block_order(k), v) for k, v in last.items() if k.startswith('train_residual_ratio_')
-      )
-      if blocks:
+      ratios = [{k: v for k, v in rec.items() if k.startswith(prefix)} for rec in run.records]
+      last = next((r for r in reversed(ratios) if r), {})
+      values = [last[k] for k in sorted(last, key=_block_order)]
+      if values:
         plotted = True
         ax.plot(
-            range(1, len(blocks) + 1),
-            [v for _, v in blocks],
+            range(1, len(values) + 1),
+            values,
             'o-',
             markersize=3,
             color=colours[run.depth],
@@ -332,19 +308,21 @@ def save_figure(fig, path) -> None:
 # ---------------------------------------------------------------------------------------- all of it
 
 
-def write_results(root, out) -> dict[str, str]:
-  """Writes every table and figure that the runs' metrics allow; returns {file name: path}."""
+def write_results(root, out) -> None:
+  """Writes every table and figure that the runs' metrics allow; prints the table and the paths."""
   runs = load_runs(root)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   rows = table_rows(runs, root)
-  (out / 'table.md').write_text(markdown_table(rows))
+  table = markdown_table(rows)
+  (out / 'table.md').write_text(table)
   write_csv(rows, out / 'table.csv')
   figure6(runs, out / 'figure6.png')
   grad_norm_figure(runs, out / 'grad_norms.png')
   residual_ratio_figure(runs, out / 'residual_ratios.png')
   names = ('table.md', 'table.csv', 'figure6.png', 'grad_norms.png', 'residual_ratios.png')
-  return {name: str(out / name) for name in names if (out / name).exists()}
+  print(table)
+  print('wrote ' + ', '.join(sorted(str(out / name) for name in names if (out / name).exists())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
   if not pathlib.Path(args.root).is_dir():
     print(f'error: --root {args.root} is not a directory', file=sys.stderr)
     return 2
-  written = write_results(args.root, args.out or args.root)
-  print(pathlib.Path(written['table.md']).read_text())
-  print('wrote ' + ', '.join(sorted(written.values())))
+  write_results(args.root, args.out or args.root)
   return 0
 
 

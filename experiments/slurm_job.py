@@ -33,9 +33,10 @@ def render(
     cpus_per_gpu: int,
     config: str,
     workdir: str,
-    overrides: list[str],
+    override: list[str],
     template: str | None = None,
 ) -> str:
+  """The batch script; main passes vars(args), so all but `template` are named as the flags."""
   # One task per GPU is what JAX's SLURM detection assumes; one per node the script handles itself.
   tasks_per_node = gpus_per_node if tasks_per == 'gpu' else 1
   values = {
@@ -47,7 +48,7 @@ def render(
       ),
       r'CONFIG=.*': f'CONFIG={shlex.quote(config)}',
       r'WORKDIR=.*': f'WORKDIR={shlex.quote(workdir)}',
-      r'EXTRA_ARGS=\(.*\)': f'EXTRA_ARGS=({shlex.join(overrides)})',
+      r'EXTRA_ARGS=\(.*\)': f'EXTRA_ARGS=({shlex.join(override)})',
   }
   text = TEMPLATE.read_text() if template is None else template
   for pattern, line in values.items():
@@ -88,18 +89,7 @@ def main(argv: list[str] | None = None) -> int:
       parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
   check_config_file(parser, args.config, 'where the job runs')
   check_overrides(parser, args.override)
-  print(
-      render(
-          nodes=args.nodes,
-          gpus_per_node=args.gpus_per_node,
-          tasks_per=args.tasks_per,
-          cpus_per_gpu=args.cpus_per_gpu,
-          config=args.config,
-          workdir=args.workdir,
-          overrides=args.override,
-      ),
-      end='',
-  )
+  print(render(**vars(args)), end='')
   return 0
 
 

@@ -102,18 +102,9 @@ def sweep_points(sweep: ml_collections.ConfigDict) -> list[Point]:
 
 
 def point_args(point: Point, sweep, root: str, overrides: list[str]) -> list[str]:
-  """resnet_jax.main's arguments for one point.
-
-  The command line's --override comes last and wins.
-  """
-  return [
-      '--config',
-      f'{sweep.config}:{point.preset}',
-      '--workdir',
-      f'{root}/{point.name}',
-      *point.overrides,
-      *overrides,
-  ]
+  """resnet_jax.main's arguments for a point; the command line's --override comes last, and wins."""
+  config = f'{sweep.config}:{point.preset}'
+  return ['--config', config, '--workdir', f'{root}/{point.name}', *point.overrides, *overrides]
 
 
 # --------------------------------------------------------------------------------------- local runs
@@ -146,13 +137,6 @@ def start(args: list[str], launcher: list[str], workdir: pathlib.Path, cpus: lis
   return process
 
 
-def finished_args(workdir: pathlib.Path) -> list[str] | None:
-  """The arguments a point finished with, or None (not finished, or its marker torn: the point's
-  run resumes, and finishes at once if it had)."""
-  marker = jsonl.read_object(workdir / MARKER)
-  return marker.get('args') if marker else None
-
-
 def run_locally(
     points: list[Point],
     args_of: dict[str, list[str]],
@@ -163,7 +147,8 @@ def run_locally(
   """Runs the unfinished points, `parallel` at a time; returns the names of those that failed."""
   todo = []
   for point in points:
-    done = finished_args(root / point.name)
+    # No marker, or a torn one: the point's run resumes, and finishes at once if it had.
+    done = (jsonl.read_object(root / point.name / MARKER) or {}).get('args')
     if done is None:
       todo.append(point)
       continue
@@ -178,11 +163,8 @@ def run_locally(
     while todo or running:
       while todo and free:
         point, cpus = todo.pop(0), free.pop(0)
-        running[point.name] = (
-            start(args_of[point.name], launcher, root / point.name, cpus),
-            cpus,
-            time.time(),
-        )
+        process = start(args_of[point.name], launcher, root / point.name, cpus)
+        running[point.name] = (process, cpus, time.time())
         print(
             f'{point.name}: running{f" on CPUs {cpus}" if cpus else ""}, log'
             f' {root / point.name / "sweep.log"}',
@@ -291,9 +273,8 @@ def main(argv: list[str] | None = None) -> int:
       shlex.split(args.launcher) if args.launcher else [sys.executable, '-m', 'resnet_jax.main']
   )
   print(f'{len(points)} points in {root}', flush=True)
-  signal.signal(
-      signal.SIGTERM, _stop
-  )  # a killed sweep stops its runs too, rather than orphaning them
+  # A killed sweep stops its runs too, rather than orphaning them.
+  signal.signal(signal.SIGTERM, _stop)
   try:
     failed = run_locally(points, args_of, pathlib.Path(root), launcher, args.parallel)
   except KeyboardInterrupt:
@@ -301,9 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     return 130
   from experiments import results  # matplotlib and jax: loaded only now, so the runs start at once
 
-  written = results.write_results(root, root)
-  print(pathlib.Path(written['table.md']).read_text())
-  print('wrote ' + ', '.join(sorted(written.values())))
+  results.write_results(root, root)
   if failed:
     print(
         f'error: {len(failed)} of {len(points)} points failed: {", ".join(failed)}', file=sys.stderr

@@ -87,17 +87,8 @@ def install_command(python: str, jax_version: str) -> str:
 
 
 def train_command(config: str, workdir: str, overrides: list[str], foreground: bool) -> str:
-  train = shlex.join([
-      '.venv/bin/python',
-      '-m',
-      'resnet_jax.main',
-      '--config',
-      config,
-      '--workdir',
-      workdir,
-      '--distributed=auto',
-      *overrides,
-  ])
+  main = ['.venv/bin/python', '-m', 'resnet_jax.main', '--config', config, '--workdir', workdir]
+  train = shlex.join([*main, '--distributed=auto', *overrides])
   if foreground:
     return f'cd {REMOTE_DIR} && {train}'
   # Inside braces only the nohup command goes to the background, with all of its output redirected,
@@ -117,54 +108,29 @@ def build_steps(args: argparse.Namespace, jax_version: str) -> list[Step]:
 
   steps = []
   if args.tpu_create:
-    steps.append(
-        Step(
-            'Create the TPU VM: one VM per host of the slice.',
-            (
-                *tpu_vm,
-                'create',
-                args.tpu,
-                *where,
-                '--accelerator-type',
-                args.accelerator_type,
-                '--version',
-                args.runtime_version,
-            ),
-        )
-    )
+    slice_type = ('--accelerator-type', args.accelerator_type, '--version', args.runtime_version)
+    create = (*tpu_vm, 'create', args.tpu, *where, *slice_type)
+    steps.append(Step('Create the TPU VM: one VM per host of the slice.', create))
   if args.setup:
     # A private directory (mode 0700, unpredictable name): no other user of this machine can
     # put their own archive in its place between packing and copying it to every worker.
     tarball = str(pathlib.Path(tempfile.mkdtemp(prefix='resnet_jax-')) / f'{args.tpu}.tar.gz')
+    git = ('git', '-C', str(REPO))
+    pack = (*git, 'archive', '--format=tar.gz', f'--output={tarball}', args.git_ref)
+    copy = (*tpu_vm, 'scp', tarball, f'{args.tpu}:{REMOTE_TARBALL}', *where, '--worker=all')
     steps += [
         Step(
-            f'Pack the committed code of {args.git_ref} (uncommitted edits are not shipped).',
-            (
-                'git',
-                '-C',
-                str(REPO),
-                'archive',
-                '--format=tar.gz',
-                f'--output={tarball}',
-                args.git_ref,
-            ),
+            f'Pack the committed code of {args.git_ref} (uncommitted edits are not shipped).', pack
         ),
-        Step(
-            'Copy it to every worker.',
-            (*tpu_vm, 'scp', tarball, f'{args.tpu}:{REMOTE_TARBALL}', *where, '--worker=all'),
-        ),
+        Step('Copy it to every worker.', copy),
         on_every_worker(
             f'Unpack it into {REMOTE_DIR} and install the requirements and'
             f' jax[tpu]=={jax_version}.',
             install_command(args.python, jax_version),
         ),
     ]
-  steps.append(
-      on_every_worker(
-          'Train on every worker; JAX finds the pod by itself.',
-          train_command(args.config, args.workdir, args.override, args.foreground),
-      )
-  )
+  train = train_command(args.config, args.workdir, args.override, args.foreground)
+  steps.append(on_every_worker('Train on every worker; JAX finds the pod by itself.', train))
   return steps
 
 

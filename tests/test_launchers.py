@@ -264,7 +264,7 @@ def test_generator_changes_only_the_marked_lines_of_the_template(capsys):
         cpus_per_gpu=1,
         config='c',
         workdir='w',
-        overrides=[],
+        override=[],
         template='#!/bin/bash\n',
     )
 
