@@ -4,7 +4,8 @@ Three recipes, chosen after a comma (`configs/imagenet.py:resnet50,torchvision`)
   * (none): the paper's (He et al. 2015, section 3.4): batch 256, lr 0.1 divided by 10 every 30
     epochs, 90 epochs, weight decay 1e-4, momentum 0.9; the shorter side resized to a random size
     in [256, 480] (scale augmentation), a random 224 crop, flip, the per-pixel mean of the training
-    split subtracted, PCA colour augmentation (std 0.1); evaluated on 10 crops (Tables 2 and 3).
+    split subtracted, PCA colour augmentation (std 0.1); evaluated on 10 crops (Tables 2 and 3);
+    bottlenecks with the stride on their first 1x1 (v1).
     The paper divides the lr "when the error plateaus" and trains up to 60e4 iterations (120
     epochs); the steps at 30 and 60 of 90 epochs are torchvision's reference reading of it.
   * `torchvision`: torchvision's reference recipe (references/classification, the one behind
@@ -18,6 +19,7 @@ Any evaluation protocol goes with any recipe: `--config.evaluation.protocol=cent
 multiscale).
 """
 
+from resnet_jax import models
 from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
 
@@ -43,6 +45,9 @@ def get_config(arg: str = 'resnet50'):
     config.dataset.update(augment='inception_crop', normalisation='per_channel')
     config.evaluation.protocol = 'center'
   else:  # section 3.4
+    # The paper's bottleneck has its stride on the first 1x1 (v1, as its released models and
+    # Table 1's multiply-adds); torchvision's recipes train v1.5, the stride on the 3x3.
+    config.model.stride_in_1x1 = models.model_spec(preset)['block'] == 'bottleneck'
     config.dataset.update(
         augment='scale_augmentation',
         scale_range=(256, 480),

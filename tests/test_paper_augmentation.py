@@ -216,6 +216,9 @@ def test_recipes_say_whose_they_are():
   assert (paper.dataset.augment, paper.dataset.scale_range) == ('scale_augmentation', (256, 480))
   assert (paper.dataset.normalisation, paper.dataset.lighting_std) == ('per_pixel_mean', 0.1)
   assert paper.evaluation.protocol == '10crop'
+  # The paper's bottleneck (v1: the stride on the first 1x1); torchvision's is v1.5.
+  assert paper.model.stride_in_1x1 and not torchvision.model.stride_in_1x1
+  assert not imagenet.get_config('resnet34').model.stride_in_1x1  # basic blocks have no 1x1
   assert (torchvision.dataset.augment, torchvision.dataset.normalisation) == (
       'inception_crop',
       'per_channel',
@@ -252,6 +255,7 @@ def test_old_workdirs_resume_under_their_recipe_and_are_told_of_the_paper_s():
       'dataset.augment "inception_crop" -> "scale_augmentation"',
       'dataset.normalisation "per_channel" -> "per_pixel_mean"',
       'dataset.lighting_std 0.0 -> 0.1',
+      'model.stride_in_1x1 false -> true',
   ):
     assert change in message, message
   assert 'evaluation.protocol' not in message  # how it is scored may change: recorded, accepted
