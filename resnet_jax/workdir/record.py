@@ -21,6 +21,7 @@ import sys
 
 import ml_collections
 from etils import epath
+from flax import traverse_util
 
 from resnet_jax.common import jsonl
 from resnet_jax.config import fields
@@ -74,15 +75,9 @@ class ChangedRunError(UserError):
   """A resume whose config trains something else than the checkpoints it would continue."""
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
+def flatten(tree: dict) -> dict:
   """A nested dict (a config's JSON) as {'section.field': value}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def upgraded(config: dict) -> dict:
@@ -96,14 +91,7 @@ def upgraded(config: dict) -> dict:
   for (field, old), new in RENAMED_VALUES.items():
     if flat.get(field) == old:
       flat[field] = new
-  nested = {}
-  for field, value in flat.items():
-    *sections, name = field.split('.')
-    target = nested
-    for section in sections:
-      target = target.setdefault(section, {})
-    target[name] = value
-  return nested
+  return traverse_util.unflatten_dict(flat, sep='.')
 
 
 def _fields(record: dict) -> dict:
