@@ -127,21 +127,17 @@ class Workdir:
   def write_record(self, run: Run, changes: list[str], start_step: int) -> list[str]:
     """config.json, this invocation in history.jsonl and metrics.jsonl cut back to `start_step`
     (those steps are trained again); returns what was repaired, for the console."""
-    notes = []
     with self.stop_on_failed_write(f'the record in {self.path}'):
       record.write_first_config(self.path, run.record['config'], trained=start_step > 0)
-      for name, torn in (
-          (
-              'history.jsonl',
-              record.append_history(self.path, from_step=start_step, changes=changes),
-          ),
-          ('metrics.jsonl', metrics.drop_rows_after(self.path, start_step)),
-      ):
-        if torn:
-          notes.append(
-              f'{name}: dropped {torn} torn line(s) that a run stopped while writing left behind'
-          )
-    return notes
+      torn = {
+          'history.jsonl': record.append_history(self.path, from_step=start_step, changes=changes),
+          'metrics.jsonl': metrics.drop_rows_after(self.path, start_step),
+      }
+    return [
+        f'{name}: dropped {count} torn line(s) that a run stopped while writing left behind'
+        for name, count in torn.items()
+        if count
+    ]
 
   # ------------------------------------------------------------------------------ writing
 
