@@ -99,11 +99,11 @@ class MetricLogger:
     metrics.jsonl only (TensorBoard holds the config's text)."""
     if not self.is_writer:
       return
-    numbers = {k: float(v) for k, v in scalars.items() if not isinstance(v, str)}
-    if self.writer is not None:
-      with self._summaries():
-        self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in numbers.items()})
     record = {k: v if isinstance(v, str) else float(v) for k, v in scalars.items()}
+    if self.writer is not None:
+      numbers = {tensorboard_tag(k): v for k, v in record.items() if not isinstance(v, str)}
+      with self._summaries():
+        self.writer.write_scalars(step, numbers)
     jsonl.append(self.jsonl_path, {'step': step, **record})
 
   def close(self, *, quietly: bool = False) -> None:
