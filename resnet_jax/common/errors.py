@@ -204,13 +204,6 @@ def config_flag_value(argv) -> str | None:
   return None
 
 
-class _NoNoneWarning(logging.Filter):
-  """config_flags logs a warning when get_config() returns None: the error line says it."""
-
-  def filter(self, record):
-    return 'returned None' not in record.getMessage()
-
-
 def _flag_error(error: Exception) -> str:
   """absl's message for a value it cannot parse, on one line and without Python's tuple syntax:
   `flag --config.train.cache=maybe: ('Non-boolean argument to boolean flag', 'maybe')`."""
@@ -231,7 +224,9 @@ def parse_flags_or_exit(flag_values, argv):
   """absl's flag parsing (which also builds --config), with errors as one line and exit status 2."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
-  quiet = _NoNoneWarning()
+  def quiet(record):  # config_flags warns when get_config() returns None: the error line says so
+    return 'returned None' not in record.getMessage()
+
   logging.getLogger('absl').addFilter(quiet)
   try:
     return flag_values(argv)
