@@ -14,7 +14,6 @@ fields changed) once its state is restored.
 """
 
 import datetime
-import difflib
 import json
 import socket
 import sys
@@ -23,7 +22,7 @@ import ml_collections
 from etils import epath
 from flax import traverse_util
 
-from resnet_jax.common import jsonl
+from resnet_jax.common import errors, jsonl
 from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
 from resnet_jax.config.run import DERIVED
@@ -100,20 +99,11 @@ def _fields(record: dict) -> dict:
   return flatten({**upgraded(record.get('config', {})), 'derived': record.get('derived', {})})
 
 
-def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-  """(field, saved value, current value) for every field both records hold that differs."""
+def changes(saved: dict, current: dict) -> dict[str, str]:
+  """{field: `field old -> new`} for every field both records hold that differs."""
   old, new = _fields(saved), _fields(current)
-  return [(f, old[f], new[f]) for f in sorted(old.keys() & new.keys()) if old[f] != new[f]]
-
-
-def _text(change: tuple[str, object, object]) -> str:
-  field, old, new = change
-  return f'{field} {json.dumps(old)} -> {json.dumps(new)}'
-
-
-def changes(saved: dict, current: dict) -> list[str]:
-  """Every difference between two records, as `field old -> new` texts."""
-  return [_text(c) for c in differences(saved, current)]
+  both = sorted(old.keys() & new.keys())
+  return {f: f'{f} {json.dumps(old[f])} -> {json.dumps(new[f])}' for f in both if old[f] != new[f]}
 
 
 def check_accept_changes(names, config_json: dict) -> None:
@@ -123,10 +113,7 @@ def check_accept_changes(names, config_json: dict) -> None:
   known = [*flatten(config_json), *(f'derived.{fact}' for fact in DERIVED)]
   unknown = [name for name in names if name not in known]
   if unknown:
-    said = []
-    for name in unknown:
-      close = difflib.get_close_matches(name, known, n=1)
-      said.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    said = [f'{name!r}{errors.did_you_mean(name, known)}' for name in unknown]
     raise UserError(
         f'--accept_changes names no config field {", ".join(said)}; give the fields that a refused'
         ' resume lists, e.g. --accept_changes=train.batch_size,seed (resnet_jax/config/fields.py'
@@ -137,15 +124,15 @@ def check_accept_changes(names, config_json: dict) -> None:
 def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -> list[str]:
   """The changes this resume makes (as `field old -> new` texts, for the history and the log), or
   ChangedRunError when a field outside MAY_CHANGE and `accept` differs."""
-  changes = differences(saved, current)
-  refused = [c for c in changes if c[0] not in MAY_CHANGE and c[0] not in accept]
+  changed = changes(saved, current)
+  refused = [f for f in changed if f not in MAY_CHANGE and f not in accept]
   if refused:
     raise ChangedRunError(
-        f'{where} was trained by another config: {"; ".join(map(_text, refused))}. Resume it with'
-        ' its own config, use another --workdir, or continue it with these changes'
-        f' deliberately: --accept_changes={",".join(f for f, _, _ in refused)}'
+        f'{where} was trained by another config: {"; ".join(changed[f] for f in refused)}. Resume'
+        ' it with its own config, use another --workdir, or continue it with these changes'
+        f' deliberately: --accept_changes={",".join(refused)}'
     )
-  return [_text(c) for c in changes]
+  return list(changed.values())
 
 
 # ----------------------------------------------------------------------------- the workdir's record

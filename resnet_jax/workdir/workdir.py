@@ -117,7 +117,7 @@ class Workdir:
     step = self.checkpoints.latest_step()
     if step is None:  # nothing trained yet: a first run that crashed does not pin its config
       first = record.read_first_config(self.path)
-      return record.changes({'config': first or {}}, run.record)
+      return list(record.changes({'config': first or {}}, run.record).values())
     saved = self.checkpoints.read_meta(step).get('record')  # None: saved by an older version
     if not saved:
       return []
