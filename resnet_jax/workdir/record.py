@@ -144,9 +144,8 @@ def read_first_config(workdir: epath.Path) -> dict | None:
 
 
 def write_first_config(workdir: epath.Path, config_json: dict, *, trained: bool) -> None:
-  """Writes config.json: the config of the run that trained the workdir's first checkpoint, never
-  rewritten once one exists (`trained`). Before that the workdir has trained nothing, and the
-  latest run's config is the record (a first run that crashed does not pin its config)."""
+  """Writes config.json, unless it exists and the workdir has trained a checkpoint (`trained`): it
+  keeps the config of the first checkpoint's run (see the module's docstring)."""
   path = workdir / 'config.json'
   if not trained or read_first_config(workdir) is None:
     jsonl.write_atomically(path, json.dumps(config_json, indent=2))
@@ -190,7 +189,5 @@ def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
       # field of another section that fields.py does not list is one of an older version.
       if target is None or (name not in target and section != 'dataset'):
         continue
-      if isinstance(value, list):
-        value = tuple(value)
-      target[name] = value
+      target[name] = tuple(value) if isinstance(value, list) else value
   return config

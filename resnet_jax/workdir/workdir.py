@@ -182,6 +182,5 @@ class Workdir:
 def _remove_if_unused(path: epath.Path) -> None:
   """A workdir this invocation created and that holds no file but its lock (a fine-tuning source
   that does not fit, a refused start): removed, so a mistake leaves nothing behind."""
-  files = [name for _, _, names in path.walk() for name in names]
-  if all(name == LOCK_FILE for name in files):
+  if all(name == LOCK_FILE for _, _, names in path.walk() for name in names):
     path.rmtree()
