@@ -156,16 +156,14 @@ def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -
   while appending) that were cut off first."""
   path = workdir / 'history.jsonl'
   torn = jsonl.repair(path)
-  jsonl.append(
-      path,
-      {
-          'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-          'host': socket.gethostname(),
-          'command': sys.argv,
-          'from_step': from_step,
-          'changes': changes,
-      },
-  )
+  invocation = {
+      'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'host': socket.gethostname(),
+      'command': sys.argv,
+      'from_step': from_step,
+      'changes': changes,
+  }
+  jsonl.append(path, invocation)
   return torn
 
 
