@@ -42,9 +42,7 @@ def _hparams(config_json: dict) -> dict:
 
 
 # What a failed write comes down to, found inside TensorFlow's long op messages.
-_OS_REASONS = tuple(
-    os.strerror(code) for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
-)
+_OS_REASONS = [os.strerror(c) for c in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)]
 
 
 def _tensorflow_cause(e: BaseException) -> str:
