@@ -27,6 +27,10 @@ def _percent(fraction: float) -> str:
   return f'{100 * fraction:.2f}%'
 
 
+def _accuracy(k: int, error: float) -> str:
+  return f'top-{k} {_percent(1 - error)} (error {_percent(error)})'
+
+
 def _protocol(metrics: dict) -> str:
   """The evaluation protocol and its views per image: `center`, `10crop, 10 views`."""
   protocol = metrics.get('eval_protocol', 'center')  # rows written before protocols: center
@@ -55,12 +59,11 @@ class Throughput:
 
   def window(self, step: int) -> float | None:
     """Images/s since the last call (None before any step was timed)."""
-    now = time.perf_counter()
-    rate = None
-    if self.window_step is not None and step > self.window_step:
-      rate = (step - self.window_step) * self.batch_size / (now - self.window_time)
-    if self.window_step is not None:
-      self.window_step, self.window_time = step, now
+    if self.window_step is None:
+      return None
+    now, steps = time.perf_counter(), step - self.window_step
+    rate = steps * self.batch_size / (now - self.window_time) if steps > 0 else None
+    self.window_step, self.window_time = step, now
     return rate
 
   def mean(self, step: int) -> float | None:
@@ -117,10 +120,8 @@ class Console:
 
   def eval_line(self, step: int, metrics: dict) -> None:
     self.print(
-        f'eval at step {step} ({_protocol(metrics)}): top-1'
-        f' {_percent(1 - metrics["eval_top1_error"])} (error'
-        f' {_percent(metrics["eval_top1_error"])}), top-5'
-        f' {_percent(1 - metrics["eval_top5_error"])}, loss {metrics["eval_loss"]:.4f} on'
+        f'eval at step {step} ({_protocol(metrics)}): {_accuracy(1, metrics["eval_top1_error"])},'
+        f' top-5 {_percent(1 - metrics["eval_top5_error"])}, loss {metrics["eval_loss"]:.4f} on'
         f' {metrics["eval_examples"]:,.0f} images'
     )
 
@@ -136,12 +137,7 @@ class Console:
       for name, row in (('final', evals[-1]), ('best', best)):
         rows.append((
             f'{name} eval (step {row["step"]}, {_protocol(row)})',
-            (
-                f'top-1 {_percent(1 - row["eval_top1_error"])} (error'
-                f' {_percent(row["eval_top1_error"])}), top-5'
-                f' {_percent(1 - row["eval_top5_error"])} (error'
-                f' {_percent(row["eval_top5_error"])})'
-            ),
+            f'{_accuracy(1, row["eval_top1_error"])}, {_accuracy(5, row["eval_top5_error"])}',
         ))
     rows += [
         ('steps', f'{step}/{self.num_steps}'),

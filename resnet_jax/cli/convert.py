@@ -11,13 +11,12 @@ when PyTorch is importable, and writes a new workdir: config.json and a step-0 c
 export writes a workdir's checkpoint with the reference's names, so that
 `model.load_state_dict(safetensors.torch.load_file(path), strict=True)` loads it into torchvision's
 ResNet (ImageNet family) or the CIFAR reference (CIFAR family) and computes what it computes here.
-resnet_jax/models/interop.py holds the name table.
-Every mistake is one `error:` line, exit status 2, and
-nothing is written.
+resnet_jax/models/interop.py holds the name table. Every mistake is one `error:` line, exit status
+2, and nothing is written.
 """
 
+import functools
 import os
-import sys
 
 import jax
 import numpy as np
@@ -124,16 +123,15 @@ def read_state_dict(path: str) -> dict:
       loaded = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
       raise UserError(f'{path} cannot be read by torch.load ({one_line(e, 200)})') from None
-    return _numpy_state_dict(loaded, path)
-  try:
-    return _numpy_state_dict(safetensors.numpy.load_file(path), path)
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(
-        f'{path} is not a .safetensors file ({one_line(e, 200)}); PyTorch files must end in '
-        f'{", ".join(TORCH_FILES)}'
-    ) from None
+  else:
+    try:
+      loaded = safetensors.numpy.load_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(
+          f'{path} is not a .safetensors file ({one_line(e, 200)}); PyTorch files must end in '
+          f'{", ".join(TORCH_FILES)}'
+      ) from None
+  return _numpy_state_dict(loaded, path)
 
 
 # ----------------------------------------------------------------------------- import
@@ -193,8 +191,7 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
   check_finite(state_dict, path)
   detected, num_classes = interop.detect(state_dict)
   model_name = model_name or (config.model.name if config is not None else detected)
-  models.model_spec(model_name)  # an unknown name lists the valid ones
-  layout = interop.LAYOUTS[models.model_spec(model_name)['stem']]
+  layout = interop.LAYOUTS[models.model_spec(model_name)['stem']]  # a UserError names valid ones
   config = config if config is not None else _default_config(model_name, layout, num_classes)
   if config.model.name != model_name:
     raise UserError(
@@ -202,13 +199,8 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
         f'use --config ...:{model_name} or --model {config.model.name}'
     )
   fields = resolve.check(config)
-  run = resolve.resolve(
-      fields,
-      device_count=1,
-      process_count=1,
-      training=False,
-      dataset=_dataset_facts(fields, num_classes),
-  )
+  facts = _dataset_facts(fields, num_classes)
+  run = resolve.resolve(fields, device_count=1, process_count=1, training=False, dataset=facts)
   setup = Setup(run)
   abstract = jax.eval_shape(setup.init, jax.random.key(0))
   try:
@@ -239,9 +231,7 @@ def import_weights(path: str, workdir: str, *, model_name: str | None = None, co
     raise UserError(
         f'cannot write to --workdir {workdir} ({e.strerror or e}); choose a writable directory'
     ) from e
-  checkpoints = checkpointing.Checkpoints(
-      workdir, keep=run.loop.keep_checkpoints, asynchronous=False
-  )
+  checkpoints = checkpointing.Checkpoints(workdir, asynchronous=False)
   checkpoints.save(0, state, meta)
   checkpoints.close()
   return str(workdir)
@@ -289,10 +279,6 @@ def export_weights(workdir: str, out: str, *, step: int | None = None) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_flags(argv):
-  return errors.parse_flags_or_exit(FLAGS, argv)
-
-
 def _checked_config():
   config = errors.read_config_or_exit(
       lambda: FLAGS.config, config_flags.get_config_filename(FLAGS['config'])
@@ -301,33 +287,33 @@ def _checked_config():
   return config
 
 
-def main(argv):
-  logging.set_verbosity(logging.ERROR)  # orbax and TFDS log their every step, and read-only opens
+def _command(argv) -> None:
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
-  try:
-    if command == 'import' and len(args) == 1:
-      workdir = import_weights(
-          args[0],
-          FLAGS.workdir,
-          model_name=FLAGS.model,
-          config=_checked_config() if FLAGS['config'].present else None,
-      )
-      print(
-          f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another'
-          f' run from it with --config.init_from={workdir}'
-      )
-    elif command == 'export' and not args:
-      written = export_weights(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
-      print(
-          f"wrote {written['file']}: step {written['step']}, {written['tensors']} tensors with "
-          f"{written['layout']} names"
-      )
-    else:
-      raise UserError(USAGE)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  if command == 'import' and len(args) == 1:
+    workdir = import_weights(
+        args[0],
+        FLAGS.workdir,
+        model_name=FLAGS.model,
+        config=_checked_config() if FLAGS['config'].present else None,
+    )
+    print(
+        f'wrote {workdir}: evaluate it with --mode=eval, continue training it, or start another'
+        f' run from it with --config.init_from={workdir}'
+    )
+  elif command == 'export' and not args:
+    written = export_weights(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
+    print(
+        f"wrote {written['file']}: step {written['step']}, {written['tensors']} tensors with "
+        f"{written['layout']} names"
+    )
+  else:
+    raise UserError(USAGE)
+
+
+def main(argv) -> int:
+  logging.set_verbosity(logging.ERROR)  # orbax and TFDS log their every step, and read-only opens
+  return errors.exit_status(lambda: _command(argv))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=functools.partial(errors.parse_flags_or_exit, FLAGS))

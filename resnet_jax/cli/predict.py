@@ -56,8 +56,8 @@ class Classifier:
           f' {run.dataset.num_classes}'
       )
     self.builder = get_dataset_builder(self.data)
-    label = self.builder.info.features['label']
-    self.class_names = list(label.names) or [str(i) for i in range(meta['num_classes'])]
+    names = self.builder.info.features['label'].names
+    self.class_names = list(names) or [str(i) for i in range(meta['num_classes'])]
     model = Setup(run).model
     variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
     self._logits = jax.jit(lambda images: model.apply(variables, images, train=False))
@@ -108,10 +108,6 @@ def _check_size(path) -> None:
     )
 
 
-def _line(path, top: list[dict]) -> str:
-  return f'{path}: ' + ', '.join(f"{c['name']} {100 * c['probability']:.1f}%" for c in top)
-
-
 def predict_files(
     workdir, paths, *, step: int | None = None, as_json: bool = False, config=None
 ) -> int:
@@ -126,19 +122,18 @@ def predict_files(
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  good, images, failed = [], [], False
+  good, images = [], []
   for path in paths:
     try:
       images.append(classifier.preprocess(path))
       good.append(path)
     except UserError as e:
       print(f'error: {e}', file=sys.stderr, flush=True)
-      failed = True
   if images:
     for path, probabilities in zip(good, classifier.probabilities(np.stack(images))):
       top = classifier.top_classes(probabilities)
       if as_json:
         print(json.dumps({'image': str(path), 'step': classifier.step, 'top5': top}))
       else:
-        print(_line(path, top))
-  return 2 if failed else 0
+        print(f'{path}: ' + ', '.join(f"{c['name']} {100 * c['probability']:.1f}%" for c in top))
+  return 2 if len(good) < len(paths) else 0

@@ -29,15 +29,10 @@ def config_files(folder: pathlib.Path) -> list[tuple[str, object]]:
 
 def _columns(rows: list[tuple[str, ...]], right: tuple[int, ...]) -> list[str]:
   """Rows as aligned text columns, the `right` ones right-aligned (numbers)."""
-  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-  return [
-      '  '
-      + '  '.join(
-          cell.rjust(width) if i in right else cell.ljust(width)
-          for i, (cell, width) in enumerate(zip(row, widths))
-      ).rstrip()
-      for row in rows
-  ]
+  widths = [max(map(len, column)) for column in zip(*rows)]
+  justify = [str.rjust if i in right else str.ljust for i in range(len(widths))]
+  lines = ('  '.join(j(cell, w) for j, cell, w in zip(justify, row, widths)) for row in rows)
+  return ['  ' + line.rstrip() for line in lines]
 
 
 def _zoo_lines() -> list[str]:

@@ -24,17 +24,17 @@ def one_line(text, limit: int = 300) -> str:
   return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
+def did_you_mean(name: str, choices) -> str:
+  """` (did you mean 'closest'?)` for the choice closest to a mistyped `name`, or ''."""
+  close = difflib.get_close_matches(name, choices, n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
 def causes(exception: BaseException | None):
   """`exception`, then what caused it, then what caused that, ..."""
   while exception is not None:
     yield exception
     exception = exception.__cause__ or exception.__context__
-
-
-def innermost_user_error(exception: BaseException | None) -> UserError | None:
-  """The innermost UserError behind `exception` (config files raise inside absl's flag parser)."""
-  found = [e for e in causes(exception) if isinstance(e, UserError)]
-  return found[-1] if found else None
 
 
 def config_error(exception: BaseException, config_file: str | None = None) -> UserError | None:
@@ -44,10 +44,10 @@ def config_error(exception: BaseException, config_file: str | None = None) -> Us
   `config_file` is the --config value (file:preset), for the messages. ml_collections builds the
   config when it is first read, so this wraps that first read.
   """
-  found = innermost_user_error(exception)
-  if found is not None:
-    return found
   chain = list(causes(exception))
+  user_errors = [e for e in chain if isinstance(e, UserError)]  # config files raise inside absl
+  if user_errors:
+    return user_errors[-1]  # the innermost
   file = (config_file or 'given to --config').split(':')[0]
   for error in chain:
     if isinstance(error, SyntaxError):
@@ -101,13 +101,9 @@ def _no_field(error: BaseException) -> UserError:
   text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
   named = re.search(r'Key "(\w+)" does not exist', text) or re.match(r"""[\\'"\s]*(\w+)""", text)
   field = named.group(1) if named else text
-  said = re.search(r'Did you mean "([^"]+)"', text)
-  close = (
-      [said.group(1)]
-      if said
-      else difflib.get_close_matches(field, re.findall(r"(\w+)\\?'?: ", text), n=1)
-  )
-  suggestion = f' (did you mean {close[0]!r}?)' if close else ''
+  said = re.search(r'Did you mean "([^"]+)"', text)  # ConfigDict's own suggestion, else ours
+  known = re.findall(r"(\w+)\\?'?: ", text)  # the fields that ConfigDict's message lists
+  suggestion = f' (did you mean {said[1]!r}?)' if said else did_you_mean(field, known)
   return UserError(
       f'the config has no field {field!r}{suggestion}; resnet_jax/config/fields.py lists every '
       'field, set by a config file or a --config.<section>.<field> flag'
@@ -204,13 +200,6 @@ def config_flag_value(argv) -> str | None:
   return None
 
 
-class _NoNoneWarning(logging.Filter):
-  """config_flags logs a warning when get_config() returns None: the error line says it."""
-
-  def filter(self, record):
-    return 'returned None' not in record.getMessage()
-
-
 def _flag_error(error: Exception) -> str:
   """absl's message for a value it cannot parse, on one line and without Python's tuple syntax:
   `flag --config.train.cache=maybe: ('Non-boolean argument to boolean flag', 'maybe')`."""
@@ -231,7 +220,9 @@ def parse_flags_or_exit(flag_values, argv):
   """absl's flag parsing (which also builds --config), with errors as one line and exit status 2."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
-  quiet = _NoNoneWarning()
+  def quiet(record):  # config_flags warns when get_config() returns None: the error line says so
+    return 'returned None' not in record.getMessage()
+
   logging.getLogger('absl').addFilter(quiet)
   try:
     return flag_values(argv)

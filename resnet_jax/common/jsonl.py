@@ -14,8 +14,8 @@ from etils import epath
 
 
 def _text(path: epath.Path) -> str:
-  # bytes: a torn line may end inside a character
-  return path.read_bytes().decode('utf-8', errors='replace')
+  """The file's text ('' if missing), read as bytes: a torn line may end inside a character."""
+  return path.read_bytes().decode('utf-8', errors='replace') if path.exists() else ''
 
 
 def _parse(line: str) -> dict | None:
@@ -26,15 +26,16 @@ def _parse(line: str) -> dict | None:
   return record if isinstance(record, dict) else None
 
 
+def _records(text: str) -> tuple[list[dict], int]:
+  lines = [line for line in text.splitlines() if line.strip()]
+  records = [r for r in map(_parse, lines) if r is not None]
+  return records, len(lines) - len(records)
+
+
 def read(path) -> tuple[list[dict], int]:
   """(the records of the JSONL file at `path`, the number of lines that do not parse); a missing
   file has none."""
-  path = epath.Path(path)
-  if not path.exists():
-    return [], 0
-  lines = [line for line in _text(path).splitlines() if line.strip()]
-  records = [r for r in map(_parse, lines) if r is not None]
-  return records, len(lines) - len(records)
+  return _records(_text(epath.Path(path)))
 
 
 def write_atomically(path, text: str) -> None:
@@ -45,26 +46,16 @@ def write_atomically(path, text: str) -> None:
   staged.replace(path)
 
 
-def rewrite(path, records: list[dict]) -> None:
-  write_atomically(path, ''.join(json.dumps(r) + '\n' for r in records))
-
-
 def repair(path, keep=lambda record: True) -> int:
   """Drops the lines of `path` that do not parse (a torn last line) and the records `keep` refuses;
   returns how many torn lines were dropped. The file is rewritten only if something is dropped."""
   path = epath.Path(path)
-  records, torn = read(path)
-  kept = [r for r in records if keep(r)]
-  if torn or len(kept) != len(records) or not _ends_with_newline(path):
-    rewrite(path, kept)
-  return torn
-
-
-def _ends_with_newline(path: epath.Path) -> bool:
-  if not path.exists():
-    return True
   text = _text(path)
-  return not text or text.endswith('\n')
+  records, torn = _records(text)
+  kept = [r for r in records if keep(r)]
+  if torn or len(kept) != len(records) or (text and not text.endswith('\n')):
+    write_atomically(path, ''.join(json.dumps(r) + '\n' for r in kept))
+  return torn
 
 
 def append(path, record: dict) -> None:
@@ -75,7 +66,4 @@ def append(path, record: dict) -> None:
 
 def read_object(path) -> dict | None:
   """The JSON object in `path`, or None when the file is missing or torn."""
-  path = epath.Path(path)
-  if not path.exists():
-    return None
-  return _parse(_text(path))
+  return _parse(_text(epath.Path(path)))

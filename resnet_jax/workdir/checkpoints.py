@@ -68,10 +68,7 @@ class Checkpoints:
         else policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(
-                get_metric_fn=best_rank,
-                reverse=True,
-                n=1,
-                keep_checkpoints_without_metrics=False,
+                get_metric_fn=best_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False
             ),
         ]),
         best_fn=best_rank,  # orbax keeps and returns the smallest: see best_rank
@@ -146,16 +143,14 @@ class Checkpoints:
   def read_meta(self, step: int) -> dict:
     """The JSON record saved beside the state of `step` (model, classes, image shape, dataset)."""
     try:
-      return (
-          self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-          or {}
-      )
+      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointMismatchError(
           f'checkpoint {self.directory / str(step)} cannot be read ({one_line(e, 200)}): it is'
           f' truncated or was not written by resnet_jax; move it out of {self.directory} to resume'
           ' from the one before, or use another --workdir'
       ) from e
+    return restored['meta'] or {}
 
   def restore(self, abstract_state, meta: dict, step: int | None = None):
     """The state at `step` (default: latest), placed as `abstract_state`'s shardings say."""
@@ -258,21 +253,18 @@ def _fit(key, ours, theirs):
   return ours, 'shape'
 
 
-def _fine_tuning_report(where, how: dict, left_out: list) -> list[str]:
+def _fine_tuning_report(where, how: dict, unfit: list, left_out: list) -> list[str]:
   """The console's lines: what init_from loaded, adapted and re-initialised."""
-  by_kind = {kind: [k for k, h in how.items() if h == kind] for kind in set(how.values())}
-  lines = [
-      f'fine-tuning from {where}: loaded {len(by_kind.get("loaded", []))} of {len(how)} arrays'
-  ]
-  if 'head' in by_kind:
+  kinds = list(how.values())
+  lines = [f'fine-tuning from {where}: loaded {kinds.count("loaded")} of {len(how)} arrays']
+  if 'head' in kinds:
     lines.append('  re-initialised the classifier (head): another number of classes')
-  if 'stem' in by_kind:
+  if 'stem' in kinds:
     lines.append('  adapted the stem (stem_conv) to another number of image channels')
-  fresh = by_kind.get('missing', []) + by_kind.get('shape', [])
-  if fresh:
+  if unfit:
     lines.append(
-        f'  re-initialised {len(fresh)} arrays it lacks or holds in another shape:'
-        f' {_module_names(fresh)}'
+        f'  re-initialised {len(unfit)} arrays it lacks or holds in another shape:'
+        f' {_module_names(unfit)}'
     )
   if left_out:
     lines.append(
@@ -303,9 +295,7 @@ def restore_for_fine_tuning(
   finally:
     checkpoints.close()
   ours = traverse_util.flatten_dict({'params': params, 'batch_stats': batch_stats})
-  theirs = traverse_util.flatten_dict(
-      {'params': saved.get('params', {}), 'batch_stats': saved.get('batch_stats', {})}
-  )
+  theirs = traverse_util.flatten_dict({k: saved.get(k, {}) for k in ('params', 'batch_stats')})
   fitted = {key: _fit(key, value, theirs.get(key)) for key, value in ours.items()}
   how = {key: kind for key, (_, kind) in fitted.items()}
   left_out = [key for key in theirs if key not in ours]
@@ -320,5 +310,5 @@ def restore_for_fine_tuning(
         ' with --config.init_from_partial=True'
     )
   taken = traverse_util.unflatten_dict({key: value for key, (value, _) in fitted.items()})
-  report = _fine_tuning_report(f'{source}/checkpoints/{step}', how, left_out)
+  report = _fine_tuning_report(f'{source}/checkpoints/{step}', how, unfit, left_out)
   return taken['params'], taken.get('batch_stats', {}), step, report

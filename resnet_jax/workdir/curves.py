@@ -40,14 +40,12 @@ def series(records: list[dict], keys) -> tuple[list[int], list[float]]:
 
 def plot_run(workdir) -> pathlib.Path:
   """Writes workdir/curves.png from workdir/metrics.jsonl; returns its path."""
-  records, torn = jsonl.read(pathlib.Path(workdir) / 'metrics.jsonl')
+  workdir = pathlib.Path(workdir)
+  records, torn = jsonl.read(workdir / 'metrics.jsonl')
   if torn:  # a run killed while writing: the next resume drops the line too
-    print(
-        f'note: skipped {torn} torn line(s) of {pathlib.Path(workdir) / "metrics.jsonl"}',
-        file=sys.stderr,
-    )
+    print(f'note: skipped {torn} torn line(s) of {workdir / "metrics.jsonl"}', file=sys.stderr)
   if not records:
-    raise UserError(f'{pathlib.Path(workdir) / "metrics.jsonl"} holds no metrics to plot')
+    raise UserError(f'{workdir / "metrics.jsonl"} holds no metrics to plot')
   fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
   panels = dict(zip(PANELS, axes))
   for panel, label, style, keys in CURVES:
@@ -63,8 +61,8 @@ def plot_run(workdir) -> pathlib.Path:
       ax.legend(fontsize=8)
   for panel in ('loss', 'learning rate'):  # both fall over orders of magnitude
     panels[panel].set_yscale('log')
-  fig.suptitle(pathlib.Path(workdir).resolve().name)
-  path = pathlib.Path(workdir) / 'curves.png'
+  fig.suptitle(workdir.resolve().name)
+  path = workdir / 'curves.png'
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -45,10 +45,6 @@ class WorkdirBusyError(UserError):
   """Another run writes this workdir."""
 
 
-def _now() -> str:
-  return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
-
-
 def _holder_text(holder: dict | None) -> str:
   if not holder:
     return 'another run'
@@ -78,7 +74,7 @@ class WorkdirLock:
         'run_id': uuid.uuid4().hex,
         'host': socket.gethostname(),
         'pid': os.getpid(),
-        'started': _now(),
+        'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
         'command': ' '.join(sys.argv),
     }
     self._fd = None  # the flocked file, on POSIX filesystems

@@ -42,9 +42,7 @@ def _hparams(config_json: dict) -> dict:
 
 
 # What a failed write comes down to, found inside TensorFlow's long op messages.
-_OS_REASONS = tuple(
-    os.strerror(code) for code in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)
-)
+_OS_REASONS = [os.strerror(c) for c in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT)]
 
 
 def _tensorflow_cause(e: BaseException) -> str:
@@ -99,11 +97,11 @@ class MetricLogger:
     metrics.jsonl only (TensorBoard holds the config's text)."""
     if not self.is_writer:
       return
-    numbers = {k: float(v) for k, v in scalars.items() if not isinstance(v, str)}
-    if self.writer is not None:
-      with self._summaries():
-        self.writer.write_scalars(step, {tensorboard_tag(k): v for k, v in numbers.items()})
     record = {k: v if isinstance(v, str) else float(v) for k, v in scalars.items()}
+    if self.writer is not None:
+      numbers = {tensorboard_tag(k): v for k, v in record.items() if not isinstance(v, str)}
+      with self._summaries():
+        self.writer.write_scalars(step, numbers)
     jsonl.append(self.jsonl_path, {'step': step, **record})
 
   def close(self, *, quietly: bool = False) -> None:

@@ -14,15 +14,15 @@ fields changed) once its state is restored.
 """
 
 import datetime
-import difflib
 import json
 import socket
 import sys
 
 import ml_collections
 from etils import epath
+from flax import traverse_util
 
-from resnet_jax.common import jsonl
+from resnet_jax.common import errors, jsonl
 from resnet_jax.config import fields
 from resnet_jax.common.errors import UserError
 from resnet_jax.config.run import DERIVED
@@ -74,15 +74,9 @@ class ChangedRunError(UserError):
   """A resume whose config trains something else than the checkpoints it would continue."""
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
+def flatten(tree: dict) -> dict:
   """A nested dict (a config's JSON) as {'section.field': value}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def upgraded(config: dict) -> dict:
@@ -96,14 +90,7 @@ def upgraded(config: dict) -> dict:
   for (field, old), new in RENAMED_VALUES.items():
     if flat.get(field) == old:
       flat[field] = new
-  nested = {}
-  for field, value in flat.items():
-    *sections, name = field.split('.')
-    target = nested
-    for section in sections:
-      target = target.setdefault(section, {})
-    target[name] = value
-  return nested
+  return traverse_util.unflatten_dict(flat, sep='.')
 
 
 def _fields(record: dict) -> dict:
@@ -112,20 +99,11 @@ def _fields(record: dict) -> dict:
   return flatten({**upgraded(record.get('config', {})), 'derived': record.get('derived', {})})
 
 
-def differences(saved: dict, current: dict) -> list[tuple[str, object, object]]:
-  """(field, saved value, current value) for every field both records hold that differs."""
+def changes(saved: dict, current: dict) -> dict[str, str]:
+  """{field: `field old -> new`} for every field both records hold that differs."""
   old, new = _fields(saved), _fields(current)
-  return [(f, old[f], new[f]) for f in sorted(old.keys() & new.keys()) if old[f] != new[f]]
-
-
-def _text(change: tuple[str, object, object]) -> str:
-  field, old, new = change
-  return f'{field} {json.dumps(old)} -> {json.dumps(new)}'
-
-
-def changes(saved: dict, current: dict) -> list[str]:
-  """Every difference between two records, as `field old -> new` texts."""
-  return [_text(c) for c in differences(saved, current)]
+  both = sorted(old.keys() & new.keys())
+  return {f: f'{f} {json.dumps(old[f])} -> {json.dumps(new[f])}' for f in both if old[f] != new[f]}
 
 
 def check_accept_changes(names, config_json: dict) -> None:
@@ -135,10 +113,7 @@ def check_accept_changes(names, config_json: dict) -> None:
   known = [*flatten(config_json), *(f'derived.{fact}' for fact in DERIVED)]
   unknown = [name for name in names if name not in known]
   if unknown:
-    said = []
-    for name in unknown:
-      close = difflib.get_close_matches(name, known, n=1)
-      said.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    said = [f'{name!r}{errors.did_you_mean(name, known)}' for name in unknown]
     raise UserError(
         f'--accept_changes names no config field {", ".join(said)}; give the fields that a refused'
         ' resume lists, e.g. --accept_changes=train.batch_size,seed (resnet_jax/config/fields.py'
@@ -149,15 +124,15 @@ def check_accept_changes(names, config_json: dict) -> None:
 def check_resume(saved: dict, current: dict, *, accept: frozenset[str], where) -> list[str]:
   """The changes this resume makes (as `field old -> new` texts, for the history and the log), or
   ChangedRunError when a field outside MAY_CHANGE and `accept` differs."""
-  changes = differences(saved, current)
-  refused = [c for c in changes if c[0] not in MAY_CHANGE and c[0] not in accept]
+  changed = changes(saved, current)
+  refused = [f for f in changed if f not in MAY_CHANGE and f not in accept]
   if refused:
     raise ChangedRunError(
-        f'{where} was trained by another config: {"; ".join(map(_text, refused))}. Resume it with'
-        ' its own config, use another --workdir, or continue it with these changes'
-        f' deliberately: --accept_changes={",".join(f for f, _, _ in refused)}'
+        f'{where} was trained by another config: {"; ".join(changed[f] for f in refused)}. Resume'
+        ' it with its own config, use another --workdir, or continue it with these changes'
+        f' deliberately: --accept_changes={",".join(refused)}'
     )
-  return [_text(c) for c in changes]
+  return list(changed.values())
 
 
 # ----------------------------------------------------------------------------- the workdir's record
@@ -169,9 +144,8 @@ def read_first_config(workdir: epath.Path) -> dict | None:
 
 
 def write_first_config(workdir: epath.Path, config_json: dict, *, trained: bool) -> None:
-  """Writes config.json: the config of the run that trained the workdir's first checkpoint, never
-  rewritten once one exists (`trained`). Before that the workdir has trained nothing, and the
-  latest run's config is the record (a first run that crashed does not pin its config)."""
+  """Writes config.json, unless it exists and the workdir has trained a checkpoint (`trained`): it
+  keeps the config of the first checkpoint's run (see the module's docstring)."""
   path = workdir / 'config.json'
   if not trained or read_first_config(workdir) is None:
     jsonl.write_atomically(path, json.dumps(config_json, indent=2))
@@ -182,16 +156,14 @@ def append_history(workdir: epath.Path, *, from_step: int, changes: list[str]) -
   while appending) that were cut off first."""
   path = workdir / 'history.jsonl'
   torn = jsonl.repair(path)
-  jsonl.append(
-      path,
-      {
-          'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-          'host': socket.gethostname(),
-          'command': sys.argv,
-          'from_step': from_step,
-          'changes': changes,
-      },
-  )
+  invocation = {
+      'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'host': socket.gethostname(),
+      'command': sys.argv,
+      'from_step': from_step,
+      'changes': changes,
+  }
+  jsonl.append(path, invocation)
   return torn
 
 
@@ -215,7 +187,5 @@ def config_from_record(saved_config: dict) -> ml_collections.ConfigDict:
       # field of another section that fields.py does not list is one of an older version.
       if target is None or (name not in target and section != 'dataset'):
         continue
-      if isinstance(value, list):
-        value = tuple(value)
-      target[name] = value
+      target[name] = tuple(value) if isinstance(value, list) else value
   return config

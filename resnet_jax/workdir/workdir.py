@@ -117,7 +117,7 @@ class Workdir:
     step = self.checkpoints.latest_step()
     if step is None:  # nothing trained yet: a first run that crashed does not pin its config
       first = record.read_first_config(self.path)
-      return record.changes({'config': first or {}}, run.record)
+      return list(record.changes({'config': first or {}}, run.record).values())
     saved = self.checkpoints.read_meta(step).get('record')  # None: saved by an older version
     if not saved:
       return []
@@ -127,21 +127,17 @@ class Workdir:
   def write_record(self, run: Run, changes: list[str], start_step: int) -> list[str]:
     """config.json, this invocation in history.jsonl and metrics.jsonl cut back to `start_step`
     (those steps are trained again); returns what was repaired, for the console."""
-    notes = []
     with self.stop_on_failed_write(f'the record in {self.path}'):
       record.write_first_config(self.path, run.record['config'], trained=start_step > 0)
-      for name, torn in (
-          (
-              'history.jsonl',
-              record.append_history(self.path, from_step=start_step, changes=changes),
-          ),
-          ('metrics.jsonl', metrics.drop_rows_after(self.path, start_step)),
-      ):
-        if torn:
-          notes.append(
-              f'{name}: dropped {torn} torn line(s) that a run stopped while writing left behind'
-          )
-    return notes
+      torn = {
+          'history.jsonl': record.append_history(self.path, from_step=start_step, changes=changes),
+          'metrics.jsonl': metrics.drop_rows_after(self.path, start_step),
+      }
+    return [
+        f'{name}: dropped {count} torn line(s) that a run stopped while writing left behind'
+        for name, count in torn.items()
+        if count
+    ]
 
   # ------------------------------------------------------------------------------ writing
 
@@ -186,6 +182,5 @@ class Workdir:
 def _remove_if_unused(path: epath.Path) -> None:
   """A workdir this invocation created and that holds no file but its lock (a fine-tuning source
   that does not fit, a refused start): removed, so a mistake leaves nothing behind."""
-  files = [name for _, _, names in path.walk() for name in names]
-  if all(name == LOCK_FILE for name in files):
+  if all(name == LOCK_FILE for _, _, names in path.walk() for name in names):
     path.rmtree()
