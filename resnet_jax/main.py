@@ -84,9 +84,7 @@ flags.DEFINE_bool(
     'list_presets', False, 'Print the model zoo and the config files and their presets, then exit.'
 )
 
-CONFIGS = pathlib.Path(
-    'configs'
-)  # the recipes, where --list_presets looks (run from the repository)
+CONFIGS = pathlib.Path('configs')  # the recipes, where --list_presets looks (from the repository)
 _HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
 _MORE_HELP = (
     'Every config field is documented, with a comment, in resnet_jax/config/fields.py; set any of'
@@ -301,9 +299,8 @@ def main(argv):
     else:
       loop.check_before_data(fields, FLAGS.workdir)
       run = resolve.resolve(fields, **loop.device_counts())  # the data is read here
-      loop.train_and_evaluate(
-          run, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes)
-      )  # the console shows its progress and ends with a summary; metrics.jsonl holds the values
+      # The console shows its progress and ends with a summary; metrics.jsonl holds the values.
+      loop.train_and_evaluate(run, FLAGS.workdir, accept_changes=frozenset(FLAGS.accept_changes))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     _exit_after_error_lines(2)

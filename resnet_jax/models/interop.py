@@ -87,9 +87,8 @@ def _stream_permutations(model: models.ResNet) -> dict[str, np.ndarray]:
     for index in range(1, count + 1):
       out = filters * expansion
       if option_a and width != out:
-        before = (
-            out // 4
-        )  # the reference: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
+        # the reference: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))
+        before = out // 4
         if out != 2 * width:
           raise UserError(
               f'the CIFAR reference layout pads option A by a quarter on each side; {width} -> '

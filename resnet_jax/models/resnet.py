@@ -42,8 +42,8 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 CONV_KERNEL_GRADS = {
     'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
     'matmul': (
-        conv_with_matmul_kernel_grad
-    ),  # one matmul of patches: faster on CPUs, more memory (resnet_jax/models/conv.py)
+        conv_with_matmul_kernel_grad  # one matmul of patches: faster on CPUs, more memory (resnet_jax/models/conv.py)
+    ),
 }
 
 
@@ -278,10 +278,8 @@ class ResNet(nn.Module):
       x = conv(self.stage_widths[0], (7, 7), strides=2, name='stem_conv')(x)
     if not self.preact:  # pre-activation nets normalise at the start of every block instead.
       x = nn.relu(norm(name='stem_bn')(x))
-    if self.stem == 'imagenet':
-      x = nn.max_pool(
-          x, (3, 3), strides=(2, 2), padding=reference_padding((3, 3))
-      )  # pads with -inf
+    if self.stem == 'imagenet':  # max_pool pads with -inf
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=reference_padding((3, 3)))
 
     for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
       stage_block = functools.partial(
