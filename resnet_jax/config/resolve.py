@@ -309,15 +309,6 @@ def _dataset(config: ml_collections.ConfigDict) -> Section:
   return Section(dataset.items())
 
 
-def _batch_sizes(config) -> tuple[int, int]:
-  """(batch_size, eval_batch_size), global."""
-  train = _Section('train', config.train)
-  return tuple(
-      _not_negative(train, field, positive=True, integer=True)
-      for field in ('batch_size', 'eval_batch_size')
-  )
-
-
 def _over_devices(fields: Fields, device_count: int, process_count: int) -> int:
   """The number of data shards, with the batch sizes checked against the devices and processes."""
   for field in ('batch_size', 'eval_batch_size'):
@@ -451,7 +442,11 @@ def check(config: ml_collections.ConfigDict) -> Fields:
   """Stage 1: every field that needs neither devices nor data, checked once and typed."""
   _run_fields(config)
   dataset = _dataset(config)
-  batch_size, eval_batch_size = _batch_sizes(config)
+  train = _Section('train', config.train)
+  batch_size, eval_batch_size = (  # global, over every device and process
+      _not_negative(train, f, positive=True, integer=True)
+      for f in ('batch_size', 'eval_batch_size')
+  )
   num_steps, num_epochs = _train_length(config)
   return Fields(
       seed=int(config.seed),

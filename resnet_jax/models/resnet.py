@@ -41,9 +41,8 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # How a convolution's kernel gradient is computed; the forward pass is the same either way.
 CONV_KERNEL_GRADS = {
     'xla': None,  # XLA's own (nn.Conv's default): the choice for GPUs and TPUs
-    'matmul': (
-        conv_with_matmul_kernel_grad  # one matmul of patches: faster on CPUs, more memory (resnet_jax/models/conv.py)
-    ),
+    # one matmul of patches: faster on CPUs, more memory (resnet_jax/models/conv.py)
+    'matmul': conv_with_matmul_kernel_grad,
 }
 
 

@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax.config.run import EvalSpec
 from resnet_jax.data import views
-from resnet_jax.training import parallel
+from resnet_jax.training import parallel, step
 
 # ------------------------------------------------------------------------------------ the device
 
@@ -93,14 +93,9 @@ def _group_probabilities(variables, views, *, model, normalise, mirror: bool, ch
 
 
 def _sums(probabilities, labels, mask):
-  top5 = jax.lax.top_k(probabilities, min(5, probabilities.shape[-1]))[1]
   label_probability = jnp.take_along_axis(probabilities, labels[:, None], axis=-1)[:, 0]
-  return {
-      'loss': jnp.sum(-jnp.log(jnp.maximum(label_probability, 1e-30)) * mask),
-      'top1_errors': jnp.sum((jnp.argmax(probabilities, -1) != labels) * mask),
-      'top5_errors': jnp.sum(jnp.all(top5 != labels[:, None], axis=-1) * mask),
-      'count': jnp.sum(mask),
-  }
+  losses = -jnp.log(jnp.maximum(label_probability, 1e-30))
+  return step.masked_sums(losses, probabilities, labels, mask)
 
 
 class Evaluator:

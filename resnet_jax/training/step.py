@@ -1,6 +1,7 @@
 """The train state, the train step and the eval step: pure functions, the same for jit and pmap."""
 
 import functools
+import re
 from typing import Any, Callable
 
 import flax
@@ -50,14 +51,8 @@ def grad_norms_by_stage(grads) -> dict[str, jax.Array]:
   nets show in the first stage's."""
   groups = {}
   for name, subtree in grads.items():
-    group = (
-        'stem'
-        if name.startswith('stem')
-        else name.split('_')[0]
-        if name.startswith('stage')
-        else 'head'
-    )
-    groups.setdefault(group, []).append(subtree)
+    group = re.match(r'stem|stage\d+', name)
+    groups.setdefault(group[0] if group else 'head', []).append(subtree)
   return {f'grad_norm_{group}': optax.tree.norm(trees) for group, trees in groups.items()}
 
 
@@ -153,20 +148,25 @@ def make_train_step(
   )
 
 
+def masked_sums(losses, scores, labels, mask) -> dict[str, jax.Array]:
+  """Loss, top-1 and top-5 errors and count, summed over the examples of mask 1; `scores` rank the
+  classes (logits, or probabilities averaged over views)."""
+  top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]
+  return {
+      'loss': jnp.sum(losses * mask),
+      'top1_errors': jnp.sum((jnp.argmax(scores, -1) != labels) * mask),
+      'top5_errors': jnp.sum(jnp.all(top5 != labels[:, None], axis=-1) * mask),
+      'count': jnp.sum(mask),
+  }
+
+
 def eval_step(state: TrainState, batch, *, model: nn.Module, axis_name: str | None = None):
   """Sums over the real (mask == 1) examples of the batch, so that padding counts for nothing."""
   logits = model.apply(
       {'params': state.params, 'batch_stats': state.batch_stats}, batch['image'], train=False
   )
-  mask = batch['mask']
-  labels = batch['label']
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  sums = {
-      'loss': jnp.sum(cross_entropy(logits, labels) * mask),
-      'top1_errors': jnp.sum((jnp.argmax(logits, -1) != labels) * mask),
-      'top5_errors': jnp.sum(jnp.all(top5 != labels[:, None], axis=-1) * mask),
-      'count': jnp.sum(mask),
-  }
+  losses = cross_entropy(logits, batch['label'])
+  sums = masked_sums(losses, logits, batch['label'], batch['mask'])
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums
