@@ -187,6 +187,7 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: _rank(item.nodeid))  # stable: collection order within a rank
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` runs without it
 def pytest_xdist_make_scheduler(config, log):
   if config.getoption('dist') != 'loadgroup':
     return None
