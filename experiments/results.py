@@ -257,8 +257,10 @@ def residual_ratio_figure(runs: list[Run], path) -> None:
   plotted = False
   for ax, family in zip(axes[0], families):
     for run in (r for r in runs if r.family == family):
-      ratios = [{k: v for k, v in rec.items() if k.startswith(prefix)} for rec in run.records]
-      last = next((r for r in reversed(ratios) if r), {})
+      ratios = (
+          {k: v for k, v in rec.items() if k.startswith(prefix)} for rec in reversed(run.records)
+      )
+      last = next((r for r in ratios if r), {})  # the last record that holds them
       values = [last[k] for k in sorted(last, key=_block_order)]
       if values:
         plotted = True
