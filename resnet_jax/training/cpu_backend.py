@@ -10,7 +10,7 @@ the choice cached in a small JSON file (`cache_path()`), so that later runs star
 
 The choice is a per-compilation option (`Lowered.compile(compiler_options=...)`, `jax.jit(...,
 compiler_options=...)`): nothing is process-wide, and GPU and TPU compilations never see it
-(`options_for` gives them none; tests/test_export.py lowers the steps for cuda and tpu).
+(`options_for` gives them none; tests/test_cpu_backend.py lowers the steps for cuda and tpu).
 """
 
 import dataclasses
