@@ -142,7 +142,9 @@ def test_the_steps_lower_for_cuda_and_tpu_without_any_cpu_choice(small_run):
         (None, (128, 512), 1),  # unknown until the data is read
         (28, (128, 512), 8),
         (32, (128, 512), 8),
-        (224, (256, 250), 2),  # the largest split that divides both batches
+        (224, (256, 256), 2),  # ImageNet-size inputs: 2 devices, fastest on both AMD kinds
+        (64, (256, 250), 2),  # the largest split that divides both batches
+        (224, (255, 255), 1),
         (32, (12, 12), 4),
         (32, (7, 7), 1),
     ],

@@ -243,6 +243,7 @@ def test_saving_state_replicated_over_8_cpu_devices_compiles_nothing_and_restore
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == []
+  assert (tmp_path / 'checkpoints/3/state/array_metadatas').is_dir()  # as orbax's default writes
   restored = checkpointing.Checkpoints(tmp_path, read_only=True).restore_as_saved(
       3, jax.sharding.SingleDeviceSharding(jax.devices()[0])
   )

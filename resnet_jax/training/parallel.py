@@ -24,10 +24,15 @@ BATCH_NORMS = ('global', 'per_device')
 
 
 # Inputs at least this many pixels on a side are split over CPU_SPLIT devices by default: on 8x8
-# digits a split is slower (too little work per device), from 28x28 up it is x1.1-2.8 faster on
-# every CPU measured (BENCHMARKS.md, "CPU backend and device split by processor").
+# digits a split is slower (too little work per device), at 28x28 and 32x32 it is x1.1-2.8 faster
+# on every CPU measured (BENCHMARKS.md, "CPU backend and device split by processor"). ImageNet-size
+# inputs (from AUTO_LARGE_SIDE up) are split in 2 instead: ResNet-50 at 224 px ran fastest on 2
+# devices on the Zen 3 (x2.04 one YNNPACK device; 8 on Eigen x2.02, on YNNPACK x1.66) and on the
+# Zen 4 (x1.25; 8 devices x0.99). Nothing was measured between 32 and 224 pixels.
 AUTO_MIN_SIDE = 16
+AUTO_LARGE_SIDE = 112
 CPU_SPLIT = 8
+LARGE_SPLIT = 2
 # What split_cpu did, for the console's first line: (devices, how they were chosen).
 cpu_split = (0, 'one device')
 
@@ -37,12 +42,12 @@ def auto_cpu_devices(image_side: int | None, batch_sizes: tuple[int, ...]) -> tu
   `batch_sizes` (per process) and whose images are `image_side` pixels on a side (None: unknown).
 
   The largest of 8, 4, 2 that divides every batch, for inputs of at least AUTO_MIN_SIDE pixels;
-  one device for smaller or unknown inputs.
+  2 from AUTO_LARGE_SIDE up; one device for smaller or unknown inputs.
   """
   if not image_side or image_side < AUTO_MIN_SIDE:
     side = f'{image_side}x{image_side}' if image_side else 'unknown-size'
     return 1, f'auto: {side} inputs run fastest on one device'
-  for devices in (CPU_SPLIT, 4, 2):
+  for devices in (LARGE_SPLIT,) if image_side >= AUTO_LARGE_SIDE else (CPU_SPLIT, 4, 2):
     if all(size % devices == 0 for size in batch_sizes):
       return devices, f'auto: {image_side}x{image_side} inputs'
   return 1, 'auto: the batch does not divide over 2 devices'
