@@ -11,8 +11,8 @@ CPU layout), the plain Flax baseline (benchmarks/baseline_resnet20.py), and the 
 `resnet_jax.training.loop` builds it, on 1 CPU device and, with --devices N, on N CPU devices
 (parallelism.cpu_devices=N). Every figure is also a ratio to PyTorch's, call by call.
 
---cpu_table times the defaults beside each CPU candidate (1 device and the automatic split, on
-either backend): the rows of README's and BENCHMARKS.md's CPU tables, with the processor named.
+--cpu_table times the defaults beside each CPU candidate (1 device on each backend, the split into
+8 on XLA's two): the rows of README's and BENCHMARKS.md's CPU tables, with the processor named.
 
 --variants replaces the project's two steps by a list of steps, each '+'-joined levers, all timed in
 the same rounds (the process has max(devicesN) CPU devices):
@@ -20,8 +20,8 @@ the same rounds (the process has max(devicesN) CPU devices):
                    (parallel.auto_cpu_devices) and the backend of parallelism.cpu_backend=auto
                    (cpu_backend.choose: measured on first use, then cached)
   devicesN         the step on the first N CPU devices (parallelism.cpu_devices=N), same batch
-  ynnpack, eigen   parallelism.cpu_backend=NAME (XLA's convolutions on YNNPACK, its default, or
-                   on Eigen)
+  ynnpack, eigen,  parallelism.cpu_backend=NAME (XLA's convolutions on YNNPACK, its default, or
+  onednn           on Eigen; or oneDNN's, as custom calls: resnet_jax/models/onednn_conv.py)
   matmul_grad      model.conv_kernel_grad='matmul' (resnet_jax/models/conv.py)
   conv=NAME        model.conv_kernel_grad=NAME (any of models.CONV_KERNEL_GRADS)
   xla:OPTION=VALUE an XLA debug option for this step's compilation only (e.g.
@@ -111,15 +111,24 @@ class TorchRunner:
 
 def parse_variant(spec: str, batch: int = 128) -> dict:
   """'devices2+matmul_grad+xla:xla_cpu_multi_thread_eigen=false' -> the levers it names."""
+  from resnet_jax.models import onednn_conv  # pylint: disable=import-outside-toplevel
   from resnet_jax.training import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
 
-  variant = {'name': spec, 'devices': 1, 'conv_kernel_grad': 'xla', 'compiler_options': {}}
+  variant = {
+      'name': spec,
+      'devices': 1,
+      'conv_kernel_grad': 'xla',
+      'compiler_options': {},
+      'convolutions': 'xla',
+  }
   for part in spec.split('+'):
     if part == 'defaults':
-      variant['devices'] = parallel.auto_cpu_devices(32, (batch, batch))[0]
+      onednn = onednn_conv.missing() is None and cpu_backend.requested('auto') in ('auto', 'onednn')
+      variant['devices'] = parallel.auto_cpu_devices(32, (batch, batch), onednn=onednn)[0]
       variant['compiler_options'] = 'auto'
     elif part in cpu_backend.BACKENDS:
       variant['compiler_options'].update(cpu_backend.BACKENDS[part])
+      variant['convolutions'] = cpu_backend.convolutions(part)
     elif part.startswith('devices') and part[7:].isdigit():
       variant['devices'] = int(part[7:])
     elif part == 'matmul_grad':
@@ -162,7 +171,9 @@ def main():
 
   if args.cpu_table:
     split = f'devices{parallel_split(args.batch)}'
-    args.variants = f'defaults,devices1+ynnpack,devices1+eigen,{split}+ynnpack,{split}+eigen'
+    args.variants = (
+        f'defaults,devices1+ynnpack,devices1+eigen,devices1+onednn,{split}+ynnpack,{split}+eigen'
+    )
   variants = (
       [parse_variant(v, args.batch) for v in args.variants.split(',')] if args.variants else []
   )
@@ -188,6 +199,7 @@ def main():
         config,
         mesh=parallel.make_mesh(jax.devices()[: v['devices']]),
         compiler_options=v['compiler_options'] or None,
+        convolutions=v['convolutions'],
     )
     if step.backend:  # the defaults: say what they came to
       v['name'] += f" = devices{v['devices']}+{step.backend.name} ({step.backend.how})"

@@ -127,7 +127,8 @@ class ProductStep:
       mesh=None,
       mode: str = 'jit',
       batch_norm: str = 'global',
-      compiler_options: dict | None = None,
+      compiler_options: dict | str | None = None,
+      convolutions: str = 'xla',
   ):
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
@@ -142,33 +143,31 @@ class ProductStep:
     self.run = run  # what the step was built from; nothing reads the config after this
     setup = Setup(run, self.data_parallel)  # the model, optimizer and state as training builds
     self.state = self.data_parallel.to_devices(setup.fresh_state())
-    step_fn = setup.train_step_fn()
     host_batch = baseline_resnet20.random_batch(run.batch.size, image_shape, num_classes, run.seed)
-    if per_dispatch == 1 and donate:
-      step = self.data_parallel.compile_train_step(step_fn)  # exactly the product's compiled step
-      self.batch = self.data_parallel.place_batch(host_batch)
-    elif per_dispatch == 1:
-      step = jax.jit(
-          step_fn,
-          in_shardings=(self.data_parallel.replicated, self.data_parallel.batch_sharded),
-          out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
-      )
-      self.batch = self.data_parallel.place_batch(host_batch)
-    else:
+    self.batch = self.data_parallel.place_batch(host_batch)
+    if per_dispatch > 1:
       if mode != 'jit' or batch_norm != 'global':
         raise SystemExit(
             'scanK variants are measured for the default jit mode with global BatchNorm'
         )
-
-      def k_steps(state, batches):
-        return jax.lax.scan(step_fn, state, batches)
-
       stacked = jax.tree.map(lambda x: np.stack([x] * per_dispatch), host_batch)
       self.batch = jax.device_put(
           stacked, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS))
       )
-      step = jax.jit(
-          k_steps,
+
+    def jitted(convolutions: str):
+      """The step to time, the model's convolutions on `convolutions`' kernels."""
+      step_fn = setup.train_step_fn(setup.model.clone(convolutions=convolutions))
+      if per_dispatch == 1 and donate:
+        return self.data_parallel.compile_train_step(step_fn)  # exactly the product's step
+      if per_dispatch == 1:
+        return jax.jit(
+            step_fn,
+            in_shardings=(self.data_parallel.replicated, self.data_parallel.batch_sharded),
+            out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
+        )
+      return jax.jit(
+          lambda state, batches: jax.lax.scan(step_fn, state, batches),
           in_shardings=(
               self.data_parallel.replicated,
               NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS)),
@@ -176,13 +175,15 @@ class ProductStep:
           out_shardings=(self.data_parallel.replicated, self.data_parallel.replicated),
           donate_argnums=0 if donate else (),
       )
+
     # compiler_options: XLA debug options for this compilation only (e.g.
     # {'xla_cpu_multi_thread_eigen': False}), so that variants compare within one process;
     # 'auto': the CPU backend the product picks (cpu_backend.choose: measured, or cached).
+    # `convolutions`: 'onednn' for oneDNN's (parallelism.cpu_backend=onednn).
     self.backend = None
     if compiler_options == 'auto':
       self.backend, _ = cpu_backend.choose(
-          lambda: step.lower(self.state, self.batch),
+          lambda c: jitted(c).lower(self.state, self.batch),
           self.state,
           self.batch,
           configured='auto',
@@ -191,6 +192,8 @@ class ProductStep:
           ),
       )
       compiler_options = self.backend.options or None
+      convolutions = cpu_backend.convolutions(self.backend.name)
+    step = jitted(convolutions)
     self.step, self.compile_seconds, flops = common.compile_timed(
         step, self.state, self.batch, compiler_options=compiler_options
     )

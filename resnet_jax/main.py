@@ -219,7 +219,8 @@ def _defer_background_tracebacks() -> None:
 def _split_cpu(fields) -> None:
   """parallelism.cpu_devices, or the auto rule's count (parallel.auto_cpu_devices) for 0."""
   from resnet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from resnet_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  from resnet_jax.models import onednn_conv  # pylint: disable=import-outside-toplevel
+  from resnet_jax.training import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
 
   devices = fields.parallelism.cpu_devices if fields else 1
   if devices or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
@@ -230,7 +231,15 @@ def _split_cpu(fields) -> None:
     return parallel.split_cpu(1)  # resolve reports the batch size that does not divide
   with library_noise.silenced():  # a TFDS dataset's declared shape imports TensorFlow
     side = pipeline.image_side(fields.dataset)
-  parallel.split_cpu(*parallel.auto_cpu_devices(side, tuple(b // processes for b in batches)))
+  onednn = (
+      processes == 1
+      and cpu_backend.requested(fields.parallelism.cpu_backend) in ('auto', 'onednn')
+      and fields.model.overrides.get('conv_kernel_grad', 'xla') == 'xla'
+      and onednn_conv.missing() is None
+  )
+  parallel.split_cpu(
+      *parallel.auto_cpu_devices(side, tuple(b // processes for b in batches), onednn=onednn)
+  )
 
 
 def _evaluate(config) -> dict:

@@ -12,7 +12,7 @@ from resnet_jax.training import cpu_backend, optim, parallel
 from resnet_jax.common.errors import UserError
 from resnet_jax.training.step import create_train_state, eval_step, make_train_step
 
-SIGNATURE = {'model': 'a small step', 'batch': 16}
+SIGNATURE = {'model': {'name': 'a small step'}, 'batch': 16, 'devices': 1, 'processes': 1}
 
 
 def _tiny_step():
@@ -36,16 +36,17 @@ def cache_fixture(tmp_path, monkeypatch):
 
 def test_auto_measures_both_backends_once_then_reads_the_cache(cache):
   step, state, batch = _tiny_step()
-  lower = lambda: step.lower(state, batch)
+  lower = lambda convolutions: step.lower(state, batch)
   choice, compiled = cpu_backend.choose(lower, state, batch, configured='auto', signature=SIGNATURE)
   assert choice.how == 'measured' and choice.name in cpu_backend.BACKENDS
-  assert {name for name, _ in choice.step_seconds} == set(cpu_backend.BACKENDS)
+  assert {name for name, _ in choice.step_seconds} == set(cpu_backend.candidates(SIGNATURE))
   assert choice.seconds > 0 and choice.describe().startswith(f'cpu backend {choice.name} (measured')
   # The caller's state was not donated to the measurement, and the kept program is the step.
   expected = np.tanh(np.ones((64, 64)) @ np.full((64, 64), 0.01))
   np.testing.assert_allclose(compiled(jnp.copy(state), batch)[0], expected, rtol=1e-6)
   entry = json.loads(cache.read_text())[cpu_backend.cache_key(SIGNATURE)]
-  assert entry['backend'] == choice.name and set(entry['step_seconds']) == set(cpu_backend.BACKENDS)
+  assert entry['backend'] == choice.name
+  assert set(entry['step_seconds']) == set(cpu_backend.candidates(SIGNATURE))
 
   again, _ = cpu_backend.choose(lower, state, batch, configured='auto', signature=SIGNATURE)
   assert (again.name, again.how) == (choice.name, 'cached')
@@ -58,18 +59,16 @@ def test_xla_default_is_kept_unless_another_backend_is_clearly_faster(cache, mon
   step, state, batch = _tiny_step()
   timings = iter([{'ynnpack': 1.0, 'eigen': 0.97}, {'ynnpack': 1.0, 'eigen': 0.5}])
   monkeypatch.setattr(cpu_backend, '_time_steps', lambda *_: next(timings))
-  lower = lambda: step.lower(state, batch)
-  assert cpu_backend.choose(lower, state, batch, configured='auto', signature={'a': 1})[0].name == (
-      'ynnpack'
-  )
-  assert cpu_backend.choose(lower, state, batch, configured='auto', signature={'a': 2})[0].name == (
-      'eigen'
-  )
+  lower = lambda convolutions: step.lower(state, batch)
+  for batch_size, expected in ((16, 'ynnpack'), (32, 'eigen')):
+    signature = {**SIGNATURE, 'batch': batch_size}
+    choice = cpu_backend.choose(lower, state, batch, configured='auto', signature=signature)[0]
+    assert choice.name == expected
 
 
 def test_a_backend_set_in_the_config_or_the_environment_is_not_measured(cache, monkeypatch):
   step, state, batch = _tiny_step()
-  lower = lambda: step.lower(state, batch)
+  lower = lambda convolutions: step.lower(state, batch)
   monkeypatch.setattr(cpu_backend, '_time_steps', lambda *_: pytest.fail('measured'))
   choice, _ = cpu_backend.choose(lower, state, batch, configured='eigen', signature=SIGNATURE)
   assert (choice.name, choice.how, choice.options) == (
@@ -83,8 +82,8 @@ def test_a_backend_set_in_the_config_or_the_environment_is_not_measured(cache, m
       == 'ynnpack'
   )
   assert not cache.exists()
-  monkeypatch.setenv(cpu_backend.ENV_OVERRIDE, 'onednn')
-  with pytest.raises(UserError, match="RESNET_JAX_CPU_BACKEND='onednn' is not one of auto, "):
+  monkeypatch.setenv(cpu_backend.ENV_OVERRIDE, 'mkl')
+  with pytest.raises(UserError, match="RESNET_JAX_CPU_BACKEND='mkl' is not one of auto, "):
     cpu_backend.lookup('auto', SIGNATURE)
 
 
@@ -93,17 +92,22 @@ def test_off_the_cpu_nothing_is_measured_and_no_option_is_passed(cache, monkeypa
 
   class Lowered:
 
+    def __init__(self, convolutions):
+      assert convolutions == 'xla'
+
     def compile(self, compiler_options=None):
       compiled_with.append(compiler_options)
       return 'compiled'
 
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  for configured in ('auto', 'eigen'):
+  for configured in ('auto', 'eigen', 'onednn'):
     choice, compiled = cpu_backend.choose(
         Lowered, None, None, configured=configured, signature=SIGNATURE
     )
     assert (choice.how, compiled, choice.describe()) == ('not a CPU', 'compiled', '')
-  assert compiled_with == [None, None]
+    # The model keeps XLA's convolutions: oneDNN's custom calls never reach a GPU or TPU step.
+    assert cpu_backend.convolutions(choice.name) == 'xla'
+  assert compiled_with == [None, None, None]
   assert cpu_backend.options_for('eigen') is None and not cache.exists()
 
 
@@ -132,7 +136,7 @@ def test_the_steps_lower_for_cuda_and_tpu_without_any_cpu_choice(small_run):
     assert exported.platforms == ('cuda', 'tpu')
     text = exported.mlir_module()
     assert 'stablehlo.convolution' in text
-    assert not any(word in text.lower() for word in ('ynn', 'xla_cpu', 'eigen', 'xnn'))
+    assert not any(word in text.lower() for word in ('ynn', 'xla_cpu', 'eigen', 'xnn', 'onednn'))
 
 
 @pytest.mark.parametrize(
@@ -151,3 +155,10 @@ def test_the_steps_lower_for_cuda_and_tpu_without_any_cpu_choice(small_run):
 )
 def test_the_automatic_cpu_split(side, batches, expected):
   assert parallel.auto_cpu_devices(side, batches)[0] == expected
+
+
+@pytest.mark.parametrize('side', [8, 28, 32, 224, None])
+def test_where_onednn_may_run_the_split_is_one_device(side):
+  """oneDNN spreads each convolution over the cores itself; one device on oneDNN was the fastest
+  setting at every size measured (BENCHMARKS.md, "oneDNN convolutions")."""
+  assert parallel.auto_cpu_devices(side, (128, 512), onednn=True)[0] == 1

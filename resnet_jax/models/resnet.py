@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from resnet_jax.models.conv import conv_with_matmul_kernel_grad
+from resnet_jax.models import onednn_conv
 from resnet_jax.common.errors import UserError
 
 ModuleDef = Any
@@ -233,6 +234,9 @@ class ResNet(nn.Module):
   bn_epsilon: float = 1e-5
   remat: bool = False  # recompute block activations in the backward pass to save memory
   conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
+  # Whose kernels run the convolutions: 'xla' (lax's convolution) or, on a CPU only, 'onednn'
+  # (onednn_conv.py: set by the CPU backend, parallelism.cpu_backend, never by a model config).
+  convolutions: str = 'xla'
   # Blocks 2..n of each stage as one scan (variables `stage<s>_scan`, stacked): compile time and
   # compiler memory stop growing with depth, which ResNet-1202 needs; the same function otherwise.
   # For accelerators: XLA's CPU backend runs a scanned body as a much slower while loop
@@ -250,7 +254,11 @@ class ResNet(nn.Module):
         use_bias=False,
         dtype=self.dtype,
         kernel_init=conv_kernel_init,
-        conv_general_dilated=CONV_KERNEL_GRADS[self.conv_kernel_grad],
+        conv_general_dilated=(
+            onednn_conv.conv_general_dilated
+            if self.convolutions == 'onednn'
+            else CONV_KERNEL_GRADS[self.conv_kernel_grad]
+        ),
     )
     norm = functools.partial(
         nn.BatchNorm,

@@ -27,12 +27,16 @@ import jax.numpy as jnp
 import jaxlib
 
 from resnet_jax.common.errors import UserError
+from resnet_jax.models import onednn_conv
 
 # The candidates, as XLA CPU debug options for one compilation. 'ynnpack' is XLA's own default.
 BACKENDS = {
     'ynnpack': {},
     # YNNPACK keeps only the dots; convolutions go to Eigen, threaded over the intra-op pool.
     'eigen': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'},
+    # The model's convolutions are oneDNN's custom calls (models/onednn_conv.py), XLA's defaults
+    # for the rest: one device in one process, whose convolutions oneDNN spreads over the cores.
+    'onednn': {},
 }
 CHOICES = ('auto', *BACKENDS)
 DEFAULT = 'ynnpack'
@@ -120,9 +124,37 @@ def step_signature(run, *, devices: int, processes: int) -> dict[str, Any]:
   }
 
 
+def convolutions(name: str) -> str:
+  """The model's `convolutions` for a backend: whose kernels its convolutions call."""
+  return 'onednn' if name == 'onednn' else 'xla'
+
+
+def onednn_refusal(signature: dict[str, Any]) -> str | None:
+  """Why a step of `signature` cannot run on oneDNN's convolutions here, or None when it can."""
+  if signature['devices'] > 1 or signature['processes'] > 1:
+    return (
+        f"runs on one CPU device in one process, not {signature['devices']} device(s) in"
+        f" {signature['processes']} process(es)"
+    )
+  if signature['model'].get('conv_kernel_grad', 'xla') != 'xla':
+    return 'replaces every convolution, so model.conv_kernel_grad must be xla'
+  return onednn_conv.unavailable()
+
+
+def candidates(signature: dict[str, Any]) -> tuple[str, ...]:
+  """The backends a step of `signature` can run on in this process."""
+  return tuple(n for n in BACKENDS if n != 'onednn' or onednn_refusal(signature) is None)
+
+
 def cache_key(signature: dict[str, Any]) -> str:
   return json.dumps(
-      {'processor': processor(), 'jaxlib': jaxlib.__version__, 'step': signature}, sort_keys=True
+      {
+          'processor': processor(),
+          'jaxlib': jaxlib.__version__,
+          'step': signature,
+          'candidates': candidates(signature),  # installing oneDNN makes the choice again
+      },
+      sort_keys=True,
   )
 
 
@@ -165,10 +197,17 @@ def lookup(configured: str, signature: dict[str, Any]) -> Choice:
   name = requested(configured)
   if jax.default_backend() != 'cpu':
     return Choice('default', 'not a CPU')
+  if name == 'onednn' and (refusal := onednn_refusal(signature)):
+    raise UserError(
+        f'--config.parallelism.cpu_backend=onednn {refusal}; set'
+        ' --config.parallelism.cpu_devices=1 (and one process), or cpu_backend=auto'
+        if 'device' in refusal
+        else f'--config.parallelism.cpu_backend=onednn: {refusal}; or set cpu_backend=auto'
+    )
   if name in BACKENDS:
     return Choice(name, 'set')
   cached = _read_cache(cache_path()).get(cache_key(signature)) or {}
-  if cached.get('backend') in BACKENDS:
+  if cached.get('backend') in candidates(signature):
     return Choice(cached['backend'], 'cached')
   return Choice(DEFAULT, UNMEASURED)
 
@@ -203,9 +242,10 @@ def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]
 
 
 def choose(
-    lower: Callable[[], Any], state, batch, *, configured: str, signature: dict[str, Any]
+    lower: Callable[[str], Any], state, batch, *, configured: str, signature: dict[str, Any]
 ) -> tuple[Choice, Any]:
-  """(the choice, the step compiled with it) for the step that `lower()` lowers.
+  """(the choice, the step compiled with it) for the step that `lower(convolutions)` lowers with
+  the model's convolutions on 'xla' or 'onednn' (`convolutions(name)`).
 
   `state` and `batch` are real inputs of the step, used (on copies) only when measuring.
   """
@@ -214,10 +254,13 @@ def choose(
     agreed = _agree({'backend': choice.name} if choice.how == 'cached' else None)  # process 0's
     choice = Choice(agreed['backend'], 'cached') if agreed else Choice(DEFAULT, UNMEASURED)
   if choice.how != UNMEASURED:
-    return choice, lower().compile(compiler_options=choice.options or None)
+    return choice, lower(convolutions(choice.name)).compile(compiler_options=choice.options or None)
   start = time.perf_counter()
-  lowered = lower()
-  compiled = {n: lowered.compile(compiler_options=o or None) for n, o in BACKENDS.items()}
+  lowered = {c: lower(c) for c in {convolutions(n) for n in candidates(signature)}}
+  compiled = {
+      n: lowered[convolutions(n)].compile(compiler_options=BACKENDS[n] or None)
+      for n in candidates(signature)
+  }
   step_seconds = _time_steps(compiled, state, batch)
   fastest = min(step_seconds, key=step_seconds.get)
   if step_seconds[DEFAULT] < MIN_GAIN * step_seconds[fastest]:

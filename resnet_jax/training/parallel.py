@@ -37,13 +37,20 @@ LARGE_SPLIT = 2
 cpu_split = (0, 'one device')
 
 
-def auto_cpu_devices(image_side: int | None, batch_sizes: tuple[int, ...]) -> tuple[int, str]:
+def auto_cpu_devices(
+    image_side: int | None, batch_sizes: tuple[int, ...], *, onednn: bool = False
+) -> tuple[int, str]:
   """`parallelism.cpu_devices=0` (auto): (devices, why) for a process whose batches are
   `batch_sizes` (per process) and whose images are `image_side` pixels on a side (None: unknown).
 
-  The largest of 8, 4, 2 that divides every batch, for inputs of at least AUTO_MIN_SIDE pixels;
-  2 from AUTO_LARGE_SIDE up; one device for smaller or unknown inputs.
+  One device when the CPU backend may be oneDNN (`onednn`: cpu_backend auto or onednn, one
+  process, oneDNN installed): its convolutions use every core from one device, and one device on
+  oneDNN was the fastest setting at every input size measured (BENCHMARKS.md, "oneDNN
+  convolutions"). Otherwise the largest of 8, 4, 2 that divides every batch, for inputs of at least
+  AUTO_MIN_SIDE pixels; 2 from AUTO_LARGE_SIDE up; one device for smaller or unknown inputs.
   """
+  if onednn:
+    return 1, 'auto: oneDNN convolutions use every core from one device'
   if not image_side or image_side < AUTO_MIN_SIDE:
     side = f'{image_side}x{image_side}' if image_side else 'unknown-size'
     return 1, f'auto: {side} inputs run fastest on one device'

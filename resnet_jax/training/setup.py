@@ -25,14 +25,20 @@ class Setup:
     self.data_parallel = data_parallel or parallel.DataParallel(
         run.parallelism.mode, run.parallelism.batch_norm
     )
-    self.model = run.model.build(
-        run.dataset.num_classes, bn_axis_name=self.data_parallel.bn_axis_name
-    )
     self.tx = optim.create_optimizer(run.optimizer)
     # The CPU backend a train step of this signature was measured to run fastest on (or the
     # configured one); compile_train_step measures it if it is not known yet.
     self.backend = cpu_backend.lookup(run.parallelism.cpu_backend, self.signature())
+    self.model = self.model_for(self.backend.name)
     self._eval_step = None
+
+  def model_for(self, backend: str):
+    """The run's network, its convolutions on the kernels of CPU backend `backend`."""
+    return self.run.model.build(
+        self.run.dataset.num_classes,
+        bn_axis_name=self.data_parallel.bn_axis_name,
+        convolutions=cpu_backend.convolutions(backend),
+    )
 
   def signature(self) -> dict:
     return cpu_backend.step_signature(
@@ -65,21 +71,27 @@ class Setup:
 
   # ------------------------------------------------------------------------------ steps
 
-  def train_step_fn(self):
+  def train_step_fn(self, model=None):
     """The train step as a pure function (step.make_train_step), not yet compiled."""
-    return make_train_step(self.run, model=self.model, tx=self.tx)
+    return make_train_step(self.run, model=model or self.model, tx=self.tx)
 
   def compile_train_step(self, state, batch):
     """The train step compiled for this machine: on a CPU with the backend cpu_backend.choose
     picks, measuring on copies of `state` and `batch` if needed; the eval step follows it."""
-    step = self.data_parallel.compile_train_step(self.train_step_fn())
+
+    def lower(convolutions: str):
+      model = self.model.clone(convolutions=convolutions)
+      step = self.data_parallel.compile_train_step(self.train_step_fn(model))
+      return step.lower(state, batch)
+
     self.backend, compiled = cpu_backend.choose(
-        lambda: step.lower(state, batch),
+        lower,
         state,
         batch,
         configured=self.run.parallelism.cpu_backend,
         signature=self.signature(),
     )
+    self.model = self.model_for(self.backend.name)
     self._eval_step = None  # compiled again with the chosen backend
     return compiled
 

@@ -1,0 +1,179 @@
+// oneDNN's convolutions as XLA FFI custom calls on the CPU (resnet_jax/models/onednn_conv.py).
+//
+// Three handlers, one per pass of a 2-D convolution of an NHWC input with an HWIO kernel (no
+// bias, no dilation, one group), all float32: the forward, the input gradient and the kernel
+// gradient. Activations stay in XLA's row-major NHWC, which is oneDNN's `nhwc` (PyTorch's
+// channels_last), so nothing is copied into another layout; the kernel, small, is reordered into
+// the layout the primitive picked. A primitive is made once per shape and kept (a primitive's
+// creation JIT-compiles its kernel: milliseconds, against microseconds to run it again).
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+using Type = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution's shapes: input (n, h, w, c), kernel (kh, kw, c, o), output (n, oh, ow, o).
+struct Shape {
+  memory::dim n, h, w, c, kh, kw, o, oh, ow;
+  memory::dims strides, pad_lo, pad_hi;
+
+  memory::desc Input() const { return {{n, c, h, w}, Type::f32, Tag::nhwc}; }
+  memory::desc Output() const { return {{n, o, oh, ow}, Type::f32, Tag::nhwc}; }
+  memory::desc Kernel(Tag tag) const { return {{o, c, kh, kw}, Type::f32, tag}; }
+  std::string Key(char pass) const {
+    std::string key(1, pass);
+    for (memory::dim v : {n, h, w, c, kh, kw, o, oh, ow, strides[0], strides[1], pad_lo[0],
+                          pad_lo[1], pad_hi[0], pad_hi[1]}) {
+      key += ',' + std::to_string(v);
+    }
+    return key;
+  }
+};
+
+Shape ShapeOf(ffi::Span<const int64_t> input, ffi::Span<const int64_t> kernel,
+              ffi::Span<const int64_t> output, int64_t stride_h, int64_t stride_w,
+              int64_t pad_h_lo, int64_t pad_h_hi, int64_t pad_w_lo, int64_t pad_w_hi) {
+  return Shape{input[0],  input[1],  input[2],  input[3], kernel[0],
+               kernel[1], kernel[3], output[1], output[2], {stride_h, stride_w},
+               {pad_h_lo, pad_w_lo}, {pad_h_hi, pad_w_hi}};
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s) {
+  return {Engine(),     dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+          s.Input(),    s.Kernel(Tag::any),                s.Output(),
+          s.strides,    s.pad_lo,                          s.pad_hi};
+}
+
+template <typename Primitive>
+struct Made {
+  typename Primitive::primitive_desc desc;
+  Primitive primitive;
+};
+
+// The primitives made so far, by pass and shape; XLA may call from several threads at once.
+template <typename Primitive, typename MakeDesc>
+const Made<Primitive>& Cached(const std::string& key, MakeDesc make_desc) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, Made<Primitive>> made;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = made.find(key);
+  if (it == made.end()) {
+    typename Primitive::primitive_desc desc = make_desc();
+    it = made.emplace(key, Made<Primitive>{desc, Primitive(desc)}).first;
+  }
+  return it->second;
+}
+
+// The HWIO kernel at `data`, in the layout `wanted` (reordered into new memory if it differs).
+memory KernelAs(const Shape& s, const memory::desc& wanted, void* data, dnnl::stream& stream) {
+  memory given(s.Kernel(Tag::hwio), Engine(), data);
+  if (wanted == given.get_desc()) return given;
+  memory reordered(wanted, Engine());
+  dnnl::reorder(given, reordered).execute(stream, given, reordered);
+  return reordered;
+}
+
+template <typename Body>
+ffi::Error Guarded(Body body) {
+  try {
+    body();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t phl, int64_t phh,
+                   int64_t pwl, int64_t pwh) {
+  return Guarded([&] {
+    Shape s = ShapeOf(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, phl, phh, pwl, pwh);
+    const auto& conv = Cached<dnnl::convolution_forward>(s.Key('f'), [&] { return ForwardDesc(s); });
+    dnnl::stream stream(Engine());
+    memory input(conv.desc.src_desc(), Engine(), x.typed_data());
+    memory output(conv.desc.dst_desc(), Engine(), y->typed_data());
+    memory kernel = KernelAs(s, conv.desc.weights_desc(), k.typed_data(), stream);
+    conv.primitive.execute(
+        stream, {{DNNL_ARG_SRC, input}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, output}});
+    stream.wait();
+  });
+}
+
+ffi::Error InputGradient(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64_t phl,
+                         int64_t phh, int64_t pwl, int64_t pwh) {
+  return Guarded([&] {
+    Shape s = ShapeOf(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, phl, phh, pwl, pwh);
+    const auto& conv = Cached<dnnl::convolution_backward_data>(s.Key('d'), [&] {
+      return dnnl::convolution_backward_data::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any), s.Output(),
+          s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
+    });
+    dnnl::stream stream(Engine());
+    memory output_grad(conv.desc.diff_dst_desc(), Engine(), dy.typed_data());
+    memory input_grad(conv.desc.diff_src_desc(), Engine(), dx->typed_data());
+    memory kernel = KernelAs(s, conv.desc.weights_desc(), k.typed_data(), stream);
+    conv.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, output_grad},
+                                    {DNNL_ARG_WEIGHTS, kernel},
+                                    {DNNL_ARG_DIFF_SRC, input_grad}});
+    stream.wait();
+  });
+}
+
+ffi::Error KernelGradient(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int64_t phl,
+                          int64_t phh, int64_t pwl, int64_t pwh) {
+  return Guarded([&] {
+    Shape s = ShapeOf(x.dimensions(), dk->dimensions(), dy.dimensions(), sh, sw, phl, phh, pwl, pwh);
+    const auto& conv = Cached<dnnl::convolution_backward_weights>(s.Key('w'), [&] {
+      return dnnl::convolution_backward_weights::primitive_desc(
+          Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any), s.Output(),
+          s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
+    });
+    dnnl::stream stream(Engine());
+    memory input(conv.desc.src_desc(), Engine(), x.typed_data());
+    memory output_grad(conv.desc.diff_dst_desc(), Engine(), dy.typed_data());
+    memory kernel_grad(s.Kernel(Tag::hwio), Engine(), dk->typed_data());
+    bool direct = conv.desc.diff_weights_desc() == kernel_grad.get_desc();
+    memory computed = direct ? kernel_grad : memory(conv.desc.diff_weights_desc(), Engine());
+    conv.primitive.execute(stream, {{DNNL_ARG_SRC, input},
+                                    {DNNL_ARG_DIFF_DST, output_grad},
+                                    {DNNL_ARG_DIFF_WEIGHTS, computed}});
+    if (!direct) dnnl::reorder(computed, kernel_grad).execute(stream, computed, kernel_grad);
+    stream.wait();
+  });
+}
+
+}  // namespace
+
+#define RESNET_JAX_CONV_BINDING                                                              \
+  ffi::Ffi::Bind()                                                                           \
+      .Arg<F32>()                                                                            \
+      .Arg<F32>()                                                                            \
+      .Ret<F32>()                                                                            \
+      .Attr<int64_t>("stride_h")                                                             \
+      .Attr<int64_t>("stride_w")                                                             \
+      .Attr<int64_t>("pad_h_lo")                                                             \
+      .Attr<int64_t>("pad_h_hi")                                                             \
+      .Attr<int64_t>("pad_w_lo")                                                             \
+      .Attr<int64_t>("pad_w_hi")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvForward, Forward, RESNET_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvInputGradient, InputGradient,
+                              RESNET_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvKernelGradient, KernelGradient,
+                              RESNET_JAX_CONV_BINDING);

@@ -1,0 +1,109 @@
+"""oneDNN's convolutions (parallelism.cpu_backend=onednn) against XLA's, pass by pass and through
+whole networks, and the CPU backend that chooses them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from resnet_jax.common.errors import UserError
+from resnet_jax.models import create_model, onednn_conv
+from resnet_jax.training import cpu_backend
+
+pytestmark = pytest.mark.skipif(
+    onednn_conv.unavailable() is not None, reason=f'oneDNN: {onednn_conv.unavailable()}'
+)
+SIGNATURE = {'model': {'name': 'resnet20'}, 'batch': 16, 'devices': 1, 'processes': 1}
+
+
+def _xla_conv(x, k, strides, padding):
+  return lax.conv_general_dilated(
+      x, k, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+
+
+@pytest.mark.parametrize(
+    'x_shape,k_shape,strides,padding',
+    [
+        ((4, 9, 9, 3), (3, 3, 3, 8), (1, 1), ((1, 1), (1, 1))),  # a CIFAR block's 3x3
+        ((4, 10, 10, 8), (3, 3, 8, 16), (2, 2), ((1, 1), (1, 1))),  # a stage's first, strided
+        ((2, 11, 11, 8), (1, 1, 8, 16), (2, 2), ((0, 0), (0, 0))),  # a projection shortcut
+        ((2, 23, 23, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),  # the ImageNet stem
+        ((2, 10, 12, 5), (3, 3, 5, 6), (2, 1), ((0, 1), (2, 0))),  # 'SAME'-style, uneven
+    ],
+)
+def test_each_pass_equals_xlas_convolution(x_shape, k_shape, strides, padding):
+  """Forward, input gradient and kernel gradient, each against lax's convolution in float64 (XLA's
+  own, which nobody here wrote): float32 rounding apart, the same numbers."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(x_shape).astype(np.float32)
+  k = rng.standard_normal(k_shape).astype(np.float32)
+  y, vjp = jax.vjp(lambda x, k: onednn_conv.conv_2d(x, k, strides, padding), x, k)
+  dy = rng.standard_normal(y.shape).astype(np.float32)
+  with jax.enable_x64():
+    want_y, want_vjp = jax.vjp(
+        lambda x, k: _xla_conv(x, k, strides, padding), x.astype(np.float64), k.astype(np.float64)
+    )
+    wants = (want_y, *want_vjp(dy.astype(np.float64)))
+  for got, want in zip((y, *vjp(dy)), wants):
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(np.max(np.abs(want))))
+
+
+def test_other_convolutions_stay_xlas():
+  """bfloat16, dilated or grouped convolutions are XLA's: oneDNN here is float32 2-D only."""
+  x, k = jnp.ones((1, 6, 6, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 4), jnp.bfloat16)
+  text = jax.jit(lambda x, k: onednn_conv.conv_general_dilated(x, k, (1, 1), 'SAME')).lower(x, k)
+  assert 'stablehlo.convolution' in text.as_text() and 'Onednn' not in text.as_text()
+  grouped = jax.jit(
+      lambda x, k: onednn_conv.conv_general_dilated(x, k, (1, 1), 'SAME', feature_group_count=2)
+  ).lower(x.astype(jnp.float32), jnp.ones((3, 3, 2, 4)))
+  assert 'Onednn' not in grouped.as_text()
+
+
+@pytest.mark.parametrize('name,shape', [('resnet20', (8, 16, 16, 3)), ('resnet18', (4, 32, 32, 3))])
+def test_a_network_on_onednn_trains_as_on_xla(name, shape):
+  """The same network with every convolution on oneDNN: none of XLA's convolutions left, and its
+  loss and gradients as close to XLA's float64 ones as XLA's own float32 step is."""
+  model = create_model(name, num_classes=10)
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def loss(params, model, x):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  params = variables['params']
+  onednn = model.clone(convolutions='onednn')
+  results = {'xla': grad(params, model, x), 'onednn': grad(params, onednn, x)}
+  with jax.enable_x64():
+    as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+    exact = as64(grad(as64(params), model.clone(dtype=jnp.float64), x.astype(np.float64)))
+  errors = {
+      k: [
+          np.max(np.abs(np.asarray(g) - e))
+          for g, e in zip(jax.tree.leaves(v), jax.tree.leaves(exact))
+      ]
+      for k, v in results.items()
+  }
+  scales = [np.max(np.abs(e)) for e in jax.tree.leaves(exact)]
+  for ours, xlas, scale in zip(errors['onednn'], errors['xla'], scales):
+    assert ours <= 3 * xlas + 1e-5 * scale
+  text = jax.jit(loss, static_argnums=1).lower(params, onednn, x).as_text()
+  assert 'stablehlo.convolution' not in text and 'ResnetJaxOnednnConvForward' in text
+
+
+def test_onednn_is_a_candidate_only_where_it_can_run(monkeypatch):
+  monkeypatch.delenv(cpu_backend.ENV_OVERRIDE, raising=False)  # the suite's pinned backend
+  assert 'onednn' in cpu_backend.candidates(SIGNATURE)
+  for other in ({'devices': 8}, {'processes': 2}, {'model': {'conv_kernel_grad': 'matmul'}}):
+    assert cpu_backend.candidates({**SIGNATURE, **other}) == ('ynnpack', 'eigen')
+  with pytest.raises(UserError, match='^--config.parallelism.cpu_backend=onednn runs on one CPU'
+                     ' device in one process, not 8 device.*cpu_devices=1'):  # fmt: skip
+    cpu_backend.lookup('onednn', {**SIGNATURE, 'devices': 8})
+  monkeypatch.setattr(onednn_conv, 'unavailable', lambda: 'oneDNN is not installed: pip ...')
+  assert cpu_backend.candidates(SIGNATURE) == ('ynnpack', 'eigen')
+  with pytest.raises(UserError, match='onednn: oneDNN is not installed: pip ...; or set cpu_b'):
+    cpu_backend.lookup('onednn', SIGNATURE)
