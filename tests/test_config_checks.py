@@ -143,7 +143,7 @@ BAD_VALUES = [
     ('parallelism.mode', ['--config.parallelism.mode=pjit'], "mode='pjit' is not one of"),
     ('parallelism.batch_norm', ['--config.parallelism.batch_norm=sync'], "'sync' is not one of"),
     ('parallelism.cpu_devices', ['--config.parallelism.cpu_devices=-1'], 'must not be negative'),
-    ('parallelism.cpu_backend', ['--config.parallelism.cpu_backend=onednn'], "'onednn' is not one"),
+    ('parallelism.cpu_backend', ['--config.parallelism.cpu_backend=mkl'], "'mkl' is not one"),
     ('dataset.scale_range', ['--config.dataset.scale_range=(480,256)'], 'scale_range=(480, 256)'),
     ('dataset.normalisation', ['--config.dataset.normalisation=zca'], "'zca' is not one of"),
     ('dataset.lighting_std', ['--config.dataset.lighting_std=-0.1'], 'must not be negative'),

@@ -135,9 +135,11 @@ def _call(name: str, shape, dtype, *operands, strides, padding):
       pad_w_lo=pad_w_lo,
       pad_w_hi=pad_w_hi,
   )
-  return jax.ffi.ffi_call(PASSES[name], jax.ShapeDtypeStruct(shape, dtype))(
-      *operands, **{k: np.int64(v) for k, v in attributes.items()}
+  # Under vmap (per-example gradients, say) each example is its own call.
+  call = jax.ffi.ffi_call(
+      PASSES[name], jax.ShapeDtypeStruct(shape, dtype), vmap_method='sequential'
   )
+  return call(*operands, **{k: np.int64(v) for k, v in attributes.items()})
 
 
 def _output_shape(x_shape, k_shape, strides, padding):
