@@ -152,15 +152,17 @@ def base_config(preset: str) -> ml_collections.ConfigDict:
           # 'global' (statistics over the global batch) | 'per_device' (the paper's per-GPU BN)
           batch_norm='global',
           # CPU hosts only (GPUs and TPUs ignore both): split each process's CPU into this many
-          # devices, the batch split over them with the same results. 0 = auto: 8 (or the most
-          # that divide the batch) for inputs of 16x16 pixels and more, one for smaller ones, as
-          # measured on AVX2 and AVX-512 CPUs (BENCHMARKS.md, "CPU backend and device split by
-          # processor"); 1 = one device. A launch's XLA_FLAGS device count wins.
+          # devices, the batch split over them with the same results. 0 = auto: one where oneDNN
+          # can run (cpu_backend auto or onednn, one process, oneDNN installed), else 8 (or the
+          # most that divide the batch) for inputs of 16x16 pixels and more, 2 from 112 pixels, one
+          # for smaller ones (BENCHMARKS.md, "oneDNN convolutions" and "CPU backend and device
+          # split by processor"); 1 = one device. A launch's XLA_FLAGS device count wins.
           cpu_devices=0,
-          # CPU only: 'auto' times XLA's convolutions on YNNPACK and on Eigen for a few steps the
-          # first time a step is compiled on this processor and jaxlib, keeps the faster and
-          # caches the choice (~/.cache/resnet_jax/cpu_backend.json); 'ynnpack' | 'eigen' force
-          # one. The environment's RESNET_JAX_CPU_BACKEND wins (resnet_jax/training/cpu_backend.py).
+          # CPU only: 'auto' times the step on each convolution backend that can run here (XLA's
+          # on YNNPACK and on Eigen, oneDNN's on one device) for a few steps the first time a step
+          # is compiled on this processor and jaxlib, keeps the fastest and caches the choice
+          # (~/.cache/resnet_jax/cpu_backend.json); 'ynnpack' | 'eigen' | 'onednn' force one.
+          # The environment's RESNET_JAX_CPU_BACKEND wins (resnet_jax/training/cpu_backend.py).
           cpu_backend='auto',
       )
   )

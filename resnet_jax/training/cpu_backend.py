@@ -3,14 +3,20 @@
 Why: XLA's CPU backend runs convolutions either through YNNPACK (its default) or through Eigen, and
 which is faster depends on the processor: on an AVX2 AMD EPYC (Zen 3) Eigen runs a ResNet step about
 twice as fast, on an AVX-512 Zen 5 YNNPACK is as fast or a little faster (BENCHMARKS.md, "CPU
-backend by processor"). A fixed default is wrong on one kind of machine or the other, so, in the
-spirit of `torch.backends.cudnn.benchmark`, the first time a step of a given signature is compiled
-on a given processor and jaxlib, both are compiled and timed for a few steps, the faster kept, and
-the choice cached in a small JSON file (`cache_path()`), so that later runs start at once.
+backend by processor"). Both lose to oneDNN's convolutions (PyTorch's), which models/onednn_conv.py
+calls from the step where they can run (x86-64 Linux, one device in one process): on the Zen 5
+they ran the step 1.3 times as fast as XLA's best setting (BENCHMARKS.md, "oneDNN convolutions").
+A fixed default is wrong on one kind of machine or another, so, in the spirit of
+`torch.backends.cudnn.benchmark`, the first time a step of a given signature is compiled on a given
+processor and jaxlib, every candidate that can run is compiled and timed for a few steps, the
+fastest kept, and the choice cached in a small JSON file (`cache_path()`), so that later runs start
+at once.
 
-The choice is a per-compilation option (`Lowered.compile(compiler_options=...)`, `jax.jit(...,
-compiler_options=...)`): nothing is process-wide, and GPU and TPU compilations never see it
-(`options_for` gives them none; tests/test_cpu_backend.py lowers the steps for cuda and tpu).
+XLA's two are per-compilation options (`Lowered.compile(compiler_options=...)`, `jax.jit(...,
+compiler_options=...)`); oneDNN's is the model's `convolutions` field, which Setup sets only from
+this choice. Nothing is process-wide, and GPU and TPU compilations see none of it (off the CPU
+`lookup` answers 'not a CPU' and `options_for` gives no options; tests/test_cpu_backend.py lowers
+the steps for cuda and tpu).
 """
 
 import dataclasses
