@@ -1,6 +1,9 @@
 """oneDNN's convolutions (parallelism.cpu_backend=onednn) against XLA's, pass by pass and through
 whole networks, and the CPU backend that chooses them."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +129,16 @@ def test_onednn_is_a_candidate_only_where_it_can_run(monkeypatch):
   assert cpu_backend.candidates(SIGNATURE) == ('ynnpack', 'eigen')
   with pytest.raises(UserError, match='onednn: oneDNN is not installed: pip ...; or set cpu_b'):
     cpu_backend.lookup('onednn', SIGNATURE)
+
+
+def test_a_fresh_process_registers_the_handlers_on_first_use():
+  """No set-up call needed: the first traced convolution builds (or loads) and registers them."""
+  code = (
+      'import jax.numpy as jnp; from resnet_jax.models import onednn_conv;'
+      'print(float(onednn_conv.conv_2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1),'
+      ' ((1, 1), (1, 1))).sum()))'
+  )
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  # 2 channels of ones: 4 corners see 4 taps, 8 edge pixels 6, the 4 inner ones 9.
+  assert float(done.stdout.split()[-1]) == 2 * (4 * 4 + 8 * 6 + 4 * 9)

@@ -126,6 +126,8 @@ def unavailable() -> str | None:
 
 
 def _call(name: str, shape, dtype, *operands, strides, padding):
+  if reason := unavailable():  # at trace time: the handlers must be registered before it runs
+    raise Unavailable(reason)
   (pad_h_lo, pad_h_hi), (pad_w_lo, pad_w_hi) = padding
   attributes = dict(
       stride_h=strides[0],
@@ -194,8 +196,6 @@ def conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
         dimension_numbers or NHWC, feature_group_count, precision=precision, **kwargs,
     )  # fmt: skip
-  if reason := unavailable():
-    raise Unavailable(reason)
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
   return conv_2d(lhs, rhs.astype(lhs.dtype), tuple(window_strides), tuple(map(tuple, padding)))
