@@ -62,16 +62,15 @@ def _compiler() -> str | None:
   return shutil.which(os.environ.get('CXX', 'g++'))
 
 
-def library_path(root: pathlib.Path, compiler: str) -> pathlib.Path:
+def library_path(root: pathlib.Path) -> pathlib.Path:
   """Where the compiled handlers live: under the user's cache directory, named by a hash of the
-  source, the FFI headers' jaxlib, oneDNN's version header and the compiler, so that a change in
-  any of them compiles again."""
+  source, the FFI headers' jaxlib and oneDNN's version header, so that a change in any of them
+  compiles again (and a machine that has built them needs no compiler after)."""
   digest = hashlib.sha256()
   for part in (
       SOURCE.read_bytes(),
       jaxlib.__version__.encode(),
       (root / 'include/oneapi/dnnl/dnnl_version.h').read_bytes(),
-      compiler.encode(),
   ):
     digest.update(part)
   cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
@@ -99,9 +98,10 @@ def missing() -> str | None:
   before JAX starts."""
   if sys.platform != 'linux' or os.uname().machine != 'x86_64':
     return f'oneDNN from PyPI is for x86-64 Linux, not {sys.platform} {os.uname().machine}'
-  if _onednn_root() is None:
+  root = _onednn_root()
+  if root is None:
     return f'oneDNN and its headers are not installed: {INSTALL}'
-  if _compiler() is None:
+  if not library_path(root).exists() and _compiler() is None:
     return f'no C++ compiler ({os.environ.get("CXX", "g++")}) to build {SOURCE.name}'
   return None
 
@@ -112,11 +112,11 @@ def unavailable() -> str | None:
   (once a machine), loaded and registered with XLA (once a process)."""
   if reason := missing():
     return reason
-  root, compiler = _onednn_root(), _compiler()
-  path = library_path(root, compiler)
+  root = _onednn_root()
+  path = library_path(root)
   try:
     if not path.exists():
-      _compile(root, compiler, path)
+      _compile(root, _compiler(), path)
     library = ctypes.CDLL(str(path))
   except (Unavailable, OSError) as e:
     return str(e)

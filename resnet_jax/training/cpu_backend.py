@@ -137,6 +137,8 @@ def convolutions(name: str) -> str:
 
 def onednn_refusal(signature: dict[str, Any]) -> str | None:
   """Why a step of `signature` cannot run on oneDNN's convolutions here, or None when it can."""
+  if reason := onednn_conv.missing():  # first: then the split could not have been one device
+    return reason
   if signature['devices'] > 1 or signature['processes'] > 1:
     return (
         f"runs on one CPU device in one process, not {signature['devices']} device(s) in"
