@@ -54,6 +54,7 @@ ENV_OVERRIDE = 'RESNET_JAX_CPU_BACKEND'
 MIN_GAIN = 1.05
 UNMEASURED = 'XLA default, not measured'  # lookup's answer when nothing is known yet
 MEASURE_SECONDS = 10.0  # timed steps (after a warm-up step each), beyond the extra compilation
+MAX_ROUNDS = 20  # short steps (the 8x8 digits: 17-37 ms) need no 10 s to tell apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,9 +224,10 @@ def lookup(configured: str, signature: dict[str, Any]) -> Choice:
 def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]:
   """The fastest step of each candidate, in seconds (the least disturbed by the machine's other
   work, which only ever adds time), the candidates interleaved (A B, B A, ...) so that a
-  change in the machine's load hits them alike: rounds until MEASURE_SECONDS are spent, at least
-  one (a fixed two in a multi-process job, whose processes must run the same steps). Each runs on
-  its own copy of `state` (the steps donate it); the caller's state is untouched."""
+  change in the machine's load hits them alike: rounds until MEASURE_SECONDS are spent or
+  MAX_ROUNDS are done, at least one (a fixed two in a multi-process job, whose processes must run
+  the same steps). Each runs on its own copy of `state` (the steps donate it); the caller's state
+  is untouched."""
   copy = lambda tree: jax.tree.map(jnp.copy, tree)
   states, times = {name: copy(state) for name in compiled}, {name: [] for name in compiled}
 
@@ -237,9 +239,8 @@ def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]
 
   spent = sum(one_step(name) for name in compiled)  # warm-up: a program's first call allocates
   order, rounds = list(compiled), 0
-  while (spent < MEASURE_SECONDS and jax.process_count() == 1) or rounds < (
-      1 if jax.process_count() == 1 else 2
-  ):
+  alone = jax.process_count() == 1
+  while (alone and spent < MEASURE_SECONDS and rounds < MAX_ROUNDS) or rounds < (1 if alone else 2):
     for name in order:
       seconds = one_step(name)
       times[name].append(seconds)
