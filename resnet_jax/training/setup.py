@@ -73,7 +73,7 @@ class Setup:
 
   def train_step_fn(self, model=None):
     """The train step as a pure function (step.make_train_step), not yet compiled."""
-    return make_train_step(self.run, model=model or self.model, tx=self.tx)
+    return make_train_step(self.run, model=self.model if model is None else model, tx=self.tx)
 
   def compile_train_step(self, state, batch):
     """The train step compiled for this machine: on a CPU with the backend cpu_backend.choose
