@@ -111,7 +111,6 @@ class TorchRunner:
 
 def parse_variant(spec: str, batch: int = 128) -> dict:
   """'devices2+matmul_grad+xla:xla_cpu_multi_thread_eigen=false' -> the levers it names."""
-  from resnet_jax.models import onednn_conv  # pylint: disable=import-outside-toplevel
   from resnet_jax.training import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
 
   variant = {
@@ -123,7 +122,7 @@ def parse_variant(spec: str, batch: int = 128) -> dict:
   }
   for part in spec.split('+'):
     if part == 'defaults':
-      onednn = onednn_conv.missing() is None and cpu_backend.requested('auto') in ('auto', 'onednn')
+      onednn = cpu_backend.onednn_may_run('auto', processes=1, conv_kernel_grad='xla')
       variant['devices'] = parallel.auto_cpu_devices(32, (batch, batch), onednn=onednn)[0]
       variant['compiler_options'] = 'auto'
     elif part in cpu_backend.BACKENDS:

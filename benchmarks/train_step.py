@@ -144,8 +144,9 @@ class ProductStep:
     setup = Setup(run, self.data_parallel)  # the model, optimizer and state as training builds
     self.state = self.data_parallel.to_devices(setup.fresh_state())
     host_batch = baseline_resnet20.random_batch(run.batch.size, image_shape, num_classes, run.seed)
-    self.batch = self.data_parallel.place_batch(host_batch)
-    if per_dispatch > 1:
+    if per_dispatch == 1:
+      self.batch = self.data_parallel.place_batch(host_batch)
+    else:
       if mode != 'jit' or batch_norm != 'global':
         raise SystemExit(
             'scanK variants are measured for the default jit mode with global BatchNorm'

@@ -219,7 +219,6 @@ def _defer_background_tracebacks() -> None:
 def _split_cpu(fields) -> None:
   """parallelism.cpu_devices, or the auto rule's count (parallel.auto_cpu_devices) for 0."""
   from resnet_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from resnet_jax.models import onednn_conv  # pylint: disable=import-outside-toplevel
   from resnet_jax.training import cpu_backend, parallel  # pylint: disable=import-outside-toplevel
 
   devices = fields.parallelism.cpu_devices if fields else 1
@@ -231,11 +230,10 @@ def _split_cpu(fields) -> None:
     return parallel.split_cpu(1)  # resolve reports the batch size that does not divide
   with library_noise.silenced():  # a TFDS dataset's declared shape imports TensorFlow
     side = pipeline.image_side(fields.dataset)
-  onednn = (
-      processes == 1
-      and cpu_backend.requested(fields.parallelism.cpu_backend) in ('auto', 'onednn')
-      and fields.model.overrides.get('conv_kernel_grad', 'xla') == 'xla'
-      and onednn_conv.missing() is None
+  onednn = cpu_backend.onednn_may_run(
+      fields.parallelism.cpu_backend,
+      processes=processes,
+      conv_kernel_grad=fields.model.overrides.get('conv_kernel_grad', 'xla'),
   )
   parallel.split_cpu(
       *parallel.auto_cpu_devices(side, tuple(b // processes for b in batches), onednn=onednn)

@@ -82,6 +82,13 @@ def conv_with_matmul_kernel_grad(
     raise NotImplementedError(
         "conv_kernel_grad='matmul' supports undilated, ungrouped convolutions only"
     )
+  return conv_2d(
+      lhs, rhs, tuple(window_strides), explicit_padding(lhs, rhs, window_strides, padding)
+  )
+
+
+def explicit_padding(lhs, rhs, window_strides, padding) -> tuple[tuple[int, int], ...]:
+  """nn.Conv's padding ('SAME', 'VALID' or pairs) as (low, high) pairs per spatial axis."""
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  return conv_2d(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+  return tuple(tuple(p) for p in padding)

@@ -58,6 +58,13 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s) {
           s.strides,    s.pad_lo,                          s.pad_hi};
 }
 
+// The backward passes' descriptors take the same arguments, the forward's as a hint.
+template <typename Desc>
+Desc BackwardDesc(const Shape& s) {
+  return Desc(Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any),
+              s.Output(), s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
+}
+
 template <typename Primitive>
 struct Made {
   typename Primitive::primitive_desc desc;
@@ -119,11 +126,9 @@ ffi::Error InputGradient(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64
                          int64_t phh, int64_t pwl, int64_t pwh) {
   return Guarded([&] {
     Shape s = ShapeOf(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, phl, phh, pwl, pwh);
-    const auto& conv = Cached<dnnl::convolution_backward_data>(s.Key('d'), [&] {
-      return dnnl::convolution_backward_data::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any), s.Output(),
-          s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
-    });
+    using Primitive = dnnl::convolution_backward_data;
+    const auto& conv = Cached<Primitive>(
+        s.Key('d'), [&] { return BackwardDesc<Primitive::primitive_desc>(s); });
     dnnl::stream stream(Engine());
     memory output_grad(conv.desc.diff_dst_desc(), Engine(), dy.typed_data());
     memory input_grad(conv.desc.diff_src_desc(), Engine(), dx->typed_data());
@@ -139,11 +144,9 @@ ffi::Error KernelGradient(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int6
                           int64_t phh, int64_t pwl, int64_t pwh) {
   return Guarded([&] {
     Shape s = ShapeOf(x.dimensions(), dk->dimensions(), dy.dimensions(), sh, sw, phl, phh, pwl, pwh);
-    const auto& conv = Cached<dnnl::convolution_backward_weights>(s.Key('w'), [&] {
-      return dnnl::convolution_backward_weights::primitive_desc(
-          Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any), s.Output(),
-          s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
-    });
+    using Primitive = dnnl::convolution_backward_weights;
+    const auto& conv = Cached<Primitive>(
+        s.Key('w'), [&] { return BackwardDesc<Primitive::primitive_desc>(s); });
     dnnl::stream stream(Engine());
     memory input(conv.desc.src_desc(), Engine(), x.typed_data());
     memory output_grad(conv.desc.diff_dst_desc(), Engine(), dy.typed_data());

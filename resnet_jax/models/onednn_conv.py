@@ -32,6 +32,8 @@ import jaxlib
 import numpy as np
 from jax import lax
 
+from resnet_jax.models.conv import NHWC, explicit_padding
+
 SOURCE = pathlib.Path(__file__).with_suffix('.cc')
 # The FFI targets, as the C++ file names its handlers.
 PASSES = {
@@ -39,7 +41,6 @@ PASSES = {
     'input_gradient': 'ResnetJaxOnednnConvInputGradient',
     'kernel_gradient': 'ResnetJaxOnednnConvKernelGradient',
 }
-NHWC = ('NHWC', 'HWIO', 'NHWC')
 INSTALL = (
     'pip install -r requirements.txt (onednn-cpu-gomp, onednn-devel-cpu-gomp) and a C++ compiler'
 )
@@ -196,6 +197,5 @@ def conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
         dimension_numbers or NHWC, feature_group_count, precision=precision, **kwargs,
     )  # fmt: skip
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  return conv_2d(lhs, rhs.astype(lhs.dtype), tuple(window_strides), tuple(map(tuple, padding)))
+  padding = explicit_padding(lhs, rhs, window_strides, padding)
+  return conv_2d(lhs, rhs.astype(lhs.dtype), tuple(window_strides), padding)

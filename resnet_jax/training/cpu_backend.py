@@ -150,6 +150,18 @@ def onednn_refusal(signature: dict[str, Any]) -> str | None:
   return onednn_conv.unavailable()
 
 
+def onednn_may_run(configured: str, *, processes: int, conv_kernel_grad: str) -> bool:
+  """Whether a run may end up on oneDNN (backend auto or onednn, one process, XLA's kernel
+  gradients, oneDNN here): the CPU split asks before JAX starts (parallel.auto_cpu_devices), so
+  only what `onednn_refusal` can know without a device."""
+  return (
+      requested(configured) in ('auto', 'onednn')
+      and processes == 1
+      and conv_kernel_grad == 'xla'
+      and onednn_conv.missing() is None
+  )
+
+
 def candidates(signature: dict[str, Any]) -> tuple[str, ...]:
   """The backends a step of `signature` can run on in this process."""
   return tuple(n for n in BACKENDS if n != 'onednn' or onednn_refusal(signature) is None)
@@ -265,10 +277,10 @@ def choose(
   if choice.how != UNMEASURED:
     return choice, lower(convolutions(choice.name)).compile(compiler_options=choice.options or None)
   start = time.perf_counter()
-  lowered = {c: lower(c) for c in {convolutions(n) for n in candidates(signature)}}
+  names = candidates(signature)
+  lowered = {c: lower(c) for c in {convolutions(n) for n in names}}
   compiled = {
-      n: lowered[convolutions(n)].compile(compiler_options=BACKENDS[n] or None)
-      for n in candidates(signature)
+      n: lowered[convolutions(n)].compile(compiler_options=BACKENDS[n] or None) for n in names
   }
   step_seconds = _time_steps(compiled, state, batch)
   fastest = min(step_seconds, key=step_seconds.get)
