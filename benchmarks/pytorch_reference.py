@@ -118,7 +118,7 @@ def parse_variant(spec: str, batch: int = 128) -> dict:
       'devices': 1,
       'conv_kernel_grad': 'xla',
       'compiler_options': {},
-      'convolutions': 'xla',
+      'kernels': 'xla',
   }
   for part in spec.split('+'):
     if part == 'defaults':
@@ -127,7 +127,7 @@ def parse_variant(spec: str, batch: int = 128) -> dict:
       variant['compiler_options'] = 'auto'
     elif part in cpu_backend.BACKENDS:
       variant['compiler_options'].update(cpu_backend.BACKENDS[part])
-      variant['convolutions'] = cpu_backend.convolutions(part)
+      variant['kernels'] = cpu_backend.kernels(part)
     elif part.startswith('devices') and part[7:].isdigit():
       variant['devices'] = int(part[7:])
     elif part == 'matmul_grad':
@@ -198,7 +198,7 @@ def main():
         config,
         mesh=parallel.make_mesh(jax.devices()[: v['devices']]),
         compiler_options=v['compiler_options'] or None,
-        convolutions=v['convolutions'],
+        kernels=v['kernels'],
     )
     if step.backend:  # the defaults: say what they came to
       v['name'] += f" = devices{v['devices']}+{step.backend.name} ({step.backend.how})"

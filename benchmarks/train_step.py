@@ -128,7 +128,7 @@ class ProductStep:
       mode: str = 'jit',
       batch_norm: str = 'global',
       compiler_options: dict | str | None = None,
-      convolutions: str = 'xla',
+      kernels: str = 'xla',
   ):
     self.data_parallel = parallel.DataParallel(mode, batch_norm, mesh)
     image_shape, num_classes = shape_of(config)
@@ -156,9 +156,9 @@ class ProductStep:
           stacked, NamedSharding(self.data_parallel.mesh, P(None, parallel.DATA_AXIS))
       )
 
-    def jitted(convolutions: str):
-      """The step to time, the model's convolutions on `convolutions`' kernels."""
-      step_fn = setup.train_step_fn(setup.model.clone(convolutions=convolutions))
+    def jitted(kernels: str):
+      """The step to time, the model's convolutions on `kernels`' kernels."""
+      step_fn = setup.train_step_fn(setup.model.clone(kernels=kernels))
       if per_dispatch == 1 and donate:
         return self.data_parallel.compile_train_step(step_fn)  # exactly the product's step
       if per_dispatch == 1:
@@ -180,7 +180,7 @@ class ProductStep:
     # compiler_options: XLA debug options for this compilation only (e.g.
     # {'xla_cpu_multi_thread_eigen': False}), so that variants compare within one process;
     # 'auto': the CPU backend the product picks (cpu_backend.choose: measured, or cached).
-    # `convolutions`: 'onednn' for oneDNN's (parallelism.cpu_backend=onednn).
+    # `kernels`: 'onednn' for oneDNN's (parallelism.cpu_backend=onednn).
     self.backend = None
     if compiler_options == 'auto':
       self.backend, _ = cpu_backend.choose(
@@ -193,8 +193,8 @@ class ProductStep:
           ),
       )
       compiler_options = self.backend.options or None
-      convolutions = cpu_backend.convolutions(self.backend.name)
-    step = jitted(convolutions)
+      kernels = cpu_backend.kernels(self.backend.name)
+    step = jitted(kernels)
     self.step, self.compile_seconds, flops = common.compile_timed(
         step, self.state, self.batch, compiler_options=compiler_options
     )

@@ -16,6 +16,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # are compiled alike, and no test spends time measuring (tests/test_cpu_backend.py measures).
 # Eigen: on every CPU measured at least as fast as XLA's default (BENCHMARKS.md).
 os.environ.setdefault('RESNET_JAX_CPU_BACKEND', 'eigen')
+# The product's host memory setting (main.py applies it to every CLI run), before JAX starts.
+from resnet_jax.common import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()
 # JAX's persistent compilation cache, shared by the test processes and the CLIs they start: the
 # many short runs of the same small configs compile each program once per machine, not once per
 # process. Keyed by the program, the compile options and jaxlib, so a hit is the same executable.
@@ -30,7 +34,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import cifar10  # noqa: E402
-from resnet_jax.config import run as run_spec
+from resnet_jax.config import run as run_spec  # noqa: E402
 from resnet_jax.training import parallel  # noqa: E402
 from resnet_jax.config import resolve as run_lib  # noqa: E402
 from resnet_jax.training.setup import Setup  # noqa: E402

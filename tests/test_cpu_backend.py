@@ -36,7 +36,7 @@ def cache_fixture(tmp_path, monkeypatch):
 
 def test_auto_measures_both_backends_once_then_reads_the_cache(cache):
   step, state, batch = _tiny_step()
-  lower = lambda convolutions: step.lower(state, batch)
+  lower = lambda kernels: step.lower(state, batch)
   choice, compiled = cpu_backend.choose(lower, state, batch, configured='auto', signature=SIGNATURE)
   assert choice.how == 'measured' and choice.name in cpu_backend.BACKENDS
   assert {name for name, _ in choice.step_seconds} == set(cpu_backend.candidates(SIGNATURE))
@@ -59,7 +59,7 @@ def test_xla_default_is_kept_unless_another_backend_is_clearly_faster(cache, mon
   step, state, batch = _tiny_step()
   timings = iter([{'ynnpack': 1.0, 'eigen': 0.97}, {'ynnpack': 1.0, 'eigen': 0.5}])
   monkeypatch.setattr(cpu_backend, '_time_steps', lambda *_: next(timings))
-  lower = lambda convolutions: step.lower(state, batch)
+  lower = lambda kernels: step.lower(state, batch)
   for batch_size, expected in ((16, 'ynnpack'), (32, 'eigen')):
     signature = {**SIGNATURE, 'batch': batch_size}
     choice = cpu_backend.choose(lower, state, batch, configured='auto', signature=signature)[0]
@@ -68,7 +68,7 @@ def test_xla_default_is_kept_unless_another_backend_is_clearly_faster(cache, mon
 
 def test_a_backend_set_in_the_config_or_the_environment_is_not_measured(cache, monkeypatch):
   step, state, batch = _tiny_step()
-  lower = lambda convolutions: step.lower(state, batch)
+  lower = lambda kernels: step.lower(state, batch)
   monkeypatch.setattr(cpu_backend, '_time_steps', lambda *_: pytest.fail('measured'))
   choice, _ = cpu_backend.choose(lower, state, batch, configured='eigen', signature=SIGNATURE)
   assert (choice.name, choice.how, choice.options) == (
@@ -92,8 +92,8 @@ def test_off_the_cpu_nothing_is_measured_and_no_option_is_passed(cache, monkeypa
 
   class Lowered:
 
-    def __init__(self, convolutions):
-      assert convolutions == 'xla'
+    def __init__(self, kernels):
+      assert kernels == 'xla'
 
     def compile(self, compiler_options=None):
       compiled_with.append(compiler_options)
@@ -106,7 +106,7 @@ def test_off_the_cpu_nothing_is_measured_and_no_option_is_passed(cache, monkeypa
     )
     assert (choice.how, compiled, choice.describe()) == ('not a CPU', 'compiled', '')
     # The model keeps XLA's convolutions: oneDNN's custom calls never reach a GPU or TPU step.
-    assert cpu_backend.convolutions(choice.name) == 'xla'
+    assert cpu_backend.kernels(choice.name) == 'xla'
   assert compiled_with == [None, None, None]
   assert cpu_backend.options_for('eigen') is None and not cache.exists()
 

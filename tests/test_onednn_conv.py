@@ -11,11 +11,11 @@ import pytest
 from jax import lax
 
 from resnet_jax.common.errors import UserError
-from resnet_jax.models import create_model, onednn_conv
+from resnet_jax.models import create_model, onednn, onednn_conv
 from resnet_jax.training import cpu_backend
 
 pytestmark = pytest.mark.skipif(
-    onednn_conv.unavailable() is not None, reason=f'oneDNN: {onednn_conv.unavailable()}'
+    onednn.unavailable() is not None, reason=f'oneDNN: {onednn.unavailable()}'
 )
 SIGNATURE = {'model': {'name': 'resnet20'}, 'batch': 16, 'devices': 1, 'processes': 1}
 
@@ -98,7 +98,7 @@ def test_a_network_on_onednn_trains_as_on_xla(name, shape):
 
   grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
   params = variables['params']
-  onednn = model.clone(convolutions='onednn')
+  onednn = model.clone(kernels='onednn')
   results = {'xla': grad(params, model, x), 'onednn': grad(params, onednn, x)}
   with jax.enable_x64():
     as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
@@ -125,7 +125,7 @@ def test_onednn_is_a_candidate_only_where_it_can_run(monkeypatch):
   with pytest.raises(UserError, match='^--config.parallelism.cpu_backend=onednn runs on one CPU'
                      ' device in one process, not 8 device.*cpu_devices=1'):  # fmt: skip
     cpu_backend.lookup('onednn', {**SIGNATURE, 'devices': 8})
-  monkeypatch.setattr(onednn_conv, 'unavailable', lambda: 'oneDNN is not installed: pip ...')
+  monkeypatch.setattr(onednn, 'unavailable', lambda: 'oneDNN is not installed: pip ...')
   assert cpu_backend.candidates(SIGNATURE) == ('ynnpack', 'eigen')
   with pytest.raises(UserError, match='onednn: oneDNN is not installed: pip ...; or set cpu_b'):
     cpu_backend.lookup('onednn', SIGNATURE)

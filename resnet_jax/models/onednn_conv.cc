@@ -4,27 +4,14 @@
 // bias, no dilation, one group), all float32: the forward, the input gradient and the kernel
 // gradient. Activations stay in XLA's row-major NHWC, which is oneDNN's `nhwc` (PyTorch's
 // channels_last), so nothing is copied into another layout; the kernel, small, is reordered into
-// the layout the primitive picked. A primitive is made once per shape and kept (a primitive's
-// creation JIT-compiles its kernel: milliseconds, against microseconds to run it again).
+// the layout the primitive picked. A primitive is made once per shape and kept (onednn_common.h).
 #include <cstdint>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
-namespace ffi = xla::ffi;
-using dnnl::memory;
-using Tag = dnnl::memory::format_tag;
-using Type = dnnl::memory::data_type;
-
+namespace resnet_jax {
 namespace {
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 // One convolution's shapes: input (n, h, w, c), kernel (kh, kw, c, o), output (n, oh, ow, o).
 struct Shape {
@@ -65,26 +52,6 @@ Desc BackwardDesc(const Shape& s) {
               s.Output(), s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
 }
 
-template <typename Primitive>
-struct Made {
-  typename Primitive::primitive_desc desc;
-  Primitive primitive;
-};
-
-// The primitives made so far, by pass and shape; XLA may call from several threads at once.
-template <typename Primitive, typename MakeDesc>
-const Made<Primitive>& Cached(const std::string& key, MakeDesc make_desc) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, Made<Primitive>> made;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = made.find(key);
-  if (it == made.end()) {
-    typename Primitive::primitive_desc desc = make_desc();
-    it = made.emplace(key, Made<Primitive>{desc, Primitive(desc)}).first;
-  }
-  return it->second;
-}
-
 // The HWIO kernel at `data`, in the layout `wanted` (reordered into new memory if it differs).
 memory KernelAs(const Shape& s, const memory::desc& wanted, void* data, dnnl::stream& stream) {
   memory given(s.Kernel(Tag::hwio), Engine(), data);
@@ -93,19 +60,6 @@ memory KernelAs(const Shape& s, const memory::desc& wanted, void* data, dnnl::st
   dnnl::reorder(given, reordered).execute(stream, given, reordered);
   return reordered;
 }
-
-template <typename Body>
-ffi::Error Guarded(Body body) {
-  try {
-    body();
-    return ffi::Error::Success();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-}
-
-using F32 = ffi::Buffer<ffi::F32>;
-using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t phl, int64_t phh,
                    int64_t pwl, int64_t pwh) {
@@ -119,6 +73,7 @@ ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t phl, 
     conv.primitive.execute(
         stream, {{DNNL_ARG_SRC, input}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, output}});
     stream.wait();
+    return ffi::Error::Success();
   });
 }
 
@@ -137,6 +92,7 @@ ffi::Error InputGradient(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64
                                     {DNNL_ARG_WEIGHTS, kernel},
                                     {DNNL_ARG_DIFF_SRC, input_grad}});
     stream.wait();
+    return ffi::Error::Success();
   });
 }
 
@@ -158,25 +114,29 @@ ffi::Error KernelGradient(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int6
                                     {DNNL_ARG_DIFF_WEIGHTS, computed}});
     if (!direct) dnnl::reorder(computed, kernel_grad).execute(stream, computed, kernel_grad);
     stream.wait();
+    return ffi::Error::Success();
   });
 }
 
 }  // namespace
+}  // namespace resnet_jax
 
-#define RESNET_JAX_CONV_BINDING                                                              \
-  ffi::Ffi::Bind()                                                                           \
-      .Arg<F32>()                                                                            \
-      .Arg<F32>()                                                                            \
-      .Ret<F32>()                                                                            \
-      .Attr<int64_t>("stride_h")                                                             \
-      .Attr<int64_t>("stride_w")                                                             \
-      .Attr<int64_t>("pad_h_lo")                                                             \
-      .Attr<int64_t>("pad_h_hi")                                                             \
-      .Attr<int64_t>("pad_w_lo")                                                             \
+// One binding for the three passes: two float32 operands, one result, the strides and padding.
+#define RESNET_JAX_CONV_BINDING                 \
+  resnet_jax::ffi::Ffi::Bind()                  \
+      .Arg<resnet_jax::F32>()                   \
+      .Arg<resnet_jax::F32>()                   \
+      .Ret<resnet_jax::F32>()                   \
+      .Attr<int64_t>("stride_h")                \
+      .Attr<int64_t>("stride_w")                \
+      .Attr<int64_t>("pad_h_lo")                \
+      .Attr<int64_t>("pad_h_hi")                \
+      .Attr<int64_t>("pad_w_lo")                \
       .Attr<int64_t>("pad_w_hi")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvForward, Forward, RESNET_JAX_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvInputGradient, InputGradient,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvForward, resnet_jax::Forward,
                               RESNET_JAX_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvKernelGradient, KernelGradient,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvInputGradient, resnet_jax::InputGradient,
+                              RESNET_JAX_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConvKernelGradient, resnet_jax::KernelGradient,
                               RESNET_JAX_CONV_BINDING);

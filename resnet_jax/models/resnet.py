@@ -236,7 +236,7 @@ class ResNet(nn.Module):
   conv_kernel_grad: str = 'xla'  # see CONV_KERNEL_GRADS
   # Whose kernels run the convolutions: 'xla' (lax's convolution) or, on a CPU only, 'onednn'
   # (onednn_conv.py: set by the CPU backend, parallelism.cpu_backend, never by a model config).
-  convolutions: str = 'xla'
+  kernels: str = 'xla'
   # Blocks 2..n of each stage as one scan (variables `stage<s>_scan`, stacked): compile time and
   # compiler memory stop growing with depth, which ResNet-1202 needs; the same function otherwise.
   # For accelerators: XLA's CPU backend runs a scanned body as a much slower while loop
@@ -256,7 +256,7 @@ class ResNet(nn.Module):
         kernel_init=conv_kernel_init,
         conv_general_dilated=(
             onednn_conv.conv_general_dilated
-            if self.convolutions == 'onednn'
+            if self.kernels == 'onednn'
             else CONV_KERNEL_GRADS[self.conv_kernel_grad]
         ),
     )

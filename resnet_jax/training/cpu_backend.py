@@ -13,7 +13,7 @@ fastest kept, and the choice cached in a small JSON file (`cache_path()`), so th
 at once.
 
 XLA's two are per-compilation options (`Lowered.compile(compiler_options=...)`, `jax.jit(...,
-compiler_options=...)`); oneDNN's is the model's `convolutions` field, which Setup sets only from
+compiler_options=...)`); oneDNN's is the model's `kernels` field, which Setup sets only from
 this choice. Nothing is process-wide, and GPU and TPU compilations see none of it (off the CPU
 `lookup` answers 'not a CPU' and `options_for` gives no options; tests/test_cpu_backend.py lowers
 the steps for cuda and tpu).
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jaxlib
 
 from resnet_jax.common.errors import UserError
-from resnet_jax.models import onednn_conv
+from resnet_jax.models import onednn
 
 # The candidates, as XLA CPU debug options for one compilation. 'ynnpack' is XLA's own default.
 BACKENDS = {
@@ -131,14 +131,14 @@ def step_signature(run, *, devices: int, processes: int) -> dict[str, Any]:
   }
 
 
-def convolutions(name: str) -> str:
-  """The model's `convolutions` for a backend: whose kernels its convolutions call."""
+def kernels(name: str) -> str:
+  """The model's `kernels` for a backend: whose kernels its convolutions call."""
   return 'onednn' if name == 'onednn' else 'xla'
 
 
 def onednn_refusal(signature: dict[str, Any]) -> str | None:
   """Why a step of `signature` cannot run on oneDNN's convolutions here, or None when it can."""
-  if reason := onednn_conv.missing():  # first: then the split could not have been one device
+  if reason := onednn.missing():  # first: then the split could not have been one device
     return reason
   if signature['devices'] > 1 or signature['processes'] > 1:
     return (
@@ -147,7 +147,7 @@ def onednn_refusal(signature: dict[str, Any]) -> str | None:
     )
   if signature['model'].get('conv_kernel_grad', 'xla') != 'xla':
     return 'replaces every convolution, so model.conv_kernel_grad must be xla'
-  return onednn_conv.unavailable()
+  return onednn.unavailable()
 
 
 def onednn_may_run(configured: str, *, processes: int, conv_kernel_grad: str) -> bool:
@@ -158,7 +158,7 @@ def onednn_may_run(configured: str, *, processes: int, conv_kernel_grad: str) ->
       requested(configured) in ('auto', 'onednn')
       and processes == 1
       and conv_kernel_grad == 'xla'
-      and onednn_conv.missing() is None
+      and onednn.missing() is None
   )
 
 
@@ -265,8 +265,8 @@ def _time_steps(compiled: dict[str, Callable], state, batch) -> dict[str, float]
 def choose(
     lower: Callable[[str], Any], state, batch, *, configured: str, signature: dict[str, Any]
 ) -> tuple[Choice, Any]:
-  """(the choice, the step compiled with it) for the step that `lower(convolutions)` lowers with
-  the model's convolutions on 'xla' or 'onednn' (`convolutions(name)`).
+  """(the choice, the step compiled with it) for the step that `lower(kernels)` lowers with the
+  model's convolutions on 'xla' or 'onednn' kernels (`kernels(name)`).
 
   `state` and `batch` are real inputs of the step, used (on copies) only when measuring.
   """
@@ -275,13 +275,11 @@ def choose(
     agreed = _agree({'backend': choice.name} if choice.how == 'cached' else None)  # process 0's
     choice = Choice(agreed['backend'], 'cached') if agreed else Choice(DEFAULT, UNMEASURED)
   if choice.how != UNMEASURED:
-    return choice, lower(convolutions(choice.name)).compile(compiler_options=choice.options or None)
+    return choice, lower(kernels(choice.name)).compile(compiler_options=choice.options or None)
   start = time.perf_counter()
   names = candidates(signature)
-  lowered = {c: lower(c) for c in {convolutions(n) for n in names}}
-  compiled = {
-      n: lowered[convolutions(n)].compile(compiler_options=BACKENDS[n] or None) for n in names
-  }
+  lowered = {c: lower(c) for c in {kernels(n) for n in names}}
+  compiled = {n: lowered[kernels(n)].compile(compiler_options=BACKENDS[n] or None) for n in names}
   step_seconds = _time_steps(compiled, state, batch)
   fastest = min(step_seconds, key=step_seconds.get)
   if step_seconds[DEFAULT] < MIN_GAIN * step_seconds[fastest]:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from resnet_jax.common import host_memory
 from resnet_jax.common.errors import UserError
 from resnet_jax.config.run import Fields, Run
 from resnet_jax.data import pipeline as input_pipeline
@@ -153,8 +154,8 @@ def _train(run: Run, workdir: Workdir, accept_changes) -> dict[str, float]:
   if start_step < num_steps:
     first_batch = next(train_batches)
     step_fn = setup.compile_train_step(state, first_batch)
-  if setup.backend.describe():
-    console.print(setup.backend.describe())
+  if setup.backend.describe():  # on a CPU: whose kernels, and how the host memory is kept
+    console.print(f'{setup.backend.describe()}; {host_memory.describe()}')
 
   # ---------------------------------------------------------------- the loop
   metrics_written = functools.partial(workdir.stop_on_failed_write, f'metrics to {workdir.path}')

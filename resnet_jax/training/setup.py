@@ -37,7 +37,7 @@ class Setup:
     return self.run.model.build(
         self.run.dataset.num_classes,
         bn_axis_name=self.data_parallel.bn_axis_name,
-        convolutions=cpu_backend.convolutions(backend),
+        kernels=cpu_backend.kernels(backend),
     )
 
   def signature(self) -> dict:
@@ -79,8 +79,8 @@ class Setup:
     """The train step compiled for this machine: on a CPU with the backend cpu_backend.choose
     picks, measuring on copies of `state` and `batch` if needed; the eval step follows it."""
 
-    def lower(convolutions: str):
-      model = self.model.clone(convolutions=convolutions)
+    def lower(kernels: str):
+      model = self.model.clone(kernels=kernels)
       step = self.data_parallel.compile_train_step(self.train_step_fn(model))
       return step.lower(state, batch)
 
