@@ -16,10 +16,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # are compiled alike, and no test spends time measuring (tests/test_cpu_backend.py measures).
 # Eigen: on every CPU measured at least as fast as XLA's default (BENCHMARKS.md).
 os.environ.setdefault('RESNET_JAX_CPU_BACKEND', 'eigen')
-# The product's host memory setting (main.py applies it to every CLI run), before JAX starts.
-from resnet_jax.common import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()
+# glibc's defaults for the suite's processes and the CLIs they start: the host memory setting
+# (resnet_jax/common/host_memory.py) speeds up large steps, and the suite's are small; with it the
+# fresh-clone suite took 11:42 against 9:56 without (BENCHMARKS.md, "Page faults").
+# tests/test_host_memory.py checks the setting itself.
+os.environ.setdefault('RESNET_JAX_HOST_MALLOC', 'default')
 # JAX's persistent compilation cache, shared by the test processes and the CLIs they start: the
 # many short runs of the same small configs compile each program once per machine, not once per
 # process. Keyed by the program, the compile options and jaxlib, so a hit is the same executable.
