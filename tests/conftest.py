@@ -28,10 +28,6 @@ os.environ.setdefault(
     'JAX_COMPILATION_CACHE_DIR',
     os.path.join(os.path.dirname(os.path.dirname(__file__)), '.pytest_cache', 'jax_compilation'),
 )
-# Every program, not only those compiling for over a second (JAX's default threshold): the CLI runs'
-# many small programs (init, eval, metrics) were compiled again in each process. Two runs of
-# tests/test_reliability.py and tests/test_main.py, cold cache: 191-192 s against 196-215 s.
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
 import jax  # noqa: E402
