@@ -15,19 +15,6 @@ from resnet_jax.workdir import checkpoints as checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# The real CLI, entered inside tfds.testing.mock_data so that cifar10/imagenet2012 need no files.
-# Its file-system mock is global while a dataset is built,
-# so checkpoints are written synchronously there.
-_MOCKED_MAIN = """
-import sys
-import tensorflow_datasets as tfds
-from absl import app
-from resnet_jax import main
-with tfds.testing.mock_data(num_examples=int(sys.argv[1])):
-  app.run(main.main, argv=['resnet_jax.main'] + sys.argv[2:])
-"""
-
-
 # Many CLI invocations from one process: it imports what every run imports once, then forks one
 # child per invocation, which runs main exactly as `python -m resnet_jax.main` does (flags, exit
 # status, stdout and stderr are its own), at a fraction of a fresh interpreter's start-up.
@@ -108,14 +95,8 @@ def run_main(
   if mock_examples is None:
     command = [sys.executable, '-m', 'resnet_jax.main', *args]
   else:
-    command = [
-        sys.executable,
-        '-c',
-        _MOCKED_MAIN,
-        str(mock_examples),
-        *args,
-        '--config.train.async_checkpoints=False',
-    ]
+    # The real CLI on TFDS's mock data, so that cifar10/imagenet2012 need no files.
+    command = [sys.executable, '-m', 'benchmarks.tfds_mock', str(mock_examples), *args]
   return subprocess.run(
       command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout
   )

@@ -21,7 +21,7 @@ def get_config():
   sweep.axes = ml_collections.ConfigDict(dict(family=('plain', 'resnet'), depth=(8,)))
   sweep.base_overrides = ml_collections.ConfigDict(dict(
       train=dict(batch_size=16, eval_batch_size=16, num_steps=4, log_every_steps=2,
-                 eval_every_steps=2, checkpoint_every_steps=2, async_checkpoints=False),
+                 eval_every_steps=2, checkpoint_every_steps=2),
       schedule=dict(boundaries=(2, 3))))
   sweep.workdir_root = 'unused'
   return sweep
@@ -92,9 +92,8 @@ def test_unknown_axes_are_refused_with_the_valid_ones(tmp_path, capsys):
 def test_a_tiny_sweep_trains_tabulates_plots_and_skips_finished_points_on_rerun(tmp_path):
   definition, root = tmp_path / 'tiny.py', tmp_path / 'root'
   definition.write_text(TINY_SWEEP)
-  # The points run the real CLI inside tfds.testing.mock_data (tests/cli.py),
-  # on one CPU device each.
-  launcher = shlex.join([sys.executable, '-c', cli._MOCKED_MAIN, '40'])
+  # The points run the real CLI on TFDS's mock data, on one CPU device each.
+  launcher = shlex.join([sys.executable, '-m', 'benchmarks.tfds_mock', '40'])
   env = {**os.environ, 'XLA_FLAGS': '', 'PYTHONPATH': str(cli.REPO)}
   command = [
       sys.executable,
