@@ -26,48 +26,41 @@ from tensorflow_datasets.core import dataset_builder
 from tensorflow_datasets.testing import test_utils
 
 
+def _for_its_thread_only(redirect):
+  """A MockFs redirection (`_mock_fn` and its kin: `(self, original_fn, *args)`) that leaves the
+  calls of every other thread than the one that entered the MockFs to `original_fn`."""
+
+  def redirected(self, original_fn, *args, **kwargs):
+    if threading.get_ident() != self._owner:
+      return original_fn(*args, **kwargs)
+    return redirect(self, original_fn, *args, **kwargs)
+
+  return redirected
+
+
 class _MockFsOfOneThread(test_utils.MockFs):
   """TFDS's MockFs, redirecting only the paths of the thread that entered it."""
+
+  _owner = None
 
   def __enter__(self):
     self._owner = threading.get_ident()
     return super().__enter__()
 
-  def _passes_through(self) -> bool:
-    return threading.get_ident() != getattr(self, '_owner', None)
-
-  def _mock_open(self, original_fn, p, mode='r', **kwargs):
-    if self._passes_through():
-      return original_fn(p, mode, **kwargs)
-    return super()._mock_open(original_fn, p, mode, **kwargs)
-
-  def _mock_fn(self, original_fn, p, **kwargs):
-    if self._passes_through():
-      return original_fn(p, **kwargs)
-    return super()._mock_fn(original_fn, p, **kwargs)
-
-  def _mock_fn_2_args(self, original_fn, p, p2, **kwargs):
-    if self._passes_through():
-      return original_fn(p, p2, **kwargs)
-    return super()._mock_fn_2_args(original_fn, p, p2, **kwargs)
-
-  def _mock_glob(self, original_fn, p):
-    if self._passes_through():
-      return original_fn(p)
-    return super()._mock_glob(original_fn, p)
-
-  def _mock_walk(self, original_fn, p):
-    if self._passes_through():
-      return original_fn(p)
-    return super()._mock_walk(original_fn, p)
+  # The redirections MockFs._mock hands to the patched epath and tf.io.gfile functions.
+  _mock_open = _for_its_thread_only(test_utils.MockFs._mock_open)
+  _mock_fn = _for_its_thread_only(test_utils.MockFs._mock_fn)
+  _mock_fn_2_args = _for_its_thread_only(test_utils.MockFs._mock_fn_2_args)
+  _mock_glob = _for_its_thread_only(test_utils.MockFs._mock_glob)
+  _mock_walk = _for_its_thread_only(test_utils.MockFs._mock_walk)
 
 
 @contextlib.contextmanager
-def mock_data(num_examples: int, **kwargs):
-  """`tfds.testing.mock_data(num_examples, **kwargs)` whose dataset builds leave other threads'
+def mock_data(num_examples: int, **options):
+  """`tfds.testing.mock_data(num_examples, **options)` whose dataset builds leave other threads'
   files alone (see the module's docstring)."""
   turns = threading.Lock()
-  with tfds.testing.mock_data(num_examples=num_examples, **kwargs):
+  with tfds.testing.mock_data(num_examples=num_examples, **options):
     mocked_as_dataset = dataset_builder.DatasetBuilder.as_dataset
 
     def as_dataset(self, *args, **kwargs):
