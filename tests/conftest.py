@@ -30,7 +30,7 @@ os.environ.setdefault(
 )
 # Every compile, not only those over JAX's default 1 s: most of a short CLI run's programs compile
 # in less, and each fresh process compiled them again (resnet8's 30-step digits run on the Zen 2 of
-# BENCHMARKS.md: 19.4 s, 13.2-15.7 s with this).
+# BENCHMARKS.md: 18.9-19.4 s, 13.2-15.7 s with this).
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # Imported after XLA_FLAGS is set, so that JAX sees the 8 devices whichever module starts it.
