@@ -3,9 +3,11 @@
 #ifndef RESNET_JAX_ONEDNN_COMMON_H_
 #define RESNET_JAX_ONEDNN_COMMON_H_
 
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -22,6 +24,32 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 inline dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
+}
+
+// Every primitive gets its temporary memory (its scratchpad) from the caller: in oneDNN's default
+// (library) mode all primitives share one scratchpad and each must run in the thread that made
+// it, but XLA runs a step's independent custom calls at once, from any of its threads, and the
+// cache below shares primitives between them (two convolutions' kernel gradients on the 8x8
+// digits crashed in oneDNN's im2col on an AVX2 Zen 2).
+inline const dnnl::primitive_attr& Attributes() {
+  static const dnnl::primitive_attr attributes = [] {
+    dnnl::primitive_attr a;
+    a.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return a;
+  }();
+  return attributes;
+}
+
+// Runs `primitive` with `args` and a scratchpad of this thread's own: an XLA thread runs one
+// custom call at a time, so no two executions share one.
+template <typename Desc>
+void Execute(const dnnl::primitive& primitive, const Desc& desc, dnnl::stream& stream,
+             std::unordered_map<int, dnnl::memory> args) {
+  thread_local std::vector<uint8_t> scratch;
+  const dnnl::memory::desc scratch_desc = desc.scratchpad_desc();
+  if (scratch.size() < scratch_desc.get_size()) scratch.resize(scratch_desc.get_size());
+  args.insert({DNNL_ARG_SCRATCHPAD, dnnl::memory(scratch_desc, Engine(), scratch.data())});
+  primitive.execute(stream, args);
 }
 
 template <typename Primitive>

@@ -42,14 +42,20 @@ Shape ShapeOf(ffi::Span<const int64_t> input, ffi::Span<const int64_t> kernel,
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Shape& s) {
   return {Engine(),     dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
           s.Input(),    s.Kernel(Tag::any),                s.Output(),
-          s.strides,    s.pad_lo,                          s.pad_hi};
+          s.strides,    s.pad_lo,                          s.pad_hi,
+          Attributes()};
 }
 
 // The backward passes' descriptors take the same arguments, the forward's as a hint.
 template <typename Desc>
 Desc BackwardDesc(const Shape& s) {
   return Desc(Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.Kernel(Tag::any),
-              s.Output(), s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s));
+              s.Output(), s.strides, s.pad_lo, s.pad_hi, ForwardDesc(s), Attributes());
+}
+
+void Reorder(const memory& from, const memory& to, dnnl::stream& stream) {
+  dnnl::reorder::primitive_desc desc(from, to, Attributes());
+  Execute(dnnl::reorder(desc), desc, stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
 // The HWIO kernel at `data`, in the layout `wanted` (reordered into new memory if it differs).
@@ -57,7 +63,7 @@ memory KernelAs(const Shape& s, const memory::desc& wanted, void* data, dnnl::st
   memory given(s.Kernel(Tag::hwio), Engine(), data);
   if (wanted == given.get_desc()) return given;
   memory reordered(wanted, Engine());
-  dnnl::reorder(given, reordered).execute(stream, given, reordered);
+  Reorder(given, reordered, stream);
   return reordered;
 }
 
@@ -70,8 +76,8 @@ ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t phl, 
     memory input(conv.desc.src_desc(), Engine(), x.typed_data());
     memory output(conv.desc.dst_desc(), Engine(), y->typed_data());
     memory kernel = KernelAs(s, conv.desc.weights_desc(), k.typed_data(), stream);
-    conv.primitive.execute(
-        stream, {{DNNL_ARG_SRC, input}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, output}});
+    Execute(conv.primitive, conv.desc, stream,
+            {{DNNL_ARG_SRC, input}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, output}});
     stream.wait();
     return ffi::Error::Success();
   });
@@ -88,9 +94,10 @@ ffi::Error InputGradient(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64
     memory output_grad(conv.desc.diff_dst_desc(), Engine(), dy.typed_data());
     memory input_grad(conv.desc.diff_src_desc(), Engine(), dx->typed_data());
     memory kernel = KernelAs(s, conv.desc.weights_desc(), k.typed_data(), stream);
-    conv.primitive.execute(stream, {{DNNL_ARG_DIFF_DST, output_grad},
-                                    {DNNL_ARG_WEIGHTS, kernel},
-                                    {DNNL_ARG_DIFF_SRC, input_grad}});
+    Execute(conv.primitive, conv.desc, stream,
+            {{DNNL_ARG_DIFF_DST, output_grad},
+             {DNNL_ARG_WEIGHTS, kernel},
+             {DNNL_ARG_DIFF_SRC, input_grad}});
     stream.wait();
     return ffi::Error::Success();
   });
@@ -109,10 +116,11 @@ ffi::Error KernelGradient(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int6
     memory kernel_grad(s.Kernel(Tag::hwio), Engine(), dk->typed_data());
     bool direct = conv.desc.diff_weights_desc() == kernel_grad.get_desc();
     memory computed = direct ? kernel_grad : memory(conv.desc.diff_weights_desc(), Engine());
-    conv.primitive.execute(stream, {{DNNL_ARG_SRC, input},
-                                    {DNNL_ARG_DIFF_DST, output_grad},
-                                    {DNNL_ARG_DIFF_WEIGHTS, computed}});
-    if (!direct) dnnl::reorder(computed, kernel_grad).execute(stream, computed, kernel_grad);
+    Execute(conv.primitive, conv.desc, stream,
+            {{DNNL_ARG_SRC, input},
+             {DNNL_ARG_DIFF_DST, output_grad},
+             {DNNL_ARG_DIFF_WEIGHTS, computed}});
+    if (!direct) Reorder(computed, kernel_grad, stream);
     stream.wait();
     return ffi::Error::Success();
   });
