@@ -1,11 +1,13 @@
 """Runs `python -m resnet_jax.main` in a subprocess as a user would (optionally on TFDS mocks)."""
 
+import functools
 import json
 import os
 import socket
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -15,67 +17,110 @@ from resnet_jax.workdir import checkpoints as checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Many CLI invocations from one process: it imports what every run imports once, then forks one
-# child per invocation, which runs main exactly as `python -m resnet_jax.main` does (flags, exit
-# status, stdout and stderr are its own), at a fraction of a fresh interpreter's start-up.
-_MANY_MAINS = """
-import json, os, sys, tempfile, traceback
+# CLI invocations from a warm process: a server that imported what every run imports (JAX without
+# a backend, TensorFlow and TFDS, main's modules: ~9 s on a 2-core machine, TensorFlow 6.5 of them)
+# forks one child per invocation, which runs main exactly as `python -m resnet_jax.main` does
+# (flags, environment, exit status, stdout and stderr are its own), in well under a second more.
+# One server per pytest process and environment (the device count is fixed when a child's JAX
+# starts its backend, from the server's XLA_FLAGS); each request is one JSON line on its stdin,
+# each answer one on its stdout.
+_SERVER = """
+import atexit, json, os, signal, sys, tempfile, time, traceback
 import jax  # noqa: F401  (no backend yet: each child starts its own)
 from absl import app
+import tensorflow_datasets  # noqa: F401
 import resnet_jax.config.fields  # noqa: F401
+import resnet_jax.data.tfds_source  # noqa: F401  (TensorFlow)
+from resnet_jax.data.datasets import sklearn_digits  # noqa: F401
 from resnet_jax.training import distributed, parallel, preemption, loop as train  # noqa: F401
-from resnet_jax import main  # noqa: F401
+from resnet_jax import main
 
-results = []
-for argv in json.loads(sys.stdin.read()):
+for request in sys.stdin:
+  request = json.loads(request)
   with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
+      os.environ.clear()
+      os.environ.update(request['env'])
+      devnull = os.open(os.devnull, os.O_RDONLY)
+      os.dup2(devnull, 0)
       os.dup2(out.fileno(), 1)
       os.dup2(err.fileno(), 2)
       status = 0
-      sys.argv = ['resnet_jax.main', *argv]  # config_flags reads its overrides from sys.argv
+      sys.argv = ['resnet_jax.main', *request['argv']]  # config_flags reads overrides from sys.argv
       try:
         app.run(main.main, argv=sys.argv, flags_parser=main.parse_flags)
       except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else 1
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
       except BaseException:
         traceback.print_exc()
         status = 1
+      atexit._run_exitfuncs()  # what the interpreter's exit would run, then no parent's cleanup
       sys.stdout.flush()
       sys.stderr.flush()
       os._exit(status)
-    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    deadline = time.monotonic() + request['timeout']
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+      time.sleep(0.02)
+    if done[0] == 0:  # timed out: the client raises subprocess.TimeoutExpired
+      os.kill(pid, signal.SIGKILL)
+      os.waitpid(pid, 0)
+      status = None
+    else:
+      status = os.waitstatus_to_exitcode(done[1])
     out.seek(0)
     err.seek(0)
-    results.append([status, out.read().decode(), err.read().decode()])
-print(json.dumps(results))
+    answer = [status, out.read().decode(errors='replace'), err.read().decode(errors='replace')]
+  print(json.dumps(answer), flush=True)
 """
 
 
-def run_mains(cases: list[list[str]], *, devices: int = 8, timeout: float = 600):
-  """`run_main(*args)` for each args list of `cases`, from one process (`_MANY_MAINS`)."""
-  environment = {
+def _environment(devices: int, env: dict | None = None) -> dict:
+  return {
       **os.environ,
       'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
       'TF_CPP_MIN_LOG_LEVEL': '2',
       'PYTHONPATH': str(REPO),
+      **(env or {}),
   }
-  result = subprocess.run(
-      [sys.executable, '-c', _MANY_MAINS],
-      input=json.dumps(cases),
+
+
+@functools.cache
+def _server(devices: int, env_items: frozenset) -> subprocess.Popen:
+  """The warm process for runs on `devices` CPU devices with these extra environment variables."""
+  log = tempfile.TemporaryFile()  # import-time noise; read if the server dies
+  server = subprocess.Popen(
+      [sys.executable, '-c', _SERVER],
       cwd=REPO,
-      env=environment,
-      capture_output=True,
+      env=_environment(devices, dict(env_items)),
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=log,
       text=True,
-      timeout=timeout,
   )
-  assert result.returncode == 0, result.stderr[-4000:]
-  return [
-      subprocess.CompletedProcess(args, status, stdout, stderr)
-      for args, (status, stdout, stderr) in zip(cases, json.loads(result.stdout))
-  ]
+  server.log = log
+  return server
+
+
+def _served(args, devices: int, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
+  server = _server(devices, frozenset((env or {}).items()))
+  request = {'argv': list(args), 'env': _environment(devices, env), 'timeout': timeout}
+  server.stdin.write(json.dumps(request) + '\n')
+  server.stdin.flush()
+  answer = server.stdout.readline()
+  if not answer:
+    server.log.seek(0)
+    raise RuntimeError(f'the CLI server died: {server.log.read()[-4000:].decode()}')
+  status, stdout, stderr = json.loads(answer)
+  if status is None:
+    raise subprocess.TimeoutExpired(['resnet_jax.main', *args], timeout, stdout, stderr)
+  return subprocess.CompletedProcess(['resnet_jax.main', *args], status, stdout, stderr)
+
+
+def run_mains(cases: list[list[str]], *, devices: int = 8, timeout: float = 600):
+  """`run_main(*args, devices=devices)` for each args list of `cases`."""
+  return [_served(args, devices, None, timeout) for args in cases]
 
 
 def run_main(
@@ -85,20 +130,19 @@ def run_main(
     timeout: float = 600,
     env: dict | None = None,
 ) -> subprocess.CompletedProcess:
-  environment = {
-      **os.environ,
-      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-      'TF_CPP_MIN_LOG_LEVEL': '2',
-      'PYTHONPATH': str(REPO),
-      **(env or {}),
-  }
+  """`python -m resnet_jax.main *args` on `devices` CPU devices, as a user would run it (from the
+  warm server above), or with `mock_examples` on TFDS's mock data (a fresh interpreter)."""
   if mock_examples is None:
-    command = [sys.executable, '-m', 'resnet_jax.main', *args]
-  else:
-    # The real CLI on TFDS's mock data, so that cifar10/imagenet2012 need no files.
-    command = [sys.executable, '-m', 'benchmarks.tfds_mock', str(mock_examples), *args]
+    return _served(args, devices, env, timeout)
+  # The real CLI on TFDS's mock data, so that cifar10/imagenet2012 need no files.
+  command = [sys.executable, '-m', 'benchmarks.tfds_mock', str(mock_examples), *args]
   return subprocess.run(
-      command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout
+      command,
+      cwd=REPO,
+      env=_environment(devices, env),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
   )
 
 
@@ -120,13 +164,7 @@ def free_port() -> int:
 def start_processes(*args, num_processes: int = 2, devices_each: int = 4, env: dict | None = None):
   """A multi-process job on this machine: `num_processes` CLIs joined through 127.0.0.1 (gloo)."""
   address = f'127.0.0.1:{free_port()}'
-  environment = {
-      **os.environ,
-      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}',
-      'TF_CPP_MIN_LOG_LEVEL': '2',
-      'PYTHONPATH': str(REPO),
-      **(env or {}),
-  }
+  environment = _environment(devices_each, env)
   return [
       subprocess.Popen(
           [
