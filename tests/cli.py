@@ -1,8 +1,10 @@
-"""Runs `python -m resnet_jax.main` in a subprocess as a user would (optionally on TFDS mocks)."""
+"""Runs `python -m resnet_jax.main` as a user would, each run a process of its own: forked by a
+warm server (tests/cli_server.py), or on TFDS's mock data in a fresh interpreter."""
 
 import functools
 import json
 import os
+import signal
 import socket
 import pathlib
 import subprocess
@@ -17,64 +19,6 @@ from resnet_jax.workdir import checkpoints as checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# CLI invocations from a warm process: a server that imported what every run imports (JAX without
-# a backend, TensorFlow and TFDS, main's modules: ~9 s on a 2-core machine, TensorFlow 6.5 of them)
-# forks one child per invocation, which runs main exactly as `python -m resnet_jax.main` does
-# (flags, environment, exit status, stdout and stderr are its own), in well under a second more.
-# One server per pytest process and environment (the device count is fixed when a child's JAX
-# starts its backend, from the server's XLA_FLAGS); each request is one JSON line on its stdin,
-# each answer one on its stdout.
-_SERVER = """
-import atexit, json, os, signal, sys, tempfile, time, traceback
-import jax  # noqa: F401  (no backend yet: each child starts its own)
-from absl import app
-import tensorflow_datasets  # noqa: F401
-import resnet_jax.config.fields  # noqa: F401
-import resnet_jax.data.tfds_source  # noqa: F401  (TensorFlow)
-from resnet_jax.data.datasets import sklearn_digits  # noqa: F401
-from resnet_jax.training import distributed, parallel, preemption, loop as train  # noqa: F401
-from resnet_jax import main
-
-for request in sys.stdin:
-  request = json.loads(request)
-  with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-      os.environ.clear()
-      os.environ.update(request['env'])
-      devnull = os.open(os.devnull, os.O_RDONLY)
-      os.dup2(devnull, 0)
-      os.dup2(out.fileno(), 1)
-      os.dup2(err.fileno(), 2)
-      status = 0
-      sys.argv = ['resnet_jax.main', *request['argv']]  # config_flags reads overrides from sys.argv
-      try:
-        app.run(main.main, argv=sys.argv, flags_parser=main.parse_flags)
-      except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-      except BaseException:
-        traceback.print_exc()
-        status = 1
-      atexit._run_exitfuncs()  # what the interpreter's exit would run, then no parent's cleanup
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(status)
-    deadline = time.monotonic() + request['timeout']
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-      time.sleep(0.02)
-    if done[0] == 0:  # timed out: the client raises subprocess.TimeoutExpired
-      os.kill(pid, signal.SIGKILL)
-      os.waitpid(pid, 0)
-      status = None
-    else:
-      status = os.waitstatus_to_exitcode(done[1])
-    out.seek(0)
-    err.seek(0)
-    answer = [status, out.read().decode(errors='replace'), err.read().decode(errors='replace')]
-  print(json.dumps(answer), flush=True)
-"""
-
 
 def _environment(devices: int, env: dict | None = None) -> dict:
   return {
@@ -88,10 +32,12 @@ def _environment(devices: int, env: dict | None = None) -> dict:
 
 @functools.cache
 def _server(devices: int, env_items: frozenset) -> subprocess.Popen:
-  """The warm process for runs on `devices` CPU devices with these extra environment variables."""
+  """The warm process (tests/cli_server.py) that starts this pytest process's CLI runs on `devices`
+  CPU devices with these extra environment variables: the device count is fixed in a child's
+  environment when its JAX starts, and a server per environment keeps the children's alike."""
   log = tempfile.TemporaryFile()  # import-time noise; read if the server dies
   server = subprocess.Popen(
-      [sys.executable, '-c', _SERVER],
+      [sys.executable, '-m', 'tests.cli_server'],
       cwd=REPO,
       env=_environment(devices, dict(env_items)),
       stdin=subprocess.PIPE,
@@ -103,24 +49,74 @@ def _server(devices: int, env_items: frozenset) -> subprocess.Popen:
   return server
 
 
-def _served(args, devices: int, env: dict | None, timeout: float) -> subprocess.CompletedProcess:
-  server = _server(devices, frozenset((env or {}).items()))
-  request = {'argv': list(args), 'env': _environment(devices, env), 'timeout': timeout}
+def _ask(server: subprocess.Popen, **request) -> dict:
   server.stdin.write(json.dumps(request) + '\n')
   server.stdin.flush()
   answer = server.stdout.readline()
   if not answer:
     server.log.seek(0)
     raise RuntimeError(f'the CLI server died: {server.log.read()[-4000:].decode()}')
-  status, stdout, stderr = json.loads(answer)
-  if status is None:
-    raise subprocess.TimeoutExpired(['resnet_jax.main', *args], timeout, stdout, stderr)
-  return subprocess.CompletedProcess(['resnet_jax.main', *args], status, stdout, stderr)
+  return json.loads(answer)
+
+
+class ServedProcess:
+  """`python -m resnet_jax.main *args` as a process of its own, forked by the warm server: the
+  part of subprocess.Popen's interface the tests use (pid, poll, signals, communicate)."""
+
+  def __init__(self, args, *, devices: int = 8, env: dict | None = None):
+    self.args = ['resnet_jax.main', *args]
+    self.returncode = None
+    self._server = _server(devices, frozenset((env or {}).items()))
+    self._files = [tempfile.NamedTemporaryFile(prefix='cli_', delete=False) for _ in range(2)]
+    for f in self._files:
+      f.close()
+    self.pid = _ask(
+        self._server,
+        op='start',
+        argv=list(args),
+        env=_environment(devices, env),
+        stdout=self._files[0].name,
+        stderr=self._files[1].name,
+    )['pid']
+
+  def wait(self, timeout: float | None = None) -> int:
+    if self.returncode is None:
+      self.returncode = _ask(self._server, op='wait', pid=self.pid, timeout=timeout)['status']
+      if self.returncode is None:
+        raise subprocess.TimeoutExpired(self.args, timeout, *self.output())
+    return self.returncode
+
+  def poll(self) -> int | None:
+    try:
+      return self.wait(timeout=0)
+    except subprocess.TimeoutExpired:
+      return None
+
+  def send_signal(self, signal_number: int) -> None:
+    if self.returncode is None:
+      os.kill(self.pid, signal_number)
+
+  def kill(self) -> None:
+    self.send_signal(signal.SIGKILL)
+
+  def output(self) -> tuple[str, str]:
+    """What the run has written so far to its stdout and stderr."""
+    return tuple(
+        pathlib.Path(f.name).read_text(errors='replace') if os.path.exists(f.name) else ''
+        for f in self._files
+    )
+
+  def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+    self.wait(timeout)
+    output = self.output()
+    for f in self._files:
+      pathlib.Path(f.name).unlink(missing_ok=True)
+    return output
 
 
 def run_mains(cases: list[list[str]], *, devices: int = 8, timeout: float = 600):
   """`run_main(*args, devices=devices)` for each args list of `cases`."""
-  return [_served(args, devices, None, timeout) for args in cases]
+  return [run_main(*args, devices=devices, timeout=timeout) for args in cases]
 
 
 def run_main(
@@ -133,7 +129,14 @@ def run_main(
   """`python -m resnet_jax.main *args` on `devices` CPU devices, as a user would run it (from the
   warm server above), or with `mock_examples` on TFDS's mock data (a fresh interpreter)."""
   if mock_examples is None:
-    return _served(args, devices, env, timeout)
+    process = ServedProcess(args, devices=devices, env=env)
+    try:
+      stdout, stderr = process.communicate(timeout)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.communicate()
+      raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
   # The real CLI on TFDS's mock data, so that cifar10/imagenet2012 need no files.
   command = [sys.executable, '-m', 'benchmarks.tfds_mock', str(mock_examples), *args]
   return subprocess.run(
@@ -164,23 +167,16 @@ def free_port() -> int:
 def start_processes(*args, num_processes: int = 2, devices_each: int = 4, env: dict | None = None):
   """A multi-process job on this machine: `num_processes` CLIs joined through 127.0.0.1 (gloo)."""
   address = f'127.0.0.1:{free_port()}'
-  environment = _environment(devices_each, env)
   return [
-      subprocess.Popen(
+      ServedProcess(
           [
-              sys.executable,
-              '-m',
-              'resnet_jax.main',
               *args,
               f'--coordinator_address={address}',
               f'--num_processes={num_processes}',
               f'--process_id={i}',
           ],
-          cwd=REPO,
-          env=environment,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE,
-          text=True,
+          devices=devices_each,
+          env=env,
       )
       for i in range(num_processes)
   ]

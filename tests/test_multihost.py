@@ -93,7 +93,7 @@ def test_when_one_process_dies_the_other_stops_with_a_clear_error(tmp_path, runs
     return folder.exists() and any(p.name.isdigit() for p in folder.iterdir())
 
   while not has_checkpoint():  # training is under way and a checkpoint is complete
-    assert time.monotonic() < deadline and survivor.poll() is None, survivor.stderr.read()[-3000:]
+    assert time.monotonic() < deadline and survivor.poll() is None, survivor.output()[1][-3000:]
     time.sleep(1)
   victim.send_signal(signal.SIGKILL)
   started = time.monotonic()

@@ -14,6 +14,7 @@ import pytest
 from resnet_jax.training.preemption import EXIT_STATUS
 from tests.cli import (
     REPO,
+    ServedProcess,
     assert_trees_equal,
     check,
     read_jsonl,
@@ -54,19 +55,7 @@ def uninterrupted(tmp_path_factory, data):
 
 
 def start(workdir, data, *extra):
-  env = {
-      **os.environ,
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
-      'PYTHONPATH': str(REPO),
-  }
-  return subprocess.Popen(
-      [sys.executable, '-m', 'resnet_jax.main', *RUN, data, f'--workdir={workdir}', *extra],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-  )
+  return ServedProcess([*RUN, data, f'--workdir={workdir}', *extra], devices=1)
 
 
 def wait_for_training(workdir, process, timeout=300):
